@@ -1,0 +1,133 @@
+"""The backend contract: what a backend is and how it declares what it supports.
+
+A backend is a subclass of :class:`Backend`. It declares
+
+- ``name``: how reports refer to it;
+- ``clauses``: the clause IDs it implements (exact IDs or globs such as ``"sdpa.*"``); the suite
+  checks exactly these and reports every other clause as unsupported, with the reason;
+- ``dtypes``: a subset of :data:`DTYPES`; ``devices``: e.g. ``("cpu",)`` or ``("cuda",)``;
+- ``max_head_dim`` and ``max_seq_len``: limits the suite's strategies respect (``None``: none);
+
+and implements, as methods, the operation (:data:`OPERATIONS`) named by each declared clause.
+
+Arrays cross the boundary as NumPy arrays in the target dtype (``ml_dtypes.bfloat16`` for
+bfloat16): the suite calls :meth:`Backend.to_native` on every array argument and
+:meth:`Backend.to_numpy` on every array result. A backend keeps the dtype it is given; it MAY
+return the LSE in float32 for 16-bit inputs.
+
+A backend that cannot run one particular case (a head dimension it has no kernel for, a mask
+form its kernel lacks) raises :class:`Unsupported` with the reason: the suite records the case
+as declined and moves on. A case it declared and computes wrongly is a failure. There is no
+fallback: a backend never silently hands a case to another implementation.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from typing import Any, Callable
+
+import numpy as np
+
+from attnspec.clauses import CATALOG, expand
+
+#: The dtypes a backend may declare, by name.
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+#: Operation name -> call signature. Array arguments are native arrays (see ``to_native``);
+#: ``sdpa_options`` are the keyword options of ``sdpa`` (scale, causal, window, mask, bias,
+#: softcap, alibi_slopes, q_lens, kv_lens). Operations marked "-> (out, lse)" return both.
+OPERATIONS = {
+    "sdpa": "sdpa(q, k, v, *, return_lse=False, **sdpa_options) -> out or (out, lse)",
+    "mha": "mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads, num_kv_heads, **sdpa_options) -> out",
+    "flash_forward": "flash_forward(q, k, v, *, block_q, block_k, **sdpa_options) -> (out, lse)",
+    "merge_partials": "merge_partials(outs, lses) -> (out, lse)",
+    "split_kv": "split_kv(q, k, v, *, num_splits, **sdpa_options) -> (out, lse)",
+    "decode": "decode(q, k_cache, v_cache, *, cache_lens, num_splits=1, **sdpa_options) -> (out, lse)",
+    "sinusoidal": "sinusoidal(positions, dim, *, layout, base=10000.0) -> pe",
+    "learned": "learned(table, positions) -> pe",
+    "rope": "rope(x, positions, *, layout, rotary_dim=None, base=10000.0) -> x_rotated",
+    "alibi_slopes": "alibi_slopes(num_heads) -> slopes",
+    "alibi_bias": "alibi_bias(slopes, n_q, n_k, *, form) -> bias",
+    "t5_bucket": "t5_bucket(relative_position, *, bidirectional, num_buckets, max_distance) -> buckets",
+    "t5_bias": "t5_bias(table, q_positions, k_positions, *, bidirectional, num_buckets, max_distance) -> bias",
+    "shaw": "shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None) -> out",
+}
+
+
+class Unsupported(Exception):
+    """Raised by a backend operation to decline one case; the message is the reason."""
+
+
+class BackendError(Exception):
+    """A backend could not be loaded, or does not meet the contract; the message says why."""
+
+
+class Backend:
+    """Base class of every backend. Subclass it, declare, and implement the operations."""
+
+    name: str = ""
+    clauses: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu",)
+    max_head_dim: int | None = None
+    max_seq_len: int | None = None
+
+    def __init__(self, device: str | None = None):
+        self.device = device if device is not None else self.devices[0]
+
+    def to_native(self, array: np.ndarray) -> Any:
+        """Convert a NumPy array (already in the target dtype) to this backend's array type."""
+        return array
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """Convert a result back to a NumPy array (any float dtype; the suite upcasts)."""
+        return np.asarray(value)
+
+    def peak_memory(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        """Run ``fn`` and return its result with the peak bytes it allocated on this backend.
+
+        The default counts host allocations with ``tracemalloc`` (NumPy reports to it); a GPU
+        backend overrides this with its allocator's counter. Used by ``flash.memory``.
+        """
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            result = fn()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return result, peak
+
+    @property
+    def declared(self) -> frozenset[str]:
+        """The clause IDs this backend declares, with globs expanded."""
+        return expand(self.clauses)
+
+    def __repr__(self) -> str:
+        return f"<attnspec backend {self.name!r} on {self.device}>"
+
+
+def validate(backend: Backend) -> Backend:
+    """Check that ``backend`` meets the contract; raise BackendError saying what is wrong."""
+    if not isinstance(backend, Backend):
+        raise BackendError(f"a backend must be an instance of attnspec.Backend; got {type(backend).__name__}")
+    label = backend.name or type(backend).__name__
+    if not backend.name or not isinstance(backend.name, str):
+        raise BackendError(f"backend {label}: 'name' must be a non-empty string")
+    unknown = [d for d in backend.dtypes if d not in DTYPES]
+    if not backend.dtypes or unknown:
+        raise BackendError(f"backend {label}: 'dtypes' must be a non-empty subset of {DTYPES}; got {backend.dtypes}")
+    if backend.device not in backend.devices:
+        raise BackendError(f"backend {label} runs on {backend.devices}; device {backend.device!r} was asked for")
+    try:
+        declared = backend.declared
+    except ValueError as exc:
+        raise BackendError(f"backend {label}: {exc}") from None
+    if not declared:
+        raise BackendError(f"backend {label} declares no clause; set 'clauses', e.g. ('sdpa', 'sdpa.causal.*')")
+    for clause_id in sorted(declared):
+        op = CATALOG[clause_id].op
+        if not callable(getattr(backend, op, None)):
+            raise BackendError(f"backend {label} declares clause {clause_id!r} but has no method "
+                               f"{op!r}; expected {OPERATIONS[op]}")
+    return backend

@@ -1,0 +1,151 @@
+"""Scaled dot-product attention: the core operation and its score modifiers.
+
+Shapes throughout: ``q`` is ``(B, H_q, N_q, D_qk)``, ``k`` is ``(B, H_kv, N_k, D_qk)``, ``v`` is
+``(B, H_kv, N_k, D_v)``; the output is ``(B, H_q, N_q, D_v)`` and the LSE ``(B, H_q, N_q)``.
+Query ``i`` and key ``j`` are 0-based positions. The visibility rules (causal, window,
+padding) are in :mod:`attnspec.masks`.
+"""
+
+from attnspec.clauses import clause
+
+
+@clause("sdpa", op="sdpa")
+def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
+         alibi_slopes=None, q_lens=None, kv_lens=None, return_lse=False):
+    """Scaled dot-product attention.
+
+    For every batch item ``b``, query head ``h`` and query ``i``, with ``g = kv_head(h)``
+    (clause ``sdpa.gqa``), the score of key ``j`` is, in this order::
+
+        s[j] = scale * dot(q[b, h, i, :], k[b, g, j, :])      # sdpa.scale
+        s[j] = softcap * tanh(s[j] / softcap)                   # sdpa.softcap, if given
+        s[j] = s[j] + bias[b, h, i, j] + alibi(b, h, i, j)      # sdpa.bias, sdpa.alibi, if given
+
+    ``V(i)`` is the set of keys visible to query ``i``: the intersection of every visibility
+    rule that applies (``causal``, ``window``, ``mask``, ``q_lens``/``kv_lens``). Then::
+
+        lse[b, h, i] = log(sum over j in V(i) of exp(s[j]))    # natural log, sdpa.lse
+        out[b, h, i, :] = sum over j in V(i) of exp(s[j] - lse[b, h, i]) * v[b, g, j, :]
+
+    - ``D_v`` MAY differ from ``D_qk``; ``N_q`` MAY differ from ``N_k`` (cross-attention).
+    - Keys outside ``V(i)`` MUST NOT influence the output: not through their scores, values,
+      bias entries or any non-finite value stored there (NaN or 1e4 at an invisible position
+      leaves the output unchanged).
+    - A row with ``V(i)`` empty follows ``sdpa.fully_masked``.
+    - The result MUST NOT overflow for finite inputs whose scores are finite: an implementation
+      subtracts the row maximum (or an equivalent running maximum) before exponentiating.
+    - Accuracy is judged by the tolerance policy (:mod:`attnspec.tolerance`): at 16 and 32 bits
+      against a naive implementation in the same precision, at 64 bits to a few ulps.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.scale", op="sdpa")
+def scale(d_qk, scale=None):
+    """The scale is explicit; its default is ``1 / sqrt(D_qk)``.
+
+    ``scale`` MUST multiply the raw dot product ``dot(q_i, k_j)`` before any other score
+    modifier. When ``scale`` is ``None`` an implementation MUST use ``1 / sqrt(D_qk)`` (the query
+    and key head dimension, never ``D_v``). A given scale MUST be used as given: models such as
+    Gemma-2 set it to other values.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.lse", op="sdpa")
+def lse():
+    """The log-sum-exp output is the natural logarithm of the softmax denominator.
+
+    ``lse[b, h, i] = log(sum over j in V(i) of exp(s[j]))`` with ``s`` the final score after
+    scale, softcap, bias and ALiBi. The logarithm is natural (base e): a kernel that keeps a
+    base-2 LSE internally MUST convert it before returning it. A row with no visible key has
+    ``lse = -inf``. When requested (``return_lse=True``) the LSE is returned beside the output
+    with shape ``(B, H_q, N_q)``.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.fully_masked", op="sdpa")
+def fully_masked():
+    """A query row with no visible key outputs exactly zero and has LSE ``-inf``.
+
+    When ``V(i)`` is empty (causal offset, window, mask, padding or a zero-length sequence),
+    ``out[b, h, i, :]`` MUST be ``+0.0`` or ``-0.0`` in every element and ``lse[b, h, i]`` MUST be
+    ``-inf``. NaN is never a conforming result. This follows flash-attn and ONNX (after its
+    erratum); PyTorch's SDPA returned NaN here on some paths.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.gqa", op="sdpa")
+def kv_head(h, h_q, h_kv):
+    """Grouped-query attention: query head ``h`` reads key/value head ``h // (H_q // H_kv)``.
+
+    ``H_q`` MUST be a multiple of ``H_kv``; ``H_kv = 1`` is multi-query attention and
+    ``H_kv = H_q`` is multi-head attention. Consecutive query heads share a key/value head
+    (``repeat_interleave``, not tiling ``h % H_kv``). The result MUST equal attention with
+    ``k`` and ``v`` repeated along the head axis; an implementation SHOULD NOT materialise
+    the repetition.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.mask", op="sdpa")
+def boolean_mask():
+    """A boolean mask selects visible keys: ``True`` means the query MAY attend to the key.
+
+    ``mask`` has a boolean dtype and is broadcastable to ``(B, H_q, N_q, N_k)``. Key ``j`` is in
+    ``V(i)`` only if ``mask[b, h, i, j]`` is ``True``. A mask is a visibility rule, not a score:
+    it intersects with the other rules and never changes a visible score.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.bias", op="sdpa")
+def additive_bias():
+    """An additive bias is added to the score after scale and softcap.
+
+    ``bias`` is a floating array broadcastable to ``(B, H_q, N_q, N_k)``. It is added after the
+    softcap, so the cap bounds ``scale * dot(q_i, k_j)`` only. A ``-inf`` bias entry makes the
+    key carry zero weight; a row whose every bias entry is ``-inf`` follows
+    ``sdpa.fully_masked``. Adding a per-row constant ``c[b, h, i]`` to the bias MUST leave the
+    output unchanged and shift the LSE by ``c[b, h, i]``.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.softcap", op="sdpa")
+def softcap(s, cap):
+    """Logit soft-capping: ``s = cap * tanh(s / cap)``, applied before bias and masks.
+
+    ``cap`` is a finite positive number, or ``None`` for no capping. The cap applies to
+    ``scale * dot(q_i, k_j)`` and precedes bias, ALiBi and every visibility rule. Capping a
+    masked ``-inf`` score would give ``-cap`` and leak weight into masked keys: an implementation
+    MUST NOT cap after masking. (Gemma-2 uses ``cap = 50``; ONNX moved its softcap before the
+    mask for the reason above.)
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.alibi", op="sdpa")
+def alibi(b, h, i, j, slopes, offset):
+    """ALiBi as a score modifier: ``alibi(b, h, i, j) = -slopes[b, h] * |i + offset_b - j|``.
+
+    ``alibi_slopes`` has shape ``(H_q,)`` or ``(B, H_q)``. The distance is measured from the
+    query's bottom-right-aligned position, ``offset_b = N_k(b) - N_q(b)`` with the effective
+    lengths of batch item ``b`` (clause ``sdpa.padding``); this is flash-attn's symmetric form.
+    The bias is added after the softcap, like ``bias``. Slopes for a given head count are
+    defined by ``alibi.slopes``. On keys ``j <= i + offset_b`` this equals the causal form
+    ``slope * (j - i - offset_b)`` of ``alibi.bias``, so under a bottom-right causal mask the two
+    forms give the same output and LSE.
+
+    .. versionadded:: 0.1.0
+    """

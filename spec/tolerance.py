@@ -1,0 +1,44 @@
+"""The tolerance policy: how close a kernel must be to the float64 reference.
+
+A kernel computes in finite precision on inputs already rounded to its dtype; the oracle is
+the float64 reference evaluated on those same rounded inputs. The bound is relative to what
+the dtype can do, measured in the same run, rather than a fixed table that is loose for one
+shape and tight for another. The policy follows the field (flash-attention's tests compare
+against a same-precision naive implementation, FA3 adds a floor; PyTorch and FlexAttention
+use a float64 golden).
+"""
+
+#: ``k``: the error allowed, in multiples of the naive same-precision implementation's error.
+NAIVE_FACTOR = 3.0
+#: The floor for 16- and 32-bit dtypes: this many ``eps(dtype) * max|v|``.
+FLOOR_EPS = 2.0
+#: The float64 bound: this many ``eps(float64)`` times the error-propagation size.
+FLOAT64_EPS = 4.0
+#: "Unchanged" in invariance probes (causality, batch independence): this many ``eps * max|v|``.
+UNCHANGED_EPS = 2.0
+
+
+def tolerance_policy():
+    """Numerical equivalence: the bound every numerical comparison of the suite uses.
+
+    Let ``ref`` be the float64 reference on the rounded inputs, ``out`` the kernel's result as
+    float64, and ``err(x) = max |x - ref|`` over all elements.
+
+    - For float16, bfloat16 and float32, ``naive`` is the same formula evaluated in that
+      precision (scores, probabilities and the output each rounded to the dtype, accumulation in
+      float32). A kernel conforms if
+      ``err(out) <= NAIVE_FACTOR * err(naive) + FLOOR_EPS * eps(dtype) * max|v|``.
+    - For float64 a kernel conforms if
+      ``err(out) <= FLOAT64_EPS * eps(float64) * max|v| * (D_qk * A + N_k + 1)``,
+      with ``A`` the largest ``|scale| * sum_d |q_id| |k_jd|`` plus the largest additive score
+      term: a few ulps scaled by the reduction lengths.
+    - The LSE obeys the same rules with ``max(1, max|lse_ref|)`` in place of ``max|v|``.
+    - A NaN or infinity in ``out`` where ``ref`` is finite fails regardless of the bound; a
+      non-finite ``ref`` is a harness error and never passes.
+    - Structural properties (masked keys carry exactly zero weight, fully masked rows are exactly
+      zero, unchanged rows stay within ``UNCHANGED_EPS * eps(dtype) * max|v|``) are checked
+      exactly or to a few ulps, because a relative bound cannot see one wrong key among a
+      thousand in bfloat16.
+
+    .. versionadded:: 0.1.0
+    """
