@@ -28,9 +28,11 @@ def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None,
         out[b, h, i, :] = sum over j in V(i) of exp(s[j] - lse[b, h, i]) * v[b, g, j, :]
 
     - ``D_v`` MAY differ from ``D_qk``; ``N_q`` MAY differ from ``N_k`` (cross-attention).
-    - Keys outside ``V(i)`` MUST NOT influence the output: not through their scores, values,
-      bias entries or any non-finite value stored there (NaN or 1e4 at an invisible position
-      leaves the output unchanged).
+    - Keys outside ``V(i)`` MUST NOT influence the output: a finite value stored at an invisible
+      key, however large (``1e4``), leaves the output unchanged. Positions past the sequence
+      lengths (``sdpa.padding``) MUST NOT be read at all: NaN stored there leaves every output
+      finite. A NaN at an invisible but in-range key SHOULD NOT reach the output (a kernel that
+      multiplies a zero weight by NaN gets NaN; the suite does not test this case).
     - A row with ``V(i)`` empty follows ``sdpa.fully_masked``.
     - The result MUST NOT overflow for finite inputs whose scores are finite: an implementation
       subtracts the row maximum (or an equivalent running maximum) before exponentiating.

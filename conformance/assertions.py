@@ -1,0 +1,107 @@
+"""Assertions whose failure messages name the clause, backend, dtype, case and worst element.
+
+Tests get a :class:`Checker` from the ``check`` fixture; it knows which clause the test is
+reported under, which backend and dtype run, and how to reproduce the test from the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnspec.conformance.tolerance import Bound
+
+
+class ConformanceError(AssertionError):
+    """A backend result breaks a clause."""
+
+
+class HarnessError(AssertionError):
+    """The suite itself produced something unusable (a non-finite reference): never a pass."""
+
+
+@dataclass(frozen=True)
+class Checker:
+    clause: str
+    backend: str
+    device: str
+    dtype: str
+    reproduce: str
+
+    def _fail(self, headline: str, case, details: str) -> None:
+        __tracebackhide__ = True
+        raise ConformanceError(
+            f"[{self.clause}] backend {self.backend!r} ({self.dtype}, {self.device}): {headline}\n"
+            f"  case: {case!r}\n  {details}\n  reproduce: {self.reproduce}")
+
+    def close(self, actual, expected, bound: Bound, *, what: str, case) -> None:
+        """``max|actual - expected| <= bound``; non-finite where ``expected`` is finite fails."""
+        __tracebackhide__ = True
+        actual, expected = _as_float64(actual), _as_float64(expected)
+        self.same_shape(actual, expected, what=what, case=case)
+        if np.isnan(expected).any():
+            raise HarnessError(f"[{self.clause}] the reference {what} holds NaN at "
+                               f"{_index(np.argwhere(np.isnan(expected))[0])} for {case!r}")
+        mismatch = np.isfinite(expected) != np.isfinite(actual)
+        mismatch |= ~np.isfinite(expected) & (actual != expected)
+        if mismatch.any():
+            at = _index(np.argwhere(mismatch)[0])
+            self._fail(f"{what} is non-finite where the reference is not (or the reverse)", case,
+                       f"first such element: {what}{at} = {actual[at]!r} (reference {expected[at]!r}); "
+                       f"{int(mismatch.sum())} such elements")
+        with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
+            err = np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
+        if err.size and err.max() > bound.value:
+            at = _index(np.unravel_index(np.argmax(err), err.shape))
+            self._fail(f"{what} differs from the float64 reference", case,
+                       f"worst element: {what}{at} = {actual[at]!r}, reference {expected[at]!r}, "
+                       f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
+                       f"{err.size} elements out of bound")
+
+    def exact(self, actual, expected, *, what: str, case) -> None:
+        """Element-wise equality (integers, gathers, exact zeros and -inf)."""
+        __tracebackhide__ = True
+        actual, expected = np.asarray(actual), np.asarray(expected)
+        self.same_shape(actual, expected, what=what, case=case)
+        wrong = actual != expected
+        if actual.dtype.kind == "f" and expected.dtype.kind == "f":
+            wrong &= ~(np.isnan(actual) & np.isnan(expected))
+        if wrong.any():
+            at = _index(np.argwhere(wrong)[0])
+            self._fail(f"{what} is not exactly as specified", case,
+                       f"first wrong element: {what}{at} = {actual[at]!r}, expected {expected[at]!r}; "
+                       f"{int(wrong.sum())} of {wrong.size} elements wrong")
+
+    def pattern(self, actual: np.ndarray, expected: np.ndarray, *, what: str, case) -> None:
+        """Boolean patterns (which keys carry weight) must match exactly."""
+        __tracebackhide__ = True
+        self.same_shape(actual, expected, what=what, case=case)
+        wrong = actual != expected
+        if wrong.any():
+            at = _index(np.argwhere(wrong)[0])
+            verb = "gets weight but must be invisible" if actual[at] else "gets no weight but is visible"
+            self._fail(f"{what}: the attention pattern is wrong", case,
+                       f"first wrong (b, h, query, key) = {at}: the key {verb}; "
+                       f"{int(wrong.sum())} of {wrong.size} pairs wrong")
+
+    def differs(self, a, b, *, more_than: float, what: str, case) -> None:
+        """``max|a - b| > more_than``: the change must be visible in the result."""
+        __tracebackhide__ = True
+        diff = float(np.abs(_as_float64(a) - _as_float64(b)).max(initial=0.0))
+        if not diff > more_than:
+            self._fail(f"{what} did not change", case, f"largest change {diff:.3g} <= {more_than:.3g}")
+
+    def same_shape(self, actual, expected, *, what: str, case) -> None:
+        __tracebackhide__ = True
+        if np.shape(actual) != np.shape(expected):
+            self._fail(f"{what} has the wrong shape", case,
+                       f"got {np.shape(actual)}, expected {np.shape(expected)}")
+
+
+def _as_float64(x) -> np.ndarray:
+    return np.asarray(x).astype(np.float64)
+
+
+def _index(at) -> tuple:
+    return tuple(int(i) for i in at)

@@ -1,0 +1,160 @@
+"""The pytest plugin of the conformance suite.
+
+Loaded by the repository's ``conftest.py`` (or ``-p attnspec.conformance.plugin``); it is never
+registered globally, so its options never reach other projects' pytest runs. It adds
+``--backend``, ``--device``, ``--dtype``, ``--clauses`` and ``--report``, skips the tests of
+clauses the backend does not declare, and ends with a summary per clause.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.errors import FailedHealthCheck, Unsatisfiable
+
+from attnspec import CATALOG
+from attnspec.conformance import report, target
+from attnspec.conformance.assertions import Checker
+from attnspec.contract import BackendError
+from attnspec.registry import load_backend
+
+# Function-scoped fixtures here ('check') carry no per-example state, so Hypothesis may reuse them.
+_COMMON = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+               deadline=None, print_blob=True)
+try:  # extend Hypothesis's own CI profile (derandomised, no database) where it has one
+    _CI_BASE = settings.get_profile("ci")
+except Exception:
+    _CI_BASE = settings(derandomize=True, database=None)
+settings.register_profile("ci", _CI_BASE, max_examples=25, **_COMMON)
+settings.register_profile("dev", max_examples=12, **_COMMON)
+settings.register_profile("nightly", max_examples=400, **_COMMON)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("attnspec", "attnspec conformance")
+    group.addoption("--backend", help="backend to check: a built-in name (numpy), an installed plugin, "
+                    "'package.module:object' or 'path/to/file.py:object'")
+    group.addoption("--device", help="device for the backend (default: the first it declares)")
+    group.addoption("--dtype", action="append", default=[],
+                    help="dtype(s) to check, repeatable or comma-separated (default: all the backend declares)")
+    group.addoption("--clauses", default="", help="only tests of these clauses, comma-separated globs (e.g. 'sdpa.causal.*')")
+    group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "clause(*ids): spec clauses a conformance test checks; the first is its own")
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile("ci" if os.environ.get("CI") else "dev")
+    config._attnspec_results = {}
+
+
+def _target(config) -> target.Target:
+    if target.CURRENT is None:
+        spec = config.getoption("backend")
+        if not spec:
+            raise pytest.UsageError("the conformance suite needs --backend=NAME (for example --backend=numpy)")
+        try:
+            backend = load_backend(spec, device=config.getoption("device"))
+        except BackendError as exc:
+            raise pytest.UsageError(f"attnspec: {exc}") from None
+        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend))
+    return target.CURRENT
+
+
+def _dtypes(config, backend) -> tuple[str, ...]:
+    asked = [d.strip() for opt in config.getoption("dtype") for d in opt.split(",") if d.strip()]
+    wrong = [d for d in asked if d not in backend.dtypes]
+    if wrong:
+        raise pytest.UsageError(f"attnspec: backend {backend.name!r} declares dtypes {backend.dtypes}; "
+                                f"--dtype asked for {wrong}")
+    return tuple(asked) or tuple(backend.dtypes)
+
+
+def pytest_report_header(config):
+    if config.getoption("backend"):
+        t = _target(config)
+        return (f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
+                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {settings._current_profile}")
+    return None
+
+
+def pytest_generate_tests(metafunc):
+    if "dtype" in metafunc.fixturenames and metafunc.definition.get_closest_marker("clause"):
+        metafunc.parametrize("dtype", _target(metafunc.config).dtypes)
+
+
+def pytest_collection_modifyitems(config, items):
+    patterns = [p.strip() for p in config.getoption("clauses").split(",") if p.strip()]
+    selected, deselected = [], []
+    for item in items:
+        ids = clause_ids(item)
+        if not ids:
+            selected.append(item)
+            continue
+        unknown = [c for c in ids if c not in CATALOG]
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid} names unknown clause(s) {unknown}")
+        if patterns and not any(fnmatch.fnmatchcase(ids[0], p) for p in patterns):
+            deselected.append(item)
+            continue
+        selected.append(item)
+        missing = [c for c in ids if c not in _target(config).backend.declared]
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"unsupported: backend does not declare {', '.join(missing)}"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def clause_ids(item) -> tuple[str, ...]:
+    marker = item.get_closest_marker("clause")
+    return tuple(marker.args) if marker else ()
+
+
+@pytest.fixture(scope="session")
+def backend(request):
+    return _target(request.config).backend
+
+
+@pytest.fixture
+def check(request, dtype) -> Checker:
+    t = _target(request.config)
+    device = f" --device={t.backend.device}"
+    return Checker(clause=clause_ids(request.node)[0], backend=t.backend.name, device=t.backend.device,
+                   dtype=dtype, reproduce=f"pytest '{request.node.nodeid}' --backend={t.spec}{device} --dtype={dtype}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if target.CURRENT is not None:
+        target.CURRENT.test_id = item.nodeid
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    ids = clause_ids(item)
+    if not ids:
+        return
+    declines = target.CURRENT.declines.get(item.nodeid) if target.CURRENT else None
+    if rep.when == "call" and rep.failed and declines and call.excinfo.errisinstance((Unsatisfiable, FailedHealthCheck)):
+        rep.outcome = "skipped"  # the backend refused every case Hypothesis drew: unsupported, not wrong
+        rep.longrepr = (str(item.path), item.location[1], f"declined by the backend: {declines[0]}")
+    if rep.when == "call" or rep.outcome != "passed":
+        item.config._attnspec_results[item.nodeid] = report.outcome(ids, rep, declines)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if target.CURRENT is not None and config._attnspec_results:
+        report.print_summary(terminalreporter, target.CURRENT, config._attnspec_results)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("report")
+    if path and target.CURRENT is not None:
+        report.write_json(path, target.CURRENT, session.config._attnspec_results)

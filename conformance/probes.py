@@ -1,0 +1,93 @@
+"""Checks shared by the test files: numerical equivalence and the structural probes.
+
+The structural probes stay sharp in bfloat16: a one-hot ``V`` reads the attention pattern
+exactly, and values poisoned with ``1e4`` (or NaN past the sequence lengths) show any leak.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnspec import reference
+from attnspec.conformance.assertions import Checker
+from attnspec.conformance.calls import call_sdpa
+from attnspec.conformance.cases import SdpaCase
+from attnspec.conformance.dtypes import numpy_dtype
+from attnspec.conformance.tolerance import sdpa_bounds
+from attnspec.reference.sdpa import prepare, visible
+
+POISON = 1e4
+
+
+def check_sdpa(check: Checker, case: SdpaCase, dtype: str, *, op: str = "sdpa", lse: bool = False, **extra):
+    """The backend's ``op`` on ``case`` against the float64 reference: output, and LSE if asked."""
+    q, k, v, options = case.inputs(dtype)
+    return check_arrays(check, case, dtype, q, k, v, options, op=op, lse=lse, **extra)
+
+
+def check_arrays(check: Checker, case, dtype: str, q, k, v, options: dict, *, op="sdpa", lse=False, **extra):
+    out, got_lse = call_sdpa(q, k, v, options, op=op, return_lse=lse, **extra)
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
+    out_bound, lse_bound = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
+    check.close(out, ref_out, out_bound, what="out", case=case)
+    if lse:
+        check.close(got_lse, ref_lse, lse_bound, what="lse", case=case)
+    return out, got_lse, ref_out, ref_lse
+
+
+def visibility(case: SdpaCase, q, k, v, options: dict) -> np.ndarray:
+    """The reference's visible pattern ``(B, H_q, N_q, N_k)``."""
+    problem = prepare(q, k, v, **options)
+    vis = visible(problem, range(problem.n_q), range(problem.n_k))
+    return np.broadcast_to(vis, (case.batch, case.h_q, case.n_q, case.n_k))
+
+
+def check_pattern(check: Checker, case: SdpaCase, dtype: str) -> None:
+    """Zero queries and one-hot values: ``out[..., i, j]`` is query ``i``'s weight on key ``j``.
+
+    With zero scores every visible key gets ``1 / |V(i)|`` > 0 and every invisible key exactly 0,
+    so the set of keys carrying weight must equal the visibility rule exactly.
+    """
+    case = case.with_(d_v=case.n_k, bias=None, alibi=False, softcap=None)
+    q, k, v, options = case.inputs(dtype)
+    q = np.zeros_like(q)
+    v = np.broadcast_to(np.eye(case.n_k, dtype=v.dtype), v.shape).copy()
+    out, _ = call_sdpa(q, k, v, options, return_lse=False)
+    check.pattern(np.asarray(out, np.float64) != 0, visibility(case, q, k, v, options),
+                  what="weights read through one-hot V", case=case)
+
+
+def check_poisoned(check: Checker, case: SdpaCase, dtype: str) -> None:
+    """Invisible keys hold ``1e4`` and padded positions NaN; the result must not change.
+
+    Keys that no query of a batch item may see get ``1e4`` in ``k`` and ``v``; keys and queries past
+    ``kv_lens``/``q_lens`` get NaN. The output must match the reference on the clean inputs.
+    """
+    q, k, v, options = case.inputs(dtype)
+    vis = visibility(case, q, k, v, options)
+    group = case.h_q // case.h_kv
+    unseen = ~vis.reshape(case.batch, case.h_kv, group * case.n_q, case.n_k).any(axis=2)  # (B, H_kv, N_k)
+    poisoned_k, poisoned_v, poisoned_q = k.copy(), v.copy(), q.copy()
+    value = np.asarray(POISON, dtype=numpy_dtype(dtype))
+    poisoned_k[unseen], poisoned_v[unseen] = value, value
+    if "kv_lens" in options:
+        for b, n in enumerate(options["kv_lens"]):
+            poisoned_k[b, :, n:], poisoned_v[b, :, n:] = np.nan, np.nan
+    if "q_lens" in options:
+        for b, n in enumerate(options["q_lens"]):
+            poisoned_q[b, :, n:] = np.nan
+    out, _ = call_sdpa(poisoned_q, poisoned_k, poisoned_v, options, return_lse=False)
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
+    out_bound, _ = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
+    check.close(out, ref_out, out_bound, what="out with poisoned invisible keys", case=case)
+
+
+def check_fully_masked_rows(check: Checker, case: SdpaCase, dtype: str) -> None:
+    """Rows with no visible key are exactly zero with LSE -inf (clause ``sdpa.fully_masked``)."""
+    q, k, v, options = case.inputs(dtype)
+    out, lse = call_sdpa(q, k, v, options, return_lse=True)
+    empty = ~visibility(case, q, k, v, options).any(axis=-1)
+    check.exact(np.asarray(out, np.float64)[empty], np.zeros((int(empty.sum()), case.d_v)),
+                what="out of fully masked rows", case=case)
+    check.exact(np.asarray(lse, np.float64)[empty], np.full(int(empty.sum()), -np.inf),
+                what="lse of fully masked rows", case=case)

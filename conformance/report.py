@@ -1,0 +1,89 @@
+"""The per-clause summary printed at the end of a run, and the JSON report (``--report=FILE``)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+from collections import Counter
+
+import hypothesis
+import numpy as np
+
+from attnspec import CATALOG, SPEC_VERSION, __version__
+
+STATUS_ORDER = ("failed", "passed", "declined", "not run", "unsupported")
+
+
+def outcome(clause_ids: tuple[str, ...], rep, declines) -> dict:
+    """One test's result: its clauses, outcome, and the first lines of any failure."""
+    result = {"clauses": list(clause_ids), "outcome": rep.outcome, "when": rep.when}
+    if rep.failed:
+        text = str(rep.longrepr)
+        lines = [ln for ln in text.splitlines() if ln.startswith(("E ", "E\t"))] or text.splitlines()[-5:]
+        result["message"] = "\n".join(ln[2:].rstrip() if ln.startswith("E") else ln for ln in lines[:12])
+    elif rep.skipped:
+        result["reason"] = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    if declines:
+        result["declined"] = list(declines)
+    return result
+
+
+def per_clause(target, results: dict) -> dict:
+    """clause ID -> {status, passed, failed, skipped, tests, failures}, in catalog order."""
+    table = {}
+    for clause_id in sorted(CATALOG):
+        mine = {node: r for node, r in results.items() if r["clauses"][0] == clause_id}
+        counts = Counter(r["outcome"] for r in mine.values())
+        if clause_id not in target.backend.declared:
+            status = "unsupported"
+        elif counts["failed"]:
+            status = "failed"
+        elif counts["passed"]:
+            status = "passed"
+        elif counts["skipped"]:
+            status = "declined"
+        else:
+            status = "not run"
+        table[clause_id] = {
+            "status": status, "passed": counts["passed"], "failed": counts["failed"],
+            "skipped": counts["skipped"], "tests": sorted(mine),
+            "failures": [{"test": n, "message": r.get("message", "")} for n, r in sorted(mine.items())
+                         if r["outcome"] == "failed"],
+            "skips": sorted({r.get("reason", "") for r in mine.values() if r["outcome"] == "skipped"}),
+        }
+    return table
+
+
+def print_summary(terminalreporter, target, results: dict) -> None:
+    table = per_clause(target, results)
+    tr = terminalreporter
+    tr.section(f"attnspec conformance: backend {target.backend.name} ({target.backend.device}), "
+               f"dtypes {', '.join(target.dtypes)}")
+    tr.write_line(f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    for clause_id, row in table.items():
+        if row["status"] == "not run" and not row["tests"]:
+            continue  # deselected with --clauses
+        line = f"{clause_id:28} {row['status']:12} {row['passed']:6} {row['failed']:6} {row['skipped']:7}"
+        tr.write_line(line, red=row["status"] == "failed", green=row["status"] == "passed")
+    totals = Counter(row["status"] for row in table.values())
+    tr.write_line(", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]))
+
+
+def write_json(path: str, target, results: dict) -> None:
+    document = {
+        "attnspec": __version__,
+        "spec_version": SPEC_VERSION,
+        "backend": {"name": target.backend.name, "spec": target.spec, "device": target.backend.device},
+        "dtypes": list(target.dtypes),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
+                        "numpy": np.__version__, "hypothesis": hypothesis.__version__,
+                        "hypothesis_profile": hypothesis.settings._current_profile},
+        "clauses": per_clause(target, results),
+        "tests": results,
+    }
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(document, fh, indent=2, sort_keys=False)
+        fh.write("\n")

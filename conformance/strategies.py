@@ -1,0 +1,114 @@
+"""Hypothesis strategies that look for kernel bugs rather than average cases.
+
+Lengths include 1, 2, 3, primes and tile sizes +-1; head dims that are not powers of two;
+``N_q`` above and below ``N_k``; 1, 3 and 5 heads and GQA ratios; large magnitudes; rows fully
+masked by padding, window or causal offset; zero-length sequences in a batch. The backend's
+declared limits (``max_head_dim``, ``max_seq_len``) and clauses are read at draw time, so a
+backend is only given cases within what it declares.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import strategies as st
+
+from attnspec.conformance.cases import SdpaCase
+from attnspec.conformance.target import current
+
+LENGTHS = (1, 2, 3, 5, 7, 13, 17, 31, 63, 64, 65, 127, 128, 129)
+HEAD_DIMS = (1, 3, 8, 16, 40, 59, 64, 72, 80, 96, 111, 128)
+#: (H_q, H_kv) pairs: MHA with 1, 3, 5 heads, MQA, and GQA ratios 2 and 3.
+HEADS = ((1, 1), (3, 3), (5, 5), (2, 1), (3, 1), (5, 1), (4, 2), (6, 3), (6, 2))
+WINDOW_SIDES = (-1, 0, 1, 2, 3, 7, 16, 63)
+SOFTCAPS = (0.5, 5.0, 30.0, 50.0)
+#: Keep each case's score matrix small enough that three float64 evaluations stay fast.
+MAX_SCORES = 2 * 6 * 129 * 129
+
+
+def _limit(value: int | None, default: int) -> int:
+    return default if value is None else min(value, default)
+
+
+def lengths(max_len: int | None = None) -> st.SearchStrategy[int]:
+    top = _limit(max_len if max_len is not None else current().backend.max_seq_len, max(LENGTHS))
+    picks = [n for n in LENGTHS if n <= top]
+    return st.one_of(st.sampled_from(picks), st.integers(1, min(top, 70)))
+
+
+def head_dims() -> st.SearchStrategy[int]:
+    top = _limit(current().backend.max_head_dim, max(HEAD_DIMS))
+    return st.sampled_from([d for d in HEAD_DIMS if d <= top])
+
+
+def declares(clause_id: str) -> bool:
+    return clause_id in current().backend.declared
+
+
+def seqlens(batch: int, n: int) -> st.SearchStrategy[tuple[int, ...]]:
+    """Per-batch lengths biased to the edges: 0, 1, n - 1 and n."""
+    edge = st.sampled_from(sorted({0, min(1, n), max(n - 1, 0), n}))
+    return st.lists(st.one_of(edge, st.integers(0, n)), min_size=batch, max_size=batch).map(tuple)
+
+
+def windows() -> st.SearchStrategy[tuple[int, int]]:
+    return st.tuples(st.sampled_from(WINDOW_SIDES), st.sampled_from(WINDOW_SIDES)).filter(lambda w: w != (-1, -1))
+
+
+@st.composite
+def sdpa_cases(draw, *, causal: str | None = None, window: bool = False, mask: bool = False,
+               bias: bool = False, softcap: bool = False, alibi: bool = False, padding: bool = False,
+               gqa: bool | None = None, scale: bool = False, extras: bool = False,
+               magnitudes: tuple[str, ...] = ("unit", "large"), max_len: int | None = None) -> SdpaCase:
+    """A case with the named options on; ``extras`` adds other declared options at random.
+
+    ``gqa`` None draws GQA shapes only if the backend declares ``sdpa.gqa``.
+    """
+    if gqa is None:
+        gqa = declares("sdpa.gqa")
+    h_q, h_kv = draw(st.sampled_from([p for p in HEADS if gqa or p[0] == p[1]]))
+    n_q, n_k = draw(lengths(max_len)), draw(lengths(max_len))
+    d_qk = draw(head_dims())
+    d_v = draw(st.one_of(st.just(d_qk), head_dims()))
+    batch = draw(st.integers(1, 2)) if n_q * n_k * h_q <= MAX_SCORES // 2 else 1
+    case = SdpaCase(batch=batch, h_q=h_q, h_kv=h_kv, n_q=n_q, n_k=n_k, d_qk=d_qk, d_v=d_v,
+                    seed=draw(st.integers(0, 2**32 - 1)), magnitude=draw(st.sampled_from(magnitudes)),
+                    causal=causal)
+    on = dict(window=window, mask=mask, bias=bias, softcap=softcap, alibi=alibi, padding=padding, scale=scale)
+    if extras:
+        for name, clause_id in (("window", "sdpa.window"), ("mask", "sdpa.mask"), ("bias", "sdpa.bias"),
+                                ("softcap", "sdpa.softcap"), ("alibi", "sdpa.alibi"),
+                                ("padding", "sdpa.padding"), ("scale", "sdpa.scale")):
+            on[name] = on[name] or (declares(clause_id) and draw(st.booleans()))
+        if case.causal is None and draw(st.booleans()):
+            options = [c for c in ("top_left", "bottom_right") if declares(f"sdpa.causal.{c}")]
+            case = case.with_(causal=draw(st.sampled_from(options))) if options else case
+    return draw(_with_options(case, **on))
+
+
+@st.composite
+def _with_options(draw, case: SdpaCase, *, window, mask, bias, softcap, alibi, padding, scale) -> SdpaCase:
+    changes: dict = {}
+    if scale:
+        changes["scale"] = draw(st.sampled_from([None, 1.0 / math.sqrt(case.d_qk), 0.3, 1.7]))
+    if window:
+        changes["window"] = draw(windows())
+    if mask:
+        changes["mask"] = draw(st.sampled_from(["full", "per_key", "per_head"]))
+        changes["mask_density"] = draw(st.sampled_from([0.0, 0.2, 0.7, 1.0]))
+    if bias:
+        changes["bias"] = draw(st.sampled_from(["full", "per_key", "per_head"]))
+        changes["bias_neg_inf"] = draw(st.booleans())
+    if softcap:
+        changes["softcap"] = draw(st.sampled_from(SOFTCAPS))
+    if alibi:
+        changes["alibi"] = True
+    if padding:
+        changes["q_lens"] = draw(seqlens(case.batch, case.n_q))
+        changes["kv_lens"] = draw(seqlens(case.batch, case.n_k))
+    return case.with_(**changes)
+
+
+def block_sizes(n: int) -> st.SearchStrategy[int]:
+    """Tile sizes: 1, small odd sizes, powers of two, and ones that do not divide ``n``."""
+    return st.sampled_from(sorted({1, 2, 3, 5, 16, 32, 64, 128, max(1, n - 1), n + 1}))

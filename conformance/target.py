@@ -1,0 +1,43 @@
+"""The backend under test in this pytest run, and the cases it declined.
+
+The plugin sets :data:`CURRENT` once per session; strategies read the backend's declared
+limits from it at draw time, and :func:`decline` records a case the backend refused.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import hypothesis
+import pytest
+
+from attnspec.contract import Backend
+
+
+@dataclass
+class Target:
+    backend: Backend
+    spec: str
+    dtypes: tuple[str, ...]
+    declines: dict = field(default_factory=lambda: defaultdict(list))
+    test_id: str = ""
+
+
+CURRENT: Target | None = None
+
+
+def current() -> Target:
+    if CURRENT is None:
+        raise RuntimeError("no backend under test: run the conformance suite with --backend=NAME")
+    return CURRENT
+
+
+def decline(reason: str) -> None:
+    """Record that the backend refused this case, and move on to the next one."""
+    target = current()
+    if len(target.declines[target.test_id]) < 20:
+        target.declines[target.test_id].append(reason)
+    if hypothesis.currently_in_test_context():
+        hypothesis.reject()
+    pytest.skip(f"declined by the backend: {reason}")

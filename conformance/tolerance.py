@@ -1,0 +1,114 @@
+"""The tolerance policy of :mod:`attnspec.tolerance`, computed for one case.
+
+At 16 and 32 bits the bound is relative to a naive implementation in the kernel's precision,
+evaluated by the reference's own formula with an :class:`~attnspec.reference.sdpa.Arithmetic`
+that rounds every step to the dtype (float32 accumulation). At 64 bits it is a few ulps times
+the error-propagation size of the case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnspec import tolerance as policy
+from attnspec.conformance.dtypes import eps, numpy_dtype
+from attnspec.reference import multihead
+from attnspec.reference.sdpa import Arithmetic, attend, prepare
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An allowed maximum absolute error, with the arithmetic that produced it."""
+
+    value: float
+    explanation: str
+
+    def __str__(self) -> str:
+        return f"{self.value:.3g} ({self.explanation})"
+
+
+def naive_arithmetic(dtype: str) -> Arithmetic:
+    return Arithmetic(compute=np.float32, storage=numpy_dtype(dtype))
+
+
+def relative_bound(naive_error: float, scale: float, dtype: str) -> Bound:
+    floor = policy.FLOOR_EPS * eps(dtype) * scale
+    value = policy.NAIVE_FACTOR * naive_error + floor
+    return Bound(value, f"{policy.NAIVE_FACTOR:g} x naive {dtype} error {naive_error:.3g} + floor {floor:.3g}")
+
+
+def float64_bound(size: float) -> Bound:
+    value = policy.FLOAT64_EPS * EPS64 * size
+    return Bound(value, f"{policy.FLOAT64_EPS:g} ulps x propagation size {size:.3g}")
+
+
+def max_error(a: np.ndarray, b: np.ndarray) -> float:
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(np.abs(a[both] - b[both]).max(initial=0.0))
+
+
+def finite_max(x: np.ndarray, at_least: float = 0.0) -> float:
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    return float(max(x[np.isfinite(x)].max(initial=0.0), at_least))
+
+
+def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[Bound, Bound]:
+    """``(output bound, LSE bound)`` for ``sdpa(q, k, v, **options)`` at ``dtype``."""
+    vmax = finite_max(v, 1e-30)
+    lse_scale = finite_max(ref_lse, 1.0)
+    problem = prepare(q, k, v, **options)
+    if dtype == "float64":
+        size = _score_size(problem)
+        return float64_bound(vmax * size), float64_bound(size + lse_scale)
+    out, lse = attend(problem, range(problem.n_q), range(problem.n_k), naive_arithmetic(dtype))
+    return (relative_bound(max_error(out, ref_out), vmax, dtype),
+            relative_bound(max_error(lse, ref_lse), lse_scale, dtype))
+
+
+def _score_size(problem) -> float:
+    """``D_qk * A + N_k + 1``: how far rounding in the dot products and sums can propagate."""
+    b, h_q, n_q, d = problem.q.shape
+    grouped = np.abs(problem.q).reshape(b, problem.h_kv, h_q // problem.h_kv, n_q, d)
+    dots = grouped @ np.swapaxes(np.abs(problem.k), -1, -2)[:, :, None]
+    additive = 0.0
+    for mod in problem.score_mods:  # softcap, bias and ALiBi add at most their own magnitude
+        additive += finite_max(mod(np.zeros((1, 1, 1, 1)), *_all_indices(problem)))
+    a = abs(problem.scale) * finite_max(dots) + additive
+    return d * a + problem.n_k + 1
+
+
+def _all_indices(problem):
+    return (np.arange(problem.batch)[:, None, None, None], np.arange(problem.h_q)[None, :, None, None],
+            np.arange(problem.n_q)[None, None, :, None], np.arange(problem.n_k)[None, None, None, :])
+
+
+def mha_bound(x_q, x_kv, weights: dict, options: dict, dtype: str, ref_out) -> Bound:
+    """The bound for ``mha``: projections, attention and the output projection."""
+    heads, kv_heads = weights["num_heads"], weights["num_kv_heads"]
+    w_q, w_k, w_v, w_o = (np.asarray(weights[n], np.float64) for n in ("w_q", "w_k", "w_v", "w_o"))
+    x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
+    split = multihead.split_heads
+    if dtype == "float64":
+        d_model = x_q.shape[-1]
+        q_abs, k_abs = split(np.abs(x_q) @ np.abs(w_q), heads), split(np.abs(x_kv) @ np.abs(w_k), kv_heads)
+        v_abs = split(np.abs(x_kv) @ np.abs(w_v), kv_heads)
+        problem = prepare(q_abs, k_abs, v_abs, **{**options, "softcap": None, "bias": None, "alibi_slopes": None})
+        attention = finite_max(v_abs) * (_score_size(problem) + d_model)
+        o_abs = finite_max(v_abs)
+        size = attention * np.abs(w_o).sum(axis=0).max() + w_o.shape[0] * o_abs * np.abs(w_o).max()
+        return float64_bound(size)
+    arith = naive_arithmetic(dtype)
+    f32 = np.float32
+    q = split(arith.round(x_q.astype(f32) @ w_q.astype(f32)), heads)
+    k = split(arith.round(x_kv.astype(f32) @ w_k.astype(f32)), kv_heads)
+    v = split(arith.round(x_kv.astype(f32) @ w_v.astype(f32)), kv_heads)
+    problem = prepare(q, k, v, **options)
+    o, _ = attend(problem, range(problem.n_q), range(problem.n_k), arith)
+    naive = arith.round(multihead.merge_heads(o).astype(f32) @ w_o.astype(f32))
+    return relative_bound(max_error(naive, ref_out), finite_max(ref_out, 1e-30), dtype)
+
+
