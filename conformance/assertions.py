@@ -29,6 +29,12 @@ class Checker:
     dtype: str
     reproduce: str
 
+    def __repr__(self) -> str:
+        return f"Checker({self.clause!r}, {self.backend!r}, {self.dtype!r})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(repr(self))
+
     def _fail(self, headline: str, case, details: str) -> None:
         __tracebackhide__ = True
         raise ConformanceError(
@@ -48,14 +54,14 @@ class Checker:
         if mismatch.any():
             at = _index(np.argwhere(mismatch)[0])
             self._fail(f"{what} is non-finite where the reference is not (or the reverse)", case,
-                       f"first such element: {what}{at} = {actual[at]!r} (reference {expected[at]!r}); "
+                       f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
                        f"{int(mismatch.sum())} such elements")
         with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
             err = np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
         if err.size and err.max() > bound.value:
             at = _index(np.unravel_index(np.argmax(err), err.shape))
             self._fail(f"{what} differs from the float64 reference", case,
-                       f"worst element: {what}{at} = {actual[at]!r}, reference {expected[at]!r}, "
+                       f"worst element: {what}{at} = {actual[at]:.6g}, reference {expected[at]:.6g}, "
                        f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
                        f"{err.size} elements out of bound")
 

@@ -40,14 +40,14 @@ class SdpaCase:
     kv_lens: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
-        parts = [f"B={self.batch} H_q={self.h_q} H_kv={self.h_kv} N_q={self.n_q} N_k={self.n_k} "
-                 f"D_qk={self.d_qk} D_v={self.d_v}"]
+        """Valid Python that rebuilds the case: the shape always, other fields where not default."""
         defaults = SdpaCase()
-        for f in fields(self)[7:]:
-            value = getattr(self, f.name)
-            if value != getattr(defaults, f.name) or f.name == "seed":
-                parts.append(f"{f.name}={value!r}")
-        return "SdpaCase(" + " ".join(parts) + ")"
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for i, f in enumerate(fields(self))
+                 if i < 8 or getattr(self, f.name) != getattr(defaults, f.name)]
+        return f"SdpaCase({', '.join(shown)})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints falsifying examples this way
+        printer.text(repr(self))
 
     def with_(self, **changes) -> "SdpaCase":
         return replace(self, **changes)

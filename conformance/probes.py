@@ -21,11 +21,13 @@ POISON = 1e4
 
 def check_sdpa(check: Checker, case: SdpaCase, dtype: str, *, op: str = "sdpa", lse: bool = False, **extra):
     """The backend's ``op`` on ``case`` against the float64 reference: output, and LSE if asked."""
+    __tracebackhide__ = True
     q, k, v, options = case.inputs(dtype)
     return check_arrays(check, case, dtype, q, k, v, options, op=op, lse=lse, **extra)
 
 
 def check_arrays(check: Checker, case, dtype: str, q, k, v, options: dict, *, op="sdpa", lse=False, **extra):
+    __tracebackhide__ = True
     out, got_lse = call_sdpa(q, k, v, options, op=op, return_lse=lse, **extra)
     ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
     out_bound, lse_bound = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
@@ -48,6 +50,7 @@ def check_pattern(check: Checker, case: SdpaCase, dtype: str) -> None:
     With zero scores every visible key gets ``1 / |V(i)|`` > 0 and every invisible key exactly 0,
     so the set of keys carrying weight must equal the visibility rule exactly.
     """
+    __tracebackhide__ = True
     case = case.with_(d_v=case.n_k, bias=None, alibi=False, softcap=None)
     q, k, v, options = case.inputs(dtype)
     q = np.zeros_like(q)
@@ -63,6 +66,7 @@ def check_poisoned(check: Checker, case: SdpaCase, dtype: str) -> None:
     Keys that no query of a batch item may see get ``1e4`` in ``k`` and ``v``; keys and queries past
     ``kv_lens``/``q_lens`` get NaN. The output must match the reference on the clean inputs.
     """
+    __tracebackhide__ = True
     q, k, v, options = case.inputs(dtype)
     vis = visibility(case, q, k, v, options)
     group = case.h_q // case.h_kv
@@ -84,6 +88,7 @@ def check_poisoned(check: Checker, case: SdpaCase, dtype: str) -> None:
 
 def check_fully_masked_rows(check: Checker, case: SdpaCase, dtype: str) -> None:
     """Rows with no visible key are exactly zero with LSE -inf (clause ``sdpa.fully_masked``)."""
+    __tracebackhide__ = True
     q, k, v, options = case.inputs(dtype)
     out, lse = call_sdpa(q, k, v, options, return_lse=True)
     empty = ~visibility(case, q, k, v, options).any(axis=-1)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from attnspec import tolerance as policy
 from attnspec.conformance.calls import call_sdpa
 from attnspec.conformance.dtypes import eps
-from attnspec.conformance.probes import POISON, visibility
+from attnspec.conformance.probes import POISON, check_arrays, visibility
 from attnspec.conformance.strategies import sdpa_cases
 from attnspec.conformance.tolerance import Bound, sdpa_bounds
 from attnspec import reference
@@ -36,7 +36,7 @@ def test_permuting_queries_permutes_outputs(check, dtype, case, data):
     """Without positional information, permuting the queries permutes the output rows."""
     q, k, v, options = case.inputs(dtype)
     perm = np.asarray(data.draw(st.permutations(range(case.n_q))))
-    out, _ = call_sdpa(q, k, v, options, return_lse=False)
+    out = check_arrays(check, case, dtype, q, k, v, options)[0]
     permuted, _ = call_sdpa(q[:, :, perm], k, v, options, return_lse=False)
     check.close(permuted, np.asarray(out, np.float64)[:, :, perm], _bound(q, k, v, options, dtype),
                 what="out of permuted queries", case=case)
@@ -48,7 +48,7 @@ def test_permuting_keys_and_values_together_changes_nothing(check, dtype, case, 
     """Without positional information, attention is invariant to a joint permutation of K and V."""
     q, k, v, options = case.inputs(dtype)
     perm = np.asarray(data.draw(st.permutations(range(case.n_k))))
-    out, _ = call_sdpa(q, k, v, options, return_lse=False)
+    out = check_arrays(check, case, dtype, q, k, v, options)[0]
     permuted, _ = call_sdpa(q, k[:, :, perm], v[:, :, perm], options, return_lse=False)
     check.close(permuted, out, _bound(q, k, v, options, dtype), what="out of permuted keys", case=case)
 
@@ -88,7 +88,7 @@ def _check_causality(check, dtype, case, data):
     changed_q, changed_k, changed_v = q.copy(), k.copy(), v.copy()
     changed_k[:, :, p:], changed_v[:, :, p:] = POISON, POISON
     changed_q[:, :, r:] = -changed_q[:, :, r:]
-    out, _ = call_sdpa(q, k, v, options, return_lse=False)
+    out = check_arrays(check, case, dtype, q, k, v, options)[0]
     after, _ = call_sdpa(changed_q, changed_k, changed_v, options, return_lse=False)
     untouched = ~visibility(case, q, k, v, options)[..., p:].any(axis=-1)
     untouched[:, :, r:] = False
@@ -103,7 +103,7 @@ def test_batch_items_are_independent(check, dtype, case):
     """Changing batch item 1 leaves batch item 0 unchanged."""
     case = case.with_(batch=2, q_lens=_two_items(case.q_lens), kv_lens=_two_items(case.kv_lens))
     q, k, v, options = case.inputs(dtype)
-    out, _ = call_sdpa(q, k, v, options, return_lse=False)
+    out = check_arrays(check, case, dtype, q, k, v, options)[0]
     q2, k2, v2 = q.copy(), k.copy(), v.copy()
     q2[1], k2[1], v2[1] = -q[1], k[1][:, ::-1], -v[1]
     after, _ = call_sdpa(q2, k2, v2, options, return_lse=False)

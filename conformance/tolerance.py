@@ -15,7 +15,8 @@ import numpy as np
 from attnspec import tolerance as policy
 from attnspec.conformance.dtypes import eps, numpy_dtype
 from attnspec.reference import multihead
-from attnspec.reference.sdpa import Arithmetic, attend, prepare
+from attnspec.reference.arithmetic import Arithmetic
+from attnspec.reference.sdpa import attend, prepare
 
 EPS64 = float(np.finfo(np.float64).eps)
 

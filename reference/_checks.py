@@ -38,6 +38,8 @@ def int_array(name: str, x, *, shape: tuple | None = None, low: int | None = Non
               high: int | None = None) -> np.ndarray:
     """``x`` as an int64 array with ``low <= x <= high``; rejects floats (NaN included) and bools."""
     arr = np.asarray(x)
+    if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(x, np.ndarray):
+        arr = arr.astype(np.int64)  # an empty list has NumPy's default float dtype
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array; got dtype {arr.dtype}"
                         + (" containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else ""))

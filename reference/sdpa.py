@@ -16,24 +16,11 @@ import numpy as np
 
 from attnspec.reference import _checks as check
 from attnspec.reference import masks
+from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 CAUSAL = (None, "top_left", "bottom_right")
 
 
-@dataclass(frozen=True)
-class Arithmetic:
-    """Where the formula is evaluated: ``compute`` dtype, and ``storage`` dtype rounded to after each step."""
-
-    compute: type = np.float64
-    storage: object = None
-
-    def round(self, x: np.ndarray) -> np.ndarray:
-        if self.storage is None:
-            return x
-        return np.asarray(x).astype(self.storage).astype(self.compute)
-
-
-EXACT = Arithmetic()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""Absolute positional encodings: sinusoidal (two channel layouts) and learned tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from attnspec.reference import _checks
+
+SINUSOIDAL_LAYOUTS = ("interleaved", "concat")
+
+
+def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0) -> np.ndarray:
+    """Sinusoidal encoding of shape ``(len(positions), dim)``.
+
+    Clauses ``pe.sinusoidal.interleaved`` (``sin, cos, sin, cos, ...``) and
+    ``pe.sinusoidal.concat`` (``[sin | cos]``).
+    """
+    dim = _checks.integer("dim", dim, low=1)
+    if dim % 2:
+        raise ValueError(f"dim must be even; got {dim}")
+    _checks.choice("layout", layout, SINUSOIDAL_LAYOUTS)
+    base = _checks.positive_float("base", base)
+    pos = _checks.int_array("positions", positions, low=0)
+    if pos.ndim != 1:
+        raise ValueError(f"positions must be 1-D; got shape {pos.shape}")
+
+    freqs = base ** (-2.0 * np.arange(dim // 2) / dim)  # w_c, c = 0 .. dim/2 - 1
+    angles = pos[:, None].astype(np.float64) * freqs[None, :]
+    sin, cos = np.sin(angles), np.cos(angles)
+    if layout == "interleaved":
+        # Stacking on a new last axis and flattening puts sin at 2c and cos at 2c + 1.
+        return np.stack([sin, cos], axis=-1).reshape(len(pos), dim)
+    return np.concatenate([sin, cos], axis=-1)
+
+
+def learned(table, positions) -> np.ndarray:
+    """Rows of a learned table: ``table[positions]``, shape ``positions.shape + (dim,)``.
+
+    Clause ``pe.learned``. A position outside ``[0, max_positions)`` is an error: NumPy would
+    wrap negative indices, and a clamp would hide a too-short table.
+    """
+    table = _checks.float_array("table", table, ndim=2)
+    pos = _checks.int_array("positions", positions, low=0, high=table.shape[0] - 1)
+    return table[pos]
