@@ -31,12 +31,20 @@ def _limit(value: int | None, default: int) -> int:
 
 
 def lengths(max_len: int | None = None) -> st.SearchStrategy[int]:
+    return st.deferred(lambda: _lengths(max_len))  # the backend's limit is read at draw time
+
+
+def _lengths(max_len: int | None) -> st.SearchStrategy[int]:
     top = _limit(max_len if max_len is not None else current().backend.max_seq_len, max(LENGTHS))
     picks = [n for n in LENGTHS if n <= top]
     return st.one_of(st.sampled_from(picks), st.integers(1, min(top, 70)))
 
 
 def head_dims() -> st.SearchStrategy[int]:
+    return st.deferred(_head_dims)
+
+
+def _head_dims() -> st.SearchStrategy[int]:
     top = _limit(current().backend.max_head_dim, max(HEAD_DIMS))
     return st.sampled_from([d for d in HEAD_DIMS if d <= top])
 

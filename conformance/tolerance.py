@@ -14,7 +14,7 @@ import numpy as np
 
 from attnspec import tolerance as policy
 from attnspec.conformance.dtypes import eps, numpy_dtype
-from attnspec.reference import multihead
+from attnspec.reference import multihead, relative
 from attnspec.reference.arithmetic import Arithmetic
 from attnspec.reference.sdpa import attend, prepare
 
@@ -113,3 +113,32 @@ def mha_bound(x_q, x_kv, weights: dict, options: dict, dtype: str, ref_out) -> B
     return relative_bound(max_error(naive, ref_out), finite_max(ref_out, 1e-30), dtype)
 
 
+
+
+def positional_bound(ref, naive_fn, dtype: str, *, scale: float, propagation: float) -> Bound:
+    """Element-wise encodings: relative to ``naive_fn(naive arithmetic)`` at 16/32 bits; at 64
+    bits ``propagation`` (1 + the largest angle, for rotations) ulps of ``scale``."""
+    if dtype == "float64":
+        return float64_bound(scale * propagation)
+    return relative_bound(max_error(naive_fn(naive_arithmetic(dtype)), ref), scale, dtype)
+
+
+def rounding_bound(ref, dtype: str) -> Bound:
+    """Values computed exactly and then stored: a couple of roundings of the largest one."""
+    scale = finite_max(ref, 1e-30)
+    if dtype == "float64":
+        return float64_bound(scale)
+    return Bound(policy.FLOOR_EPS * eps(dtype) * scale, f"{policy.FLOOR_EPS:g} eps({dtype}) x max|ref| {scale:.3g}")
+
+
+def shaw_bound(q, k, v, kwargs: dict, dtype: str, ref) -> Bound:
+    """Shaw's relative attention: like ``sdpa``, with the relative tables added to K and V."""
+    rel_k, rel_v = (np.asarray(kwargs[n], np.float64) for n in ("rel_k", "rel_v"))
+    vmax = finite_max(v, 1e-30) + finite_max(rel_v)
+    if dtype == "float64":
+        q, k = np.abs(np.asarray(q, np.float64)), np.abs(np.asarray(k, np.float64))
+        d = q.shape[-1]
+        a = finite_max(q @ np.swapaxes(k, -1, -2)) + finite_max(q @ np.abs(rel_k).T)
+        return float64_bound(vmax * (d * a / np.sqrt(d) + k.shape[2] + 2 * kwargs["max_relative"] + 2))
+    naive = relative.shaw(q, k, v, arithmetic=naive_arithmetic(dtype), **kwargs)
+    return relative_bound(max_error(naive, ref), vmax, dtype)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec.reference import _checks
+from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 SINUSOIDAL_LAYOUTS = ("interleaved", "concat")
 
 
-def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0) -> np.ndarray:
+def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
+               arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Sinusoidal encoding of shape ``(len(positions), dim)``.
 
     Clauses ``pe.sinusoidal.interleaved`` (``sin, cos, sin, cos, ...``) and
@@ -24,9 +26,9 @@ def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0) -> np.ndar
     if pos.ndim != 1:
         raise ValueError(f"positions must be 1-D; got shape {pos.shape}")
 
-    freqs = base ** (-2.0 * np.arange(dim // 2) / dim)  # w_c, c = 0 .. dim/2 - 1
-    angles = pos[:, None].astype(np.float64) * freqs[None, :]
-    sin, cos = np.sin(angles), np.cos(angles)
+    freqs = (base ** (-2.0 * np.arange(dim // 2) / dim)).astype(arithmetic.compute)  # w_c
+    angles = pos[:, None].astype(arithmetic.compute) * freqs[None, :]
+    sin, cos = arithmetic.round(np.sin(angles)), arithmetic.round(np.cos(angles))
     if layout == "interleaved":
         # Stacking on a new last axis and flattening puts sin at 2c and cos at 2c + 1.
         return np.stack([sin, cos], axis=-1).reshape(len(pos), dim)
