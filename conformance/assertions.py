@@ -98,6 +98,19 @@ class Checker:
         if not diff > more_than:
             self._fail(f"{what} did not change", case, f"largest change {diff:.3g} <= {more_than:.3g}")
 
+    def rejects(self, fn, *, what: str, case) -> None:
+        """``fn()`` must raise an error (an ``Unsupported`` decline does not count)."""
+        __tracebackhide__ = True
+        from attnspec.contract import Unsupported
+
+        try:
+            fn()
+        except Unsupported as exc:
+            self._fail(f"{what} was declined, but the spec makes it an error", case, f"Unsupported: {exc}")
+        except Exception:
+            return
+        self._fail(f"{what} was accepted, but the spec makes it an error", case, "no exception was raised")
+
     def same_shape(self, actual, expected, *, what: str, case) -> None:
         __tracebackhide__ = True
         if np.shape(actual) != np.shape(expected):

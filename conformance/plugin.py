@@ -12,7 +12,7 @@ import fnmatch
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
 from attnspec import CATALOG
@@ -28,7 +28,9 @@ try:  # extend Hypothesis's own CI profile (derandomised, no database) where it 
     _CI_BASE = settings.get_profile("ci")
 except Exception:
     _CI_BASE = settings(derandomize=True, database=None)
-settings.register_profile("ci", _CI_BASE, max_examples=25, **_COMMON)
+settings.register_profile("ci", _CI_BASE, max_examples=50, **_COMMON)
+# For the project's mutant tests: as "ci", without shrinking (only the failure matters there).
+settings.register_profile("mutants", _CI_BASE, max_examples=50, phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
 settings.register_profile("dev", max_examples=12, **_COMMON)
 settings.register_profile("nightly", max_examples=400, **_COMMON)
 
@@ -49,6 +51,8 @@ def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("ci" if os.environ.get("CI") else "dev")
     config._attnspec_results = {}
+    if config.getoption("backend"):
+        _target(config)  # a backend that cannot load is a usage error before any collection
 
 
 def _target(config) -> target.Target:
@@ -83,10 +87,13 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     if "dtype" in metafunc.fixturenames and metafunc.definition.get_closest_marker("clause"):
-        metafunc.parametrize("dtype", _target(metafunc.config).dtypes)
+        dtypes = target.CURRENT.dtypes if target.CURRENT else ("no-backend",)  # refused after collection
+        metafunc.parametrize("dtype", dtypes)
 
 
 def pytest_collection_modifyitems(config, items):
+    if target.CURRENT is None and any(clause_ids(item) for item in items):
+        raise pytest.UsageError("the conformance suite needs --backend=NAME (for example --backend=numpy)")
     patterns = [p.strip() for p in config.getoption("clauses").split(",") if p.strip()]
     selected, deselected = [], []
     for item in items:

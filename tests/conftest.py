@@ -1,0 +1,29 @@
+"""Helpers for the project's own tests: running the conformance suite in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_suite(tmp_path: Path, *args: str, name: str = "run", profile: str = "ci") -> tuple[int, dict, str]:
+    """``pytest conformance ARGS`` in a fresh interpreter: (exit code, JSON report, output)."""
+    report = tmp_path / f"{name}.json"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+                           f"--hypothesis-profile={profile}", f"--report={report}", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return proc.returncode, data, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def suite(tmp_path):
+    return lambda *args, name="run": run_suite(tmp_path, *args, name=name)

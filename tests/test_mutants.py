@@ -1,0 +1,49 @@
+"""The suite has teeth: every mutant fails on the clause it breaks, and the reference passes.
+
+Each mutant is run against the tests of its clause in a subprocess (two at a time); the JSON
+report must mark that clause failed by a conformance assertion, not by a crash.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from attnspec.backends.mutants import MUTANTS
+from tests.conftest import run_suite
+
+
+@pytest.fixture(scope="session")
+def mutant_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mutants")
+
+    def run(name):
+        clause = MUTANTS[name].breaks
+        return name, run_suite(tmp, f"--backend=mutant:{name}", f"--clauses={clause}", name=name, profile="mutants")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, sorted(MUTANTS)))
+
+
+def test_there_are_enough_mutants():
+    assert len(MUTANTS) >= 12
+
+
+def test_every_clause_has_a_mutant():
+    from attnspec import CATALOG
+
+    broken = {cls.breaks for cls in MUTANTS.values()}
+    assert set(CATALOG) - broken == set(), "add a mutant for each new clause"
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_fails_on_its_clause(mutant_runs, name):
+    code, report, output = mutant_runs[name]
+    clause = MUTANTS[name].breaks
+    assert code == 1, f"mutant {name}: pytest exited {code}, expected 1 (tests failed)\n{output[-3000:]}"
+    row = report["clauses"][clause]
+    assert row["status"] == "failed", f"mutant {name} was not caught on {clause}: {row}"
+    for failure in row["failures"]:
+        assert f"[{clause}]" in failure["message"] and "ConformanceError" in failure["message"], (
+            f"mutant {name} failed {failure['test']} by something other than a conformance check:\n{failure['message']}")

@@ -1,0 +1,105 @@
+"""Finding backends: built-ins, entry points, a user's module or file, and the contract checks."""
+
+from __future__ import annotations
+
+import textwrap
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from attnspec import CATALOG, Backend, BackendError, load_backend
+from attnspec import registry
+
+
+def test_numpy_declares_every_clause():
+    backend = load_backend("numpy")
+    assert backend.declared == frozenset(CATALOG)
+    assert backend.device == "cpu"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(BackendError, match="unknown backend 'nope'.*numpy"):
+        load_backend("nope")
+
+
+def test_unknown_mutant_lists_the_mutants():
+    with pytest.raises(BackendError, match="unknown mutant 'nope'.*lse_base2"):
+        load_backend("mutant:nope")
+
+
+def test_module_object():
+    assert load_backend("attnspec.backends.numpy_backend:NumpyBackend").name == "numpy"
+
+
+def test_module_that_does_not_import_is_an_error_naming_the_cause():
+    with pytest.raises(BackendError, match="could not be imported: ModuleNotFoundError"):
+        load_backend("no_such_package.kernels:Backend")
+
+
+def _write(tmp_path, body: str):
+    path = tmp_path / "user_kernel.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_backend_in_a_users_file(tmp_path):
+    path = _write(tmp_path, """
+        import attnspec
+        class Mine(attnspec.Backend):
+            name = "mine"
+            clauses = ("sdpa",)
+            dtypes = ("float32",)
+            def sdpa(self, q, k, v, **options):
+                return q
+    """)
+    backend = load_backend(f"{path}:Mine")
+    assert backend.name == "mine" and backend.declared == {"sdpa"}
+
+
+def test_missing_file_and_missing_object(tmp_path):
+    with pytest.raises(BackendError, match="does not exist"):
+        load_backend(f"{tmp_path / 'absent.py'}:X")
+    path = _write(tmp_path, "x = 1\n")
+    with pytest.raises(BackendError, match="has no attribute 'Mine'"):
+        load_backend(f"{path}:Mine")
+
+
+def test_file_that_fails_to_import_reports_its_error(tmp_path):
+    path = _write(tmp_path, "import torch_that_is_not_installed\n")
+    with pytest.raises(BackendError, match="failed to import: ModuleNotFoundError"):
+        load_backend(f"{path}:Mine")
+
+
+def test_entry_point_backends_are_found(monkeypatch):
+    ep = EntryPoint("vendor-kernel", "attnspec.backends.numpy_backend:NumpyBackend", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == registry.ENTRY_POINT_GROUP else [])
+    assert "vendor-kernel" in registry.available()
+    assert load_backend("vendor-kernel").name == "numpy"
+
+
+class _Declared(Backend):
+    name = "declared"
+    dtypes = ("float32",)
+
+
+@pytest.mark.parametrize("attrs, message", [
+    (dict(clauses=("sdpa.causl",)), "matches no clause"),
+    (dict(clauses=("sdpa",)), "declares clause 'sdpa' but has no method 'sdpa'"),
+    (dict(clauses=("sdpa",), dtypes=("float8",), sdpa=lambda self: None), "dtypes"),
+    (dict(clauses=()), "declares no clause"),
+    (dict(clauses=("sdpa",), name="", sdpa=lambda self: None), "'name' must be a non-empty string"),
+])
+def test_contract_violations_are_named(attrs, message):
+    cls = type("Broken", (_Declared,), attrs)
+    with pytest.raises(BackendError, match=message):
+        registry.validate(cls())
+
+
+def test_device_must_be_declared():
+    with pytest.raises(BackendError, match=r"runs on \('cpu',\); device 'cuda' was asked for"):
+        load_backend("numpy", device="cuda")
+
+
+def test_variant_for_a_backend_without_variants():
+    with pytest.raises(BackendError, match="takes no variant"):
+        load_backend("numpy:fast")

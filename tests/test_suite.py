@@ -1,0 +1,86 @@
+"""The conformance suite from a user's side: options, reports, declines and failure messages."""
+
+from __future__ import annotations
+
+import textwrap
+
+from tests.conftest import ROOT
+
+
+def test_users_file_backend_passes_what_it_declares(suite):
+    code, report, output = suite(f"--backend={ROOT / 'examples' / 'my_backend.py'}:MyAttention")
+    assert code == 0, output[-3000:]
+    statuses = {c: r["status"] for c, r in report["clauses"].items()}
+    assert {c for c, s in statuses.items() if s == "passed"} == {"sdpa", "sdpa.scale", "sdpa.causal.top_left"}
+    assert {s for c, s in statuses.items() if c not in ("sdpa", "sdpa.scale", "sdpa.causal.top_left")} == {"unsupported"}
+    assert report["backend"]["name"] == "my-attention" and report["dtypes"] == ["float32", "float64"]
+    assert "numpy" in report["environment"] and report["spec_version"]
+
+
+def test_no_backend_is_a_usage_error(suite):
+    code, _, output = suite()
+    assert code == 4 and "needs --backend=NAME" in output
+
+
+def test_undeclared_dtype_is_a_usage_error(suite):
+    code, _, output = suite("--backend=numpy", "--dtype=bfloat16")
+    assert code == 4 and "declares dtypes ('float64', 'float32'); --dtype asked for ['bfloat16']" in output
+
+
+def test_clause_selection_and_report(suite):
+    code, report, output = suite("--backend=numpy", "--dtype=float32", "--clauses=sdpa.causal.*")
+    assert code == 0, output[-2000:]
+    ran = {c for c, r in report["clauses"].items() if r["tests"]}
+    assert ran == {"sdpa.causal.top_left", "sdpa.causal.bottom_right"}
+    assert all(r["status"] == "passed" for c, r in report["clauses"].items() if c in ran)
+
+
+def _backend_file(tmp_path, body):
+    path = tmp_path / "kernel.py"
+    path.write_text(textwrap.dedent(body))
+    return f"--backend={path}:Kernel"
+
+
+def test_declined_cases_are_reported_not_failed(suite, tmp_path):
+    spec = _backend_file(tmp_path, """
+        import attnspec
+        from attnspec.reference import sdpa
+        class Kernel(attnspec.Backend):
+            name = "picky"
+            clauses = ("sdpa", "sdpa.softcap")
+            dtypes = ("float64",)
+            def sdpa(self, q, k, v, softcap=None, **options):
+                if softcap is not None:
+                    raise attnspec.Unsupported("no softcap kernel")
+                if q.shape[-1] > 16:
+                    raise attnspec.Unsupported("head dims above 16")
+                return sdpa(q, k, v, **options)
+    """)
+    code, report, output = suite(spec, "--clauses=sdpa,sdpa.softcap")
+    assert code == 0, output[-3000:]
+    assert report["clauses"]["sdpa.softcap"]["status"] == "declined"
+    assert any("no softcap kernel" in s for s in report["clauses"]["sdpa.softcap"]["skips"])
+    assert report["clauses"]["sdpa"]["status"] == "passed"
+
+
+def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
+    spec = _backend_file(tmp_path, """
+        import attnspec, numpy as np
+        from attnspec.reference import sdpa
+        class Kernel(attnspec.Backend):
+            name = "nan-at-64"
+            clauses = ("sdpa",)
+            dtypes = ("float32",)
+            def sdpa(self, q, k, v, **options):
+                out = sdpa(q, k, v, **options).astype(q.dtype)
+                if k.shape[2] > 64:
+                    out[..., -1, :] = np.nan  # a bug on the partial tile
+                return out
+    """)
+    code, report, output = suite(spec, "--clauses=sdpa", "--tb=short")
+    assert code == 1
+    message = report["clauses"]["sdpa"]["failures"][0]["message"]
+    for expected in ("[sdpa] backend 'nan-at-64' (float32, cpu)", "non-finite where the reference is not",
+                     "case: SdpaCase(", "reproduce: pytest 'conformance/test_"):
+        assert expected in message, message
+    assert "@reproduce_failure" in output or "Falsifying" in output
