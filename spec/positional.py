@@ -129,7 +129,11 @@ def t5_bucket(relative_position, bidirectional=True, num_buckets=32, max_distanc
     otherwise ``n = num_buckets``, ``rel = max(-rel, 0)`` and ``bucket = 0``. Then with
     ``exact = n // 2``: ``rel < exact`` adds ``rel``; else it adds
     ``min(exact + floor(log(rel / exact) / log(max_distance / exact) * (n - exact)), n - 1)``.
-    Results are integers in ``[0, num_buckets)``.
+    Results are integers in ``[0, num_buckets)``. The log bin is evaluated in floating point in
+    the order written and truncated toward zero (as HF's code does); at a few offsets of unusual
+    bucket counts this differs from the exact real-number floor, and the floating-point result is
+    the conforming one. ``num_buckets // (2 if bidirectional else 1) // 2`` MUST be ``>= 1`` and
+    ``max_distance`` larger than it, or the log is undefined.
 
     .. versionadded:: 0.1.0
     """
