@@ -131,6 +131,26 @@ def test_rope_scores_depend_on_position_differences(check, dtype, inputs, shift)
                 what=f"q.k with positions shifted by {shift}", case=case)
 
 
+@pytest.mark.clause("rope.half_split")
+@given(inputs=rope_inputs())
+def test_rope_makes_order_matter(check, dtype, inputs):
+    """The converse of permutation invariance: with RoPE, swapping two keys changes their scores."""
+    case, _, _, _ = inputs
+    n = max(case.n_q, 2)
+    case = case.with_(n_q=n, n_k=n, magnitude="unit")
+    q, k, _, _ = case.inputs(dtype)
+    positions = np.arange(n)
+    swap = np.r_[n - 1, 1:n - 1, 0] if n > 2 else np.array([1, 0])
+    rot_q = np.asarray(call("rope", q, positions, layout="half_split"), np.float64)
+    rot_k = np.asarray(call("rope", k, positions, layout="half_split"), np.float64)
+    rot_swapped = np.asarray(call("rope", k[:, :, swap], positions, layout="half_split"), np.float64)
+    scores = rot_q @ np.swapaxes(rot_k, -1, -2)
+    swapped = rot_q @ np.swapaxes(rot_swapped, -1, -2)
+    # without positions the swapped scores would be a column permutation of the original ones
+    check.differs(swapped, scores[..., swap], more_than=1e-2 * finite_max(scores, 1.0),
+                  what="scores of keys moved to other positions", case=case)
+
+
 @pytest.mark.clause("alibi.slopes")
 @given(num_heads=st.one_of(st.integers(1, 40), st.sampled_from([6, 12, 20, 24, 48, 64, 96, 100])))
 @example(num_heads=12)

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 
+from attnspec import reference
 from attnspec.conformance.calls import call_sdpa
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.probes import check_arrays, check_fully_masked_rows, check_sdpa
-from attnspec.conformance.strategies import sdpa_cases
+from attnspec.conformance.strategies import declares, sdpa_cases
+from attnspec.conformance.tolerance import sdpa_bounds
 
 
 @pytest.mark.clause("sdpa")
@@ -99,12 +101,20 @@ def test_bias(check, dtype, case):
 @pytest.mark.clause("sdpa.bias")
 @given(case=sdpa_cases(bias=True))
 def test_bias_row_shift(check, dtype, case):
-    """Adding a per-row constant to the bias leaves the output unchanged."""
+    """Adding a per-row constant to the bias leaves the output unchanged and shifts the LSE."""
     q, k, v, options = case.inputs(dtype)
     rng = np.random.default_rng(case.seed + 1)
     shift = rng.integers(-4, 5, size=(case.batch, case.h_q, case.n_q, 1)).astype(options["bias"].dtype)
     shifted = dict(options, bias=(options["bias"] + shift).astype(options["bias"].dtype))
-    check_arrays(check, case, dtype, q, k, v, shifted)
+    with_lse = declares("sdpa.lse")
+    out, lse = call_sdpa(q, k, v, shifted, return_lse=with_lse)
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)  # the unshifted problem
+    out_bound, _ = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
+    check.close(out, ref_out, out_bound, what="out with a row-shifted bias", case=case)
+    if with_lse:
+        shifted_lse = np.where(np.isneginf(ref_lse), -np.inf, ref_lse + shift[..., 0].astype(np.float64))
+        _, lse_bound = sdpa_bounds(q, k, v, shifted, dtype, ref_out, shifted_lse)
+        check.close(lse, shifted_lse, lse_bound, what="lse with a row-shifted bias", case=case)
 
 
 @pytest.mark.clause("sdpa.softcap")

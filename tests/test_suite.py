@@ -84,3 +84,10 @@ def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
                      "case: SdpaCase(", "reproduce: pytest 'conformance/test_"):
         assert expected in message, message
     assert "@reproduce_failure" in output or "Falsifying" in output
+
+
+def test_sixteen_bit_paths_pass_on_the_naive_implementation(suite):
+    """The bfloat16/float16 machinery (rounding, probes, bounds) accepts the naive formula itself."""
+    code, report, output = suite(f"--backend={ROOT / 'tests' / 'lowp_backend.py'}:RoundedReference")
+    assert code == 0, output[-4000:]
+    assert {r["status"] for c, r in report["clauses"].items() if c.startswith("sdpa")} == {"passed"}
