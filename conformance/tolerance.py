@@ -8,7 +8,7 @@ the error-propagation size of the case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,11 +33,13 @@ class Bound:
 
 
 def naive_arithmetic(dtype: str) -> Arithmetic:
-    return Arithmetic(compute=np.float32, storage=numpy_dtype(dtype))
+    return Arithmetic(compute=np.float32, storage=numpy_dtype(dtype), sequential=True)
 
 
-def relative_bound(naive_error: float, scale: float, dtype: str) -> Bound:
-    floor = policy.FLOOR_EPS * eps(dtype) * scale
+def relative_bound(naive_error: float, scale: float, dtype: str, sensitivity: float = 0.0) -> Bound:
+    """``NAIVE_FACTOR * naive_error`` plus the floor: two roundings of ``scale`` in the dtype, and
+    ``SENSITIVITY_FACTOR`` times the case's measured sensitivity to float32 rounding."""
+    floor = policy.FLOOR_EPS * eps(dtype) * scale + policy.SENSITIVITY_FACTOR * sensitivity
     value = policy.NAIVE_FACTOR * naive_error + floor
     return Bound(value, f"{policy.NAIVE_FACTOR:g} x naive {dtype} error {naive_error:.3g} + floor {floor:.3g}")
 
@@ -66,8 +68,32 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
         size = _score_size(problem)
         return float64_bound(vmax * size), float64_bound(size + lse_scale)
     out, lse = attend(problem, range(problem.n_q), range(problem.n_k), naive_arithmetic(dtype))
-    return (relative_bound(max_error(out, ref_out), vmax, dtype),
-            relative_bound(max_error(lse, ref_lse), lse_scale, dtype))
+    out_sens, lse_sens = rounding_sensitivity(problem, ref_out, ref_lse)
+    return (relative_bound(max_error(out, ref_out), vmax, dtype, out_sens),
+            relative_bound(max_error(lse, ref_lse), lse_scale, dtype, lse_sens))
+
+
+def rounding_sensitivity(problem, ref_out, ref_lse, draws: int = 2) -> tuple[float, float]:
+    """How far the exact result moves when float32 rounding perturbs its inputs.
+
+    Every ``q`` element is perturbed by a random relative ``sqrt(D_qk) * eps(float32)`` and every
+    ``v`` element by ``sqrt(N_k) * eps(float32)``: the size of the rounding error that a length-D dot
+    product and a length-N_k weighted sum accumulate in float32, with high probability (Higham and
+    Mary, 2019). The exact formula is evaluated on the perturbed inputs in float64, so this measures
+    the case's own conditioning (a saturated softmax hides score errors; a flat one does not),
+    independently of any BLAS library. Deterministic: the perturbations come from a fixed seed.
+    """
+    rng = np.random.default_rng(2019)
+    unit = float(np.finfo(np.float32).eps)
+    q_jitter = unit * np.sqrt(problem.q.shape[-1])
+    v_jitter = unit * np.sqrt(max(problem.n_k, 1))
+    out_sens = lse_sens = 0.0
+    for _ in range(draws):
+        perturbed = replace(problem, q=problem.q * (1 + q_jitter * rng.uniform(-1, 1, problem.q.shape)),
+                            v=problem.v * (1 + v_jitter * rng.uniform(-1, 1, problem.v.shape)))
+        out, lse = attend(perturbed, range(problem.n_q), range(problem.n_k))
+        out_sens, lse_sens = max(out_sens, max_error(out, ref_out)), max(lse_sens, max_error(lse, ref_lse))
+    return out_sens, lse_sens
 
 
 def _score_size(problem) -> float:

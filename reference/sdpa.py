@@ -85,7 +85,7 @@ def scores(problem: Problem, rows: range, cols: range, arithmetic: Arithmetic = 
     k = problem.k[:, :, cols.start:cols.stop].astype(arithmetic.compute)
     b, h_q, n_rows, d = q.shape
     grouped = q.reshape(b, problem.h_kv, h_q // problem.h_kv, n_rows, d)
-    dots = (grouped @ np.swapaxes(k, -1, -2)[:, :, None]).reshape(b, h_q, n_rows, len(cols))
+    dots = arithmetic.matmul(grouped, np.swapaxes(k, -1, -2)[:, :, None]).reshape(b, h_q, n_rows, len(cols))
     s = arithmetic.round(dots * arithmetic.compute(problem.scale))
     for mod in problem.score_mods:
         s = arithmetic.round(masks.evaluate(mod, (b, h_q), rows, cols, s))
@@ -114,10 +114,10 @@ def softmax_average(s: np.ndarray, vis: np.ndarray, v: np.ndarray, arithmetic: A
     safe_total = np.where(has_key, total, 1.0)
     p = arithmetic.round(e / safe_total)
     lse = np.where(has_key, row_max + np.log(safe_total), -np.inf)[..., 0]
-    return arithmetic.round(weighted_values(p, vis, v)), lse
+    return arithmetic.round(weighted_values(p, vis, v, arithmetic)), lse
 
 
-def weighted_values(weights: np.ndarray, vis: np.ndarray, v: np.ndarray) -> np.ndarray:
+def weighted_values(weights: np.ndarray, vis: np.ndarray, v: np.ndarray, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """``weights @ v`` per head with GQA grouping; only visible keys' values are read.
 
     A non-finite value at an invisible key does not leak (it is never multiplied, not even by
@@ -128,7 +128,7 @@ def weighted_values(weights: np.ndarray, vis: np.ndarray, v: np.ndarray) -> np.n
     finite = np.isfinite(v)
     clean = np.where(finite, v, 0.0)
     grouped = weights.reshape(b, h_kv, h_q // h_kv, n_rows, n_cols)
-    out = (grouped @ clean[:, :, None]).reshape(b, h_q, n_rows, v.shape[-1])
+    out = arithmetic.matmul(grouped, clean[:, :, None]).reshape(b, h_q, n_rows, v.shape[-1])
     bad_key = np.repeat(~finite.all(axis=-1), h_q // h_kv, axis=1)[:, :, None, :]
     leaks = (vis & bad_key).any(axis=-1)
     return np.where(leaks[..., None], np.nan, out)

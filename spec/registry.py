@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "attnspec.backends"
 BUILTINS = {
     "numpy": "attnspec.backends.numpy_backend:NumpyBackend",
     "mutant": "attnspec.backends.mutants:create",
+    "torch": "attnspec.backends.torch_tiled:TorchBackend",
 }
 
 

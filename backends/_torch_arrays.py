@@ -1,0 +1,57 @@
+"""NumPy <-> PyTorch across the contract's array boundary, bfloat16 included.
+
+NumPy has no bfloat16; ``ml_dtypes.bfloat16`` arrays share its bit layout, so they cross as
+16-bit integers and are reinterpreted on the other side, without rounding.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import torch
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def to_torch(array: np.ndarray, device: str) -> torch.Tensor:
+    if array.dtype == _BF16:
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16).to(device)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def to_numpy(tensor) -> np.ndarray:
+    if not isinstance(tensor, torch.Tensor):
+        return np.asarray(tensor)
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(_BF16)
+    return tensor.numpy()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory(fn, device: str):
+    """``(result, peak bytes)`` allocated while ``fn`` runs: the CUDA allocator's counter on a GPU,
+    the profiler's allocation events on the CPU (tracemalloc does not see PyTorch's allocator)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return result, torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return result, peak

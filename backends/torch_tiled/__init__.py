@@ -1,0 +1,69 @@
+"""``torch``: the tiled flash algorithm in PyTorch operations, on ``cpu`` and ``cuda`` from one code.
+
+The readable bridge between the NumPy reference and raw kernels: :mod:`.kernel` holds the
+algorithm; this module adapts it to the backend contract.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends.torch_tiled import kernel
+from attnspec.contract import Backend
+from attnspec.reference import _checks
+
+SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
+                "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    clauses = SDPA_CLAUSES + ("flash.*",)
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+    devices = ("cpu", "cuda")
+    #: key tile for ``sdpa``; the query rows of a tile are all processed together
+    block_k = 128
+
+    def __init__(self, device: str | None = None):
+        super().__init__(device)
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+            self.dtypes = ("float32", "float16", "bfloat16")  # float64 runs on CUDA, but slowly: not claimed
+
+    def to_native(self, array):
+        return arrays.to_torch(array, self.device)
+
+    def to_numpy(self, value):
+        return arrays.to_numpy(value)
+
+    def peak_memory(self, fn):
+        return arrays.peak_memory(fn, self.device)
+
+    def sdpa(self, q, k, v, *, return_lse=False, **options):
+        out, lse = kernel.forward(kernel.prepare(q, k, v, **options), block_k=self.block_k)
+        return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
+
+    def flash_forward(self, q, k, v, *, block_q, block_k, **options):
+        block_q = _checks.integer("block_q", block_q, low=1)
+        block_k = _checks.integer("block_k", block_k, low=1)
+        out, lse = kernel.forward(kernel.prepare(q, k, v, **options), block_q=block_q, block_k=block_k)
+        return out.to(q.dtype), lse
+
+    def split_kv(self, q, k, v, *, num_splits, **options):
+        num_splits = _checks.integer("num_splits", num_splits, low=1)
+        out, lse = kernel.split_kv(kernel.prepare(q, k, v, **options), num_splits, self.block_k)
+        return out.to(q.dtype), lse
+
+    def merge_partials(self, outs, lses):
+        out, lse = kernel.merge(outs.to(torch.promote_types(outs.dtype, torch.float32)), lses)
+        return out.to(outs.dtype), lse
+
+    def decode(self, q, k_cache, v_cache, *, cache_lens, num_splits=1, **options):
+        fixed = sorted({"causal", "kv_lens", "q_lens"} & set(options))
+        if fixed:
+            raise ValueError(f"decode sets {fixed} itself (causal bottom-right over cache_lens); do not pass them")
+        problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, **options)
+        out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
+        return out.to(q.dtype), lse

@@ -1,0 +1,216 @@
+"""The flash algorithm in PyTorch operations: online softmax over key tiles, on CPU or CUDA.
+
+Query rows are grouped by KV head, ``(B, H_kv, G, N_q, D)``, so GQA reads each key/value head
+once without repeating it. For each key tile, only the contiguous range of query rows that the
+causal, window and padding rules let see that tile is computed (tiles outside are skipped, not
+masked); within a tile the score block is at most ``block_q x block_k`` per head, so memory is
+linear in the sequence length. Scores, the running maximum, the denominator and the accumulator
+are kept in float32 (float64 for float64 inputs); probabilities are cast to the value dtype
+before ``P @ V``, as FlashAttention does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnspec.reference import _checks
+from attnspec.reference.sdpa import _check_causal, _check_window
+
+
+@dataclass
+class Problem:
+    q: torch.Tensor  # (B, H_kv, G, N_q, D_qk)
+    k: torch.Tensor  # (B, H_kv, N_k, D_qk)
+    v: torch.Tensor  # (B, H_kv, N_k, D_v)
+    scale: float
+    causal: str | None
+    window: tuple[int, int] | None
+    mask: torch.Tensor | None  # bool, broadcast view (B, H_q, N_q, N_k)
+    bias: torch.Tensor | None  # float, broadcast view (B, H_q, N_q, N_k)
+    softcap: float | None
+    slopes: torch.Tensor | None  # (B, H_kv, G, 1, 1)
+    q_lens: np.ndarray  # host copies: tile skipping is decided on the host
+    kv_lens: np.ndarray
+    acc: torch.dtype
+
+    @property
+    def shape(self):
+        b, h_kv, g, n_q, _ = self.q.shape
+        return b, h_kv, g, n_q, self.k.shape[2], self.v.shape[3]
+
+
+def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
+            alibi_slopes=None, q_lens=None, kv_lens=None) -> Problem:
+    """Check the arguments (the same errors as the reference) and group the query heads."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    b, h_q, n_q, d = q.shape
+    h_kv, n_k = k.shape[1], k.shape[2]
+    if k.shape[0] != b or v.shape[0] != b or k.shape[3] != d or v.shape[1:3] != k.shape[1:3]:
+        raise ValueError(f"shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if h_kv < 1 or h_q % h_kv:
+        raise ValueError(f"H_q = {h_q} (q.shape[1]) must be a multiple of H_kv = {h_kv} (k.shape[1])")
+    full = (b, h_q, n_q, n_k)
+    group = h_q // h_kv
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lens = [np.full(b, n) if x is None else _checks.int_array(name, x.cpu().numpy(), shape=(b,), low=0, high=n)
+            for name, x, n in (("q_lens", q_lens, n_q), ("kv_lens", kv_lens, n_k))]
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(q.device, acc).expand(b, h_q).reshape(b, h_kv, group, 1, 1)
+    return Problem(
+        q=q.reshape(b, h_kv, group, n_q, d), k=k, v=v,
+        scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
+        causal=_check_causal(causal), window=_check_window(window),
+        mask=None if mask is None else mask.to(torch.bool).expand(full),
+        bias=None if bias is None else bias.expand(full),
+        softcap=_checks.positive_float("softcap", softcap, allow_none=True),
+        slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc)
+
+
+def row_range(p: Problem, c0: int, c1: int) -> tuple[int, int]:
+    """The query rows ``[lo, hi)`` that may see a key in ``[c0, c1)`` in some batch item."""
+    offsets = p.kv_lens - p.q_lens
+    if c0 >= p.kv_lens.max(initial=0):
+        return 0, 0
+    lo, hi = 0, int(p.q_lens.max(initial=0))
+    if p.causal == "top_left":
+        lo = max(lo, c0)
+    elif p.causal == "bottom_right":
+        lo = max(lo, int((c0 - offsets).min()))
+    if p.window is not None:
+        left, right = p.window
+        if right >= 0:
+            lo = max(lo, int((c0 - offsets - right).min()))
+        if left >= 0:
+            hi = min(hi, int((c1 - 1 - offsets + left).max()) + 1)
+    return max(lo, 0), hi
+
+
+def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_range: tuple[int, int] | None = None):
+    """``(out, lse)`` over the keys in ``key_range``; out ``(B, H_q, N_q, D_v)`` in the accumulator dtype."""
+    b, h_kv, g, n_q, n_k, d_v = p.shape
+    start, stop = key_range or (0, n_k)
+    m = torch.full((b, h_kv, g, n_q), -math.inf, dtype=p.acc, device=p.q.device)
+    total = torch.zeros_like(m)
+    acc = torch.zeros((b, h_kv, g, n_q, d_v), dtype=p.acc, device=p.q.device)
+    for c0 in range(start, stop, block_k):
+        c1 = min(c0 + block_k, stop)
+        lo, hi = row_range(p, c0, c1)
+        for r0 in range(lo, hi, block_q or max(hi - lo, 1)):
+            r1 = min(hi, r0 + (block_q or hi - lo))
+            _update(p, r0, r1, c0, c1, m, total, acc)
+    return _finish(p, m, total, acc)
+
+
+def _indices(p: Problem, r0, r1, c0, c1):
+    device = p.q.device
+    i = torch.arange(r0, r1, device=device)[:, None]
+    j = torch.arange(c0, c1, device=device)[None, :]
+    offsets = torch.as_tensor(p.kv_lens - p.q_lens, device=device)[:, None, None]
+    return i, j, offsets
+
+
+def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
+    """Boolean ``(B, 1 or H_kv, 1 or G, rows, cols)`` from every visibility rule."""
+    i, j, offsets = _indices(p, r0, r1, c0, c1)
+    q_lens = torch.as_tensor(p.q_lens, device=i.device)[:, None, None]
+    kv_lens = torch.as_tensor(p.kv_lens, device=i.device)[:, None, None]
+    vis = (i < q_lens) & (j < kv_lens)  # (B, rows, cols)
+    if p.causal == "top_left":
+        vis = vis & (j <= i)
+    elif p.causal == "bottom_right":
+        vis = vis & (j <= i + offsets)
+    if p.window is not None:
+        left, right = p.window
+        if left >= 0:
+            vis = vis & (j >= i + offsets - left)
+        if right >= 0:
+            vis = vis & (j <= i + offsets + right)
+    vis = vis[:, None, None]
+    if p.mask is not None:
+        b, h_kv, g = p.q.shape[:3]
+        vis = vis & p.mask[:, :, r0:r1, c0:c1].reshape(b, h_kv, g, r1 - r0, c1 - c0)
+    return vis
+
+
+def _scores(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
+    """Scores ``(B, H_kv, G, rows, cols)`` after scale, softcap, bias and ALiBi, in the accumulator dtype."""
+    s = grouped_matmul(p.q[:, :, :, r0:r1], p.k[:, :, c0:c1].transpose(-1, -2), p.acc) * p.scale
+    if p.softcap is not None:
+        s = torch.tanh(s / p.softcap) * p.softcap
+    if p.bias is not None:
+        b, h_kv, g = p.q.shape[:3]
+        s = s + p.bias[:, :, r0:r1, c0:c1].reshape(b, h_kv, g, r1 - r0, c1 - c0).to(p.acc)
+    if p.slopes is not None:
+        i, j, offsets = _indices(p, r0, r1, c0, c1)
+        s = s - p.slopes * (i + offsets - j).abs()[:, None, None].to(p.acc)
+    return s
+
+
+def _update(p: Problem, r0, r1, c0, c1, m, total, acc) -> None:
+    """One online-softmax step for rows ``[r0, r1)`` and keys ``[c0, c1)``, in place."""
+    s = _scores(p, r0, r1, c0, c1).masked_fill(~_visible(p, r0, r1, c0, c1), -math.inf)
+    m_old = m[..., r0:r1]
+    m_new = torch.maximum(m_old, s.amax(dim=-1))
+    shift = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
+    rescale = torch.exp(m_old - shift)
+    e = torch.exp(s - shift[..., None])
+    total[..., r0:r1] = total[..., r0:r1] * rescale + e.sum(dim=-1)
+    v = p.v[:, :, c0:c1]
+    if (p.kv_lens < c1).any():  # keys past kv_lens are never read, even multiplied by 0
+        key_ok = torch.arange(c0, c1, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
+        v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
+    weighted = grouped_matmul(e.to(v.dtype), v, p.acc)
+    acc[..., r0:r1, :] = acc[..., r0:r1, :] * rescale[..., None] + weighted
+    m[..., r0:r1] = m_new
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``(B, H, G, n, x) @ (B, H, x, y)`` -> ``(B, H, G, n, y)`` accumulated and returned in ``acc``.
+
+    16-bit inputs are multiplied with float32 accumulation and a float32 result (scores are never
+    rounded to 16 bits, as in FlashAttention): on CUDA through ``bmm(out_dtype=)``, elsewhere by
+    upcasting the operands.
+    """
+    bsz, heads, group, n, x = a.shape
+    a3, b3 = a.reshape(bsz * heads, group * n, x), b.reshape(bsz * heads, x, b.shape[-1])
+    if a.dtype in (torch.float16, torch.bfloat16):
+        out = torch.bmm(a3, b3, out_dtype=acc) if a.is_cuda else torch.bmm(a3.to(acc), b3.to(acc))
+    else:
+        out = torch.bmm(a3, b3).to(acc)
+    return out.view(bsz, heads, group, n, b.shape[-1])
+
+
+def _finish(p: Problem, m, total, acc):
+    b, h_kv, g, n_q, _, d_v = p.shape
+    has_key = total > 0
+    out = torch.where(has_key[..., None], acc / torch.where(has_key, total, 1)[..., None], 0.0)
+    lse = torch.where(has_key, m + torch.log(torch.where(has_key, total, 1)), -math.inf)
+    return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
+
+
+def merge(outs: torch.Tensor, lses: torch.Tensor):
+    """Clause ``flash.merge``: partial results over disjoint key sets combined by their LSE."""
+    top = lses.amax(dim=0)
+    shift = torch.where(top == -math.inf, torch.zeros_like(top), top)
+    weights = torch.exp(lses - shift)
+    total = weights.sum(dim=0)
+    has_key = total > 0
+    weighted = torch.where(weights[..., None] > 0, weights[..., None] * outs, 0.0).sum(dim=0)
+    out = torch.where(has_key[..., None], weighted / torch.where(has_key, total, 1)[..., None], 0.0)
+    lse = torch.where(has_key, shift + torch.log(torch.where(has_key, total, 1)), -math.inf)
+    return out, lse
+
+
+def split_kv(p: Problem, num_splits: int, block_k: int = 128):
+    """Clause ``flash.split_kv``: partials over ``num_splits`` contiguous key ranges, merged."""
+    n_k = p.k.shape[2]
+    chunk = max(1, math.ceil(n_k / num_splits))
+    parts = [forward(p, block_k=block_k, key_range=(min(s * chunk, n_k), min((s + 1) * chunk, n_k)))
+             for s in range(num_splits)]
+    return merge(torch.stack([o for o, _ in parts]), torch.stack([lse for _, lse in parts]))
