@@ -30,6 +30,11 @@ def to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
+def default_device(device: str | None) -> str:
+    """The device asked for, else CUDA where there is one, else the CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

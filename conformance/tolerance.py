@@ -76,8 +76,8 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
 def rounding_sensitivity(problem, ref_out, ref_lse, draws: int = 2) -> tuple[float, float]:
     """How far the exact result moves when float32 rounding perturbs its inputs.
 
-    Every ``q`` element is perturbed by a random relative ``sqrt(D_qk) * eps(float32)`` and every
-    ``v`` element by ``sqrt(N_k) * eps(float32)``: the size of the rounding error that a length-D dot
+    Every ``q`` element is perturbed by a random relative ``sqrt(D_qk) * eps(float32)``, every
+    final score by ``eps(float32)`` and every ``v`` element by ``sqrt(N_k) * eps(float32)``: the size of the rounding error that a length-D dot
     product and a length-N_k weighted sum accumulate in float32, with high probability (Higham and
     Mary, 2019). The exact formula is evaluated on the perturbed inputs in float64, so this measures
     the case's own conditioning (a saturated softmax hides score errors; a flat one does not),
@@ -89,11 +89,22 @@ def rounding_sensitivity(problem, ref_out, ref_lse, draws: int = 2) -> tuple[flo
     v_jitter = unit * np.sqrt(max(problem.n_k, 1))
     out_sens = lse_sens = 0.0
     for _ in range(draws):
+        score_jitter = unit * rng.uniform(-1, 1, (problem.batch, problem.h_q, problem.n_q, problem.n_k))
         perturbed = replace(problem, q=problem.q * (1 + q_jitter * rng.uniform(-1, 1, problem.q.shape)),
-                            v=problem.v * (1 + v_jitter * rng.uniform(-1, 1, problem.v.shape)))
+                            v=problem.v * (1 + v_jitter * rng.uniform(-1, 1, problem.v.shape)),
+                            score_mods=problem.score_mods + (_rounded_score(score_jitter),))
         out, lse = attend(perturbed, range(problem.n_q), range(problem.n_k))
         out_sens, lse_sens = max(out_sens, max_error(out, ref_out)), max(lse_sens, max_error(lse, ref_lse))
     return out_sens, lse_sens
+
+
+def _rounded_score(jitter: np.ndarray):
+    """A score modifier that perturbs each final score by one float32 rounding (adding bias, scaling)."""
+
+    def rounded_score(score, b, h, q_idx, kv_idx):
+        return score * (1 + jitter[b, h, q_idx, kv_idx])
+
+    return rounded_score
 
 
 def _score_size(problem) -> float:

@@ -30,6 +30,8 @@ BUILTINS = {
     "numpy": "attnspec.backends.numpy_backend:NumpyBackend",
     "mutant": "attnspec.backends.mutants:create",
     "torch": "attnspec.backends.torch_tiled:TorchBackend",
+    "torch-sdpa": "attnspec.backends.torch_sdpa:TorchSdpaBackend",
+    "flex": "attnspec.backends.flex:FlexBackend",
 }
 
 

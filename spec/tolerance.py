@@ -32,7 +32,8 @@ def tolerance_policy():
       ``err(out) <= NAIVE_FACTOR * err(naive) + floor``, where the floor is
       ``FLOOR_EPS * eps(dtype) * max|v| + SENSITIVITY_FACTOR * sens``, and ``sens`` is how far the
       exact result moves when every element of ``q`` is perturbed by a random relative
-      ``sqrt(D_qk) * eps(float32)`` and every element of ``v`` by ``sqrt(N_k) * eps(float32)`` (the
+      ``sqrt(D_qk) * eps(float32)``, every final score by ``eps(float32)`` and every element of ``v``
+      by ``sqrt(N_k) * eps(float32)`` (the
       probabilistic rounding-error size of float32 accumulation, Higham and Mary 2019). The naive
       error alone is a poor yardstick on a handful of elements, where it can be small by luck;
       the sensitivity term is the error any correct float32-accumulating kernel may have.

@@ -26,7 +26,7 @@ class TorchBackend(Backend):
     block_k = 128
 
     def __init__(self, device: str | None = None):
-        super().__init__(device)
+        super().__init__(arrays.default_device(device))
         if self.device == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")

@@ -1,0 +1,93 @@
+"""``flex``: PyTorch's FlexAttention, compiled, as a backend under test (CUDA).
+
+Every spec option becomes FlexAttention's own vocabulary: causal, window, padding and boolean
+masks are one ``mask_mod`` turned into a ``BlockMask`` (fully masked blocks are skipped by the
+kernel); softcap, bias and ALiBi are one ``score_mod``, applied by Flex after its scale. The LSE
+comes from ``return_lse=True``. The compiled kernel is always used: the recompile limit is raised
+so that Dynamo never falls back to eager execution, which would test a different implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends import _torch_masks as masks
+from attnspec.contract import Backend, Unsupported
+
+torch._dynamo.config.cache_size_limit = 100_000
+if hasattr(torch._dynamo.config, "recompile_limit"):
+    torch._dynamo.config.recompile_limit = 100_000
+_FLEX = torch.compile(flex_attention, dynamic=False)
+
+
+class FlexBackend(Backend):
+    name = "flex"
+    clauses = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
+               "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+    dtypes = ("float32", "float16", "bfloat16")
+    devices = ("cuda",)
+
+    def to_native(self, array):
+        return arrays.to_torch(array, self.device)
+
+    def to_numpy(self, value):
+        return arrays.to_numpy(value)
+
+    def sdpa(self, q, k, v, *, return_lse=False, scale=None, causal=None, window=None, mask=None, bias=None,
+             softcap=None, alibi_slopes=None, q_lens=None, kv_lens=None):
+        b, h_q, n_q, _ = q.shape
+        n_k = k.shape[2]
+        q_lens, kv_lens = masks.lengths(q, k, q_lens, kv_lens)
+        mask_mod = _mask_mod(q_lens, kv_lens, causal, window, None if mask is None else mask.expand(b, h_q, n_q, n_k))
+        score_mod = _score_mod(softcap, None if bias is None else bias.expand(b, h_q, n_q, n_k),
+                               None if alibi_slopes is None else alibi_slopes.to(torch.float32).expand(b, h_q),
+                               kv_lens - q_lens)
+        try:
+            block_mask = create_block_mask(mask_mod, b, h_q, n_q, n_k, device=q.device)
+            out, lse = _FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                             enable_gqa=h_q != k.shape[1], return_lse=True)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            if any(w in text.lower() for w in ("not supported", "unsupported", "must be", "requires")):
+                raise Unsupported(f"flex: {text}") from None
+            raise
+        return (out, lse) if return_lse else out
+
+
+def _mask_mod(q_lens, kv_lens, causal, window, mask):
+    offsets = kv_lens - q_lens
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = (q_idx < q_lens[b]) & (kv_idx < kv_lens[b])
+        if causal == "top_left":
+            ok = ok & (kv_idx <= q_idx)
+        elif causal == "bottom_right":
+            ok = ok & (kv_idx <= q_idx + offsets[b])
+        if window is not None:
+            if window[0] >= 0:
+                ok = ok & (kv_idx >= q_idx + offsets[b] - window[0])
+            if window[1] >= 0:
+                ok = ok & (kv_idx <= q_idx + offsets[b] + window[1])
+        if mask is not None:
+            ok = ok & mask[b, h, q_idx, kv_idx]
+        return ok
+
+    return mask_mod
+
+
+def _score_mod(softcap, bias, slopes, offsets):
+    if softcap is None and bias is None and slopes is None:
+        return None
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap is not None:
+            score = torch.tanh(score / softcap) * softcap
+        if bias is not None:
+            score = score + bias[b, h, q_idx, kv_idx]
+        if slopes is not None:
+            score = score - slopes[b, h] * (q_idx + offsets[b] - kv_idx).abs()
+        return score
+
+    return score_mod
