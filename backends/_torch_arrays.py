@@ -31,8 +31,11 @@ def to_numpy(tensor) -> np.ndarray:
 
 
 def default_device(device: str | None) -> str:
-    """The device asked for, else CUDA where there is one, else the CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for, else CUDA where there is one, else the CPU; CUDA must exist if asked for."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but torch.cuda.is_available() is False")
+    return device
 
 
 def sync(device: str) -> None:

@@ -29,6 +29,9 @@ class FlexBackend(Backend):
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda",)
 
+    def __init__(self, device: str | None = None):
+        super().__init__(arrays.default_device(device or "cuda"))
+
     def to_native(self, array):
         return arrays.to_torch(array, self.device)
 

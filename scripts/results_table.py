@@ -1,0 +1,41 @@
+"""Render committed result JSON files as markdown tables (never typed by hand)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def conformance_table(document: dict) -> str:
+    env = document["environment"]
+    runs = [r for r in document["runs"] if "report" in r]
+    clauses = sorted({c for r in runs for c, row in r["report"]["clauses"].items() if row["status"] != "unsupported"})
+    lines = [f"# Conformance on {env.get('device', 'CPU')}", "",
+             f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env.get('triton')}, "
+             f"numpy {env['numpy']}, hypothesis {env.get('hypothesis')}, Python {env['python']}.", "",
+             "| clause | " + " | ".join(r["backend"] for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for clause in clauses:
+        cells = []
+        for r in runs:
+            row = r["report"]["clauses"].get(clause, {})
+            status = row.get("status", "-")
+            cells.append(f"{status} ({row['passed']}/{row['passed'] + row['failed']})" if status in ("passed", "failed") else status)
+        lines.append(f"| `{clause}` | " + " | ".join(cells) + " |")
+    lines += ["", "Runs: " + "; ".join(f"{r['backend']} exit {r['exit']} in {r['seconds']} s, dtypes "
+                                       f"{', '.join(r['report']['dtypes'])}" for r in runs), ""]
+    missing = [r for r in document["runs"] if "report" not in r]
+    for r in missing:
+        lines.append(f"- {r['backend']}: no report (exit {r['exit']}).")
+    lines += ["", "## Deviations found", ""]
+    for r in runs:
+        for clause, row in r["report"]["clauses"].items():
+            for failure in row["failures"][:2]:
+                message = failure["message"].strip().splitlines()
+                detail = " ".join(m.strip() for m in message[:4])
+                lines.append(f"- **{r['backend']}**, `{clause}`, `{failure['test'].split('::')[-1]}`: {detail}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(conformance_table(json.load(open(sys.argv[1]))))
