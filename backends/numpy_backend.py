@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec import reference as ref
-from attnspec.contract import Backend
+from attnspec.contract import Backend, numpy_peak_memory
 from attnspec.reference import absolute, alibi, relative, rope
 
 
@@ -18,6 +18,9 @@ class NumpyBackend(Backend):
     clauses = ("*",)
     dtypes = ("float64", "float32")
     devices = ("cpu",)
+
+    def peak_memory(self, fn):
+        return numpy_peak_memory(fn)
 
     def sdpa(self, q, k, v, *, return_lse=False, **options):
         out, lse = ref.sdpa(q, k, v, return_lse=True, **options)

@@ -9,6 +9,13 @@ from attnspec.conformance.target import current, decline
 from attnspec.contract import Unsupported
 
 
+def call_unguarded(op: str, *args, **kwargs):
+    """``backend.<op>`` with arrays converted, letting every exception through (``Unsupported`` too)."""
+    backend = current().backend
+    return getattr(backend, op)(*[_to_native(backend, a) for a in args],
+                                **{k: _to_native(backend, v) for k, v in kwargs.items() if v is not None})
+
+
 def call(op: str, *args, **kwargs):
     """``backend.<op>(*args, **kwargs)`` with NumPy arrays converted both ways.
 

@@ -36,6 +36,7 @@ class SdpaCase:
     bias_neg_inf: bool = False
     softcap: float | None = None
     alibi: bool = False
+    alibi_per_batch: bool = False  # slopes (B, H_q) instead of (H_q,)
     q_lens: tuple[int, ...] | None = None
     kv_lens: tuple[int, ...] | None = None
 
@@ -71,7 +72,7 @@ class SdpaCase:
                 bias = np.where(rng.random(bias.shape) < 0.3, -np.inf, bias)
             options["bias"] = rounded(bias, dtype)
         if self.alibi:
-            slopes = 2.0 ** -rng.uniform(0.5, 8.0, size=self.h_q)
+            slopes = 2.0 ** -rng.uniform(0.5, 8.0, size=(self.batch, self.h_q) if self.alibi_per_batch else self.h_q)
             options["alibi_slopes"] = slopes.astype(np.float64 if dtype == "float64" else np.float32)
         if self.q_lens is not None:
             options["q_lens"] = np.asarray(self.q_lens, dtype=np.int32)

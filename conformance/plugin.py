@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import FailedHealthCheck, Unsatisfiable
 
 from attnspec import CATALOG
-from attnspec.conformance import report, target
+from attnspec.conformance import report as _report
+from attnspec.conformance import target
 from attnspec.conformance.assertions import Checker
 from attnspec.contract import BackendError
 from attnspec.registry import load_backend
@@ -51,6 +52,7 @@ def pytest_configure(config):
     if not config.getoption("hypothesis_profile", None):
         settings.load_profile("ci" if os.environ.get("CI") else "dev")
     config._attnspec_results = {}
+    _CONFIG[:] = [config]
     if config.getoption("backend"):
         _target(config)  # a backend that cannot load is a usage error before any collection
 
@@ -95,6 +97,10 @@ def pytest_collection_modifyitems(config, items):
     if target.CURRENT is None and any(clause_ids(item) for item in items):
         raise pytest.UsageError("the conformance suite needs --backend=NAME (for example --backend=numpy)")
     patterns = [p.strip() for p in config.getoption("clauses").split(",") if p.strip()]
+    for pattern in patterns:
+        if not fnmatch.filter(CATALOG, pattern):
+            raise pytest.UsageError(f"--clauses: {pattern!r} matches no clause (clause IDs are listed by "
+                                    "'python -m attnspec'; use a glob such as 'sdpa.causal.*')")
     selected, deselected = [], []
     for item in items:
         ids = clause_ids(item)
@@ -129,9 +135,10 @@ def backend(request):
 @pytest.fixture
 def check(request, dtype) -> Checker:
     t = _target(request.config)
-    device = f" --device={t.backend.device}"
+    command = (f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
+               f"--hypothesis-profile={settings._current_profile}")
     return Checker(clause=clause_ids(request.node)[0], backend=t.backend.name, device=t.backend.device,
-                   dtype=dtype, reproduce=f"pytest '{request.node.nodeid}' --backend={t.spec}{device} --dtype={dtype}")
+                   dtype=dtype, reproduce=command)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -143,6 +150,7 @@ def pytest_runtest_call(item):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """Runs where the test runs (an xdist worker too): tag the report with its clauses and declines."""
     outcome = yield
     rep = outcome.get_result()
     ids = clause_ids(item)
@@ -152,16 +160,29 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call" and rep.failed and declines and call.excinfo.errisinstance((Unsatisfiable, FailedHealthCheck)):
         rep.outcome = "skipped"  # the backend refused every case Hypothesis drew: unsupported, not wrong
         rep.longrepr = (str(item.path), item.location[1], f"declined by the backend: {declines[0]}")
-    if rep.when == "call" or rep.outcome != "passed":
-        item.config._attnspec_results[item.nodeid] = report.outcome(ids, rep, declines)
+    rep.user_properties.append(("attnspec_clauses", list(ids)))
+    rep.user_properties.append(("attnspec_declines", list(declines or [])))
+
+
+def pytest_runtest_logreport(report):
+    """Runs in the main process (xdist sends reports there): collect the per-clause results."""
+    props = dict(report.user_properties)
+    if "attnspec_clauses" not in props or not _CONFIG:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        _CONFIG[0]._attnspec_results[report.nodeid] = _report.outcome(
+            tuple(props["attnspec_clauses"]), report, props["attnspec_declines"])
+
+
+_CONFIG: list = []  # the session's config, for pytest_runtest_logreport, which is not given it
 
 
 def pytest_terminal_summary(terminalreporter, config):
     if target.CURRENT is not None and config._attnspec_results:
-        report.print_summary(terminalreporter, target.CURRENT, config._attnspec_results)
+        _report.print_summary(terminalreporter, target.CURRENT, config._attnspec_results)
 
 
 def pytest_sessionfinish(session):
     path = session.config.getoption("report")
-    if path and target.CURRENT is not None:
-        report.write_json(path, target.CURRENT, session.config._attnspec_results)
+    if path and target.CURRENT is not None and not hasattr(session.config, "workerinput"):
+        _report.write_json(path, target.CURRENT, session.config._attnspec_results)

@@ -13,7 +13,7 @@ from attnspec.conformance.assertions import Checker
 from attnspec.conformance.calls import call_sdpa
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.dtypes import numpy_dtype
-from attnspec.conformance.target import current
+from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import sdpa_bounds
 from attnspec.reference.sdpa import prepare, visible
 
@@ -27,8 +27,18 @@ def check_sdpa(check: Checker, case: SdpaCase, dtype: str, *, op: str = "sdpa", 
     return check_arrays(check, case, dtype, q, k, v, options, op=op, lse=lse, **extra)
 
 
+def within_limits(case: SdpaCase) -> None:
+    """Decline a case (a pinned example, say) beyond the backend's declared limits."""
+    backend = current().backend
+    if backend.max_seq_len is not None and max(case.n_q, case.n_k) > backend.max_seq_len:
+        decline(f"N = {max(case.n_q, case.n_k)} is beyond the declared max_seq_len {backend.max_seq_len}")
+    if backend.max_head_dim is not None and max(case.d_qk, case.d_v) > backend.max_head_dim:
+        decline(f"D = {max(case.d_qk, case.d_v)} is beyond the declared max_head_dim {backend.max_head_dim}")
+
+
 def check_arrays(check: Checker, case, dtype: str, q, k, v, options: dict, *, op="sdpa", lse=False, **extra):
     __tracebackhide__ = True
+    within_limits(case)
     out, got_lse = call_sdpa(q, k, v, options, op=op, return_lse=lse, **extra)
     ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
     out_bound, lse_bound = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
@@ -52,12 +62,19 @@ def check_pattern(check: Checker, case: SdpaCase, dtype: str) -> None:
     so the set of keys carrying weight must equal the visibility rule exactly.
     """
     __tracebackhide__ = True
-    case = case.with_(d_v=case.n_k, bias=None, alibi=False, softcap=None)
+    case = case.with_(bias=None, alibi=False, softcap=None)
+    within_limits(case)
+    width = min(case.n_k, current().backend.max_head_dim or case.n_k)
     q, k, v, options = case.inputs(dtype)
     q = np.zeros_like(q)
-    v = np.broadcast_to(np.eye(case.n_k, dtype=v.dtype), v.shape).copy()
-    out, _ = call_sdpa(q, k, v, options, return_lse=False)
-    check.pattern(np.asarray(out, np.float64) != 0, visibility(case, q, k, v, options),
+    weights = []
+    for start in range(0, case.n_k, width):  # V one-hot for keys [start, start + width)
+        one_hot = np.zeros((case.n_k, width), dtype=v.dtype)
+        keys = np.arange(start, min(start + width, case.n_k))
+        one_hot[keys, keys - start] = 1
+        out, _ = call_sdpa(q, k, np.broadcast_to(one_hot, v.shape[:2] + one_hot.shape).copy(), options, return_lse=False)
+        weights.append(np.asarray(out, np.float64)[..., :len(keys)])
+    check.pattern(np.concatenate(weights, axis=-1) != 0, visibility(case, q, k, v, options),
                   what="weights read through one-hot V", case=case)
 
 

@@ -35,7 +35,7 @@ def lengths(max_len: int | None = None) -> st.SearchStrategy[int]:
 
 
 def _lengths(max_len: int | None) -> st.SearchStrategy[int]:
-    top = _limit(max_len if max_len is not None else current().backend.max_seq_len, max(LENGTHS))
+    top = _limit(current().backend.max_seq_len, _limit(max_len, max(LENGTHS)))
     picks = [n for n in LENGTHS if n <= top]
     return st.one_of(st.sampled_from(picks), st.integers(1, min(top, 70)))
 
@@ -111,6 +111,7 @@ def _with_options(draw, case: SdpaCase, *, window, mask, bias, softcap, alibi, p
         changes["softcap"] = draw(st.sampled_from(SOFTCAPS))
     if alibi:
         changes["alibi"] = True
+        changes["alibi_per_batch"] = draw(st.booleans())
     if padding:
         changes["q_lens"] = draw(seqlens(case.batch, case.n_q))
         changes["kv_lens"] = draw(seqlens(case.batch, case.n_k))

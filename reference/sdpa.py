@@ -208,8 +208,8 @@ def _check_mask(mask, full: tuple) -> np.ndarray:
 
 def _check_bias(bias, full: tuple) -> np.ndarray:
     bias = check.float_array("bias", bias)
-    if np.isnan(bias).any():
-        raise ValueError("bias must not contain NaN (use -inf to exclude a key)")
+    if np.isnan(bias).any() or np.isposinf(bias).any():
+        raise ValueError("bias must be finite or -inf (use -inf to exclude a key); got NaN or +inf")
     return check.broadcastable("bias", bias, full)
 
 

@@ -53,7 +53,7 @@ def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
     report = out / f"report-{backend.replace(':', '-')}.json"
     start = time.monotonic()
     cmd = [sys.executable, "-m", "pytest", "conformance", f"--backend={backend}", "--device=cuda",
-           f"--report={report}", "-q", "-p", "no:cacheprovider", "--tb=line", *extra]
+           f"--report={report}", "-q", "-p", "no:cacheprovider", "--tb=short", "-p", "no:warnings", *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(budget, 1))
         status, tail = proc.returncode, proc.stdout[-4000:] + proc.stderr[-2000:]

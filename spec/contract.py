@@ -12,8 +12,8 @@ and implements, as methods, the operation (:data:`OPERATIONS`) named by each dec
 
 Arrays cross the boundary as NumPy arrays in the target dtype (``ml_dtypes.bfloat16`` for
 bfloat16): the suite calls :meth:`Backend.to_native` on every array argument and
-:meth:`Backend.to_numpy` on every array result. A backend keeps the dtype it is given; it MAY
-return the LSE in float32 for 16-bit inputs.
+:meth:`Backend.to_numpy` on every array result. Outputs MUST have the input dtype; the LSE MAY
+be float32 for 16-bit inputs.
 
 A backend that cannot run one particular case (a head dimension it has no kernel for, a mask
 form its kernel lacks) raises :class:`Unsupported` with the reason: the suite records the case
@@ -80,31 +80,36 @@ class Backend:
         return array
 
     def to_numpy(self, value: Any) -> np.ndarray:
-        """Convert a result back to a NumPy array (any float dtype; the suite upcasts)."""
+        """Convert a result back to a NumPy array, keeping its dtype (the suite upcasts to compare)."""
         return np.asarray(value)
 
-    def peak_memory(self, fn: Callable[[], Any]) -> tuple[Any, int]:
-        """Run ``fn`` and return its result with the peak bytes it allocated on this backend.
+    def peak_memory(self, fn: Callable[[], Any]) -> tuple[Any, int | None]:
+        """Run ``fn`` and return its result with the peak bytes it allocated, or None if unknown.
 
-        The default counts host allocations with ``tracemalloc`` (NumPy reports to it); a GPU
-        backend overrides this with its allocator's counter. Used by ``flash.memory``.
+        The default knows no counter (``flash.memory`` is then declined). A backend that allocates
+        through NumPy uses :func:`numpy_peak_memory`; a GPU backend its allocator's counter.
         """
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            result = fn()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        return result, peak
+        return fn(), None
+
+    def __repr__(self) -> str:
+        return f"<attnspec backend {self.name!r} on {self.device}>"
 
     @property
     def declared(self) -> frozenset[str]:
         """The clause IDs this backend declares, with globs expanded."""
         return expand(self.clauses)
 
-    def __repr__(self) -> str:
-        return f"<attnspec backend {self.name!r} on {self.device}>"
+
+def numpy_peak_memory(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()`` and the peak bytes it allocated through NumPy (``tracemalloc`` sees NumPy's allocator)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
 
 
 def validate(backend: Backend) -> Backend:

@@ -113,7 +113,8 @@ def boolean_mask():
 def additive_bias():
     """An additive bias is added to the score after scale and softcap.
 
-    ``bias`` is a floating array broadcastable to ``(B, H_q, N_q, N_k)``. It is added after the
+    ``bias`` is a floating array broadcastable to ``(B, H_q, N_q, N_k)`` whose entries are finite
+    or ``-inf`` (NaN and ``+inf`` are errors). It is added after the
     softcap, so the cap bounds ``scale * dot(q_i, k_j)`` only. A ``-inf`` bias entry makes the
     key carry zero weight; a row whose every bias entry is ``-inf`` follows
     ``sdpa.fully_masked``. Adding a per-row constant ``c[b, h, i]`` to the bias MUST leave the
@@ -147,7 +148,9 @@ def alibi(b, h, i, j, slopes, offset):
     The bias is added after the softcap, like ``bias``. Slopes for a given head count are
     defined by ``alibi.slopes``. On keys ``j <= i + offset_b`` this equals the causal form
     ``slope * (j - i - offset_b)`` of ``alibi.bias``, so under a bottom-right causal mask the two
-    forms give the same output and LSE.
+    forms give the same output and LSE. (flash-attn's causal path adds ``slope * j`` instead, which
+    differs by the per-row constant ``slope * (i + offset_b)``: the same output, another LSE; a
+    kernel that does so conforms to ``sdpa.alibi`` for the output and not for ``sdpa.lse``.)
 
     .. versionadded:: 0.1.0
     """

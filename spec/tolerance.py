@@ -42,8 +42,9 @@ def tolerance_policy():
       with ``A`` the largest ``|scale| * sum_d |q_id| |k_jd|`` plus the largest additive score
       term: a few ulps scaled by the reduction lengths.
     - The LSE obeys the same rules with ``max(1, max|lse_ref|)`` in place of ``max|v|``.
-    - A NaN or infinity in ``out`` where ``ref`` is finite fails regardless of the bound; a
-      non-finite ``ref`` is a harness error and never passes.
+    - A NaN or infinity in ``out`` where ``ref`` is finite fails regardless of the bound; where
+      ``ref`` is ``-inf`` (the LSE of a row without keys) the result must be ``-inf`` exactly; a NaN
+      in ``ref`` is a harness error and never passes.
     - Structural properties (masked keys carry exactly zero weight, fully masked rows are exactly
       zero, unchanged rows stay within ``UNCHANGED_EPS * eps(dtype) * max|v|``) are checked
       exactly or to a few ulps, because a relative bound cannot see one wrong key among a
