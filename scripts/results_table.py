@@ -6,9 +6,25 @@ import json
 import sys
 
 
+def _merge_parts(runs: list[dict]) -> list[dict]:
+    """Runs of one backend split by --clauses become one column: each clause from the part that ran it."""
+    merged: dict[str, dict] = {}
+    for r in runs:
+        if r["backend"] not in merged:
+            merged[r["backend"]] = json.loads(json.dumps(r))
+            continue
+        into = merged[r["backend"]]
+        into["seconds"] = round(into["seconds"] + r["seconds"], 1)
+        into["exit"] = f"{into['exit']}+{r['exit']}"
+        for clause, row in r["report"]["clauses"].items():
+            if row["tests"]:
+                into["report"]["clauses"][clause] = row
+    return list(merged.values())
+
+
 def conformance_table(document: dict) -> str:
     env = document["environment"]
-    runs = [r for r in document["runs"] if "report" in r]
+    runs = _merge_parts([r for r in document["runs"] if "report" in r])
     clauses = sorted({c for r in runs for c, row in r["report"]["clauses"].items() if row["status"] != "unsupported"})
     lines = [f"# Conformance on {env.get('device', 'CPU')}", "",
              f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env.get('triton')}, "

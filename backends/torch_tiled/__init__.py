@@ -28,6 +28,7 @@ class TorchBackend(Backend):
     def __init__(self, device: str | None = None):
         super().__init__(arrays.default_device(device))
         if self.device.startswith("cuda"):
+            self.block_k = 512  # fewer, larger steps: launch overhead dominates small tiles on a GPU
             self.dtypes = ("float32", "float16", "bfloat16")  # float64 runs on CUDA, but slowly: not claimed
 
     def to_native(self, array):

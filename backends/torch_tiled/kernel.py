@@ -115,6 +115,24 @@ def _indices(p: Problem, r0, r1, c0, c1):
     return i, j, offsets
 
 
+def _fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
+    """True if every (row, key) pair of the tile is visible in every batch item: no mask needed."""
+    offsets = p.kv_lens - p.q_lens
+    if p.mask is not None or c1 > p.kv_lens.min(initial=0) or r1 > p.q_lens.min(initial=0):
+        return False
+    if p.causal == "top_left" and c1 - 1 > r0:
+        return False
+    if p.causal == "bottom_right" and c1 - 1 > r0 + offsets.min():
+        return False
+    if p.window is not None:
+        left, right = p.window
+        if left >= 0 and c0 < r1 - 1 + offsets.max() - left:
+            return False
+        if right >= 0 and c1 - 1 > r0 + offsets.min() + right:
+            return False
+    return True
+
+
 def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     """Boolean ``(B, 1 or H_kv, 1 or G, rows, cols)`` from every visibility rule."""
     i, j, offsets = _indices(p, r0, r1, c0, c1)
@@ -154,7 +172,9 @@ def _scores(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
 
 def _update(p: Problem, r0, r1, c0, c1, m, total, acc) -> None:
     """One online-softmax step for rows ``[r0, r1)`` and keys ``[c0, c1)``, in place."""
-    s = _scores(p, r0, r1, c0, c1).masked_fill(~_visible(p, r0, r1, c0, c1), -math.inf)
+    s = _scores(p, r0, r1, c0, c1)
+    if not _fully_visible(p, r0, r1, c0, c1):
+        s = s.masked_fill(~_visible(p, r0, r1, c0, c1), -math.inf)
     m_old = m[..., r0:r1]
     m_new = torch.maximum(m_old, s.amax(dim=-1))
     shift = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
