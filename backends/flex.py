@@ -42,13 +42,12 @@ class FlexBackend(Backend):
              softcap=None, alibi_slopes=None, q_lens=None, kv_lens=None):
         b, h_q, n_q, _ = q.shape
         n_k = k.shape[2]
-        q_lens, kv_lens = masks.lengths(q, k, q_lens, kv_lens)
-        mask_mod = _mask_mod(q_lens, kv_lens, causal, window, None if mask is None else mask.expand(b, h_q, n_q, n_k))
+        lengths = masks.lengths(q, k, q_lens, kv_lens)
         score_mod = _score_mod(softcap, None if bias is None else bias.expand(b, h_q, n_q, n_k),
                                None if alibi_slopes is None else alibi_slopes.to(torch.float32).expand(b, h_q),
-                               kv_lens - q_lens)
+                               lengths[1] - lengths[0])
         try:
-            block_mask = create_block_mask(mask_mod, b, h_q, n_q, n_k, device=q.device)
+            block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens)
             out, lse = _FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                              enable_gqa=h_q != k.shape[1], return_lse=True)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
@@ -59,20 +58,46 @@ class FlexBackend(Backend):
         return (out, lse) if return_lse else out
 
 
-def _mask_mod(q_lens, kv_lens, causal, window, mask):
-    offsets = kv_lens - q_lens
+_BLOCK_MASKS: dict = {}  # rules without tensors are the same BlockMask every call: build it once
+
+
+def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
+    """The BlockMask of the visibility rules (compiled, never a dense B*H*N*N tensor), or None."""
+    b, h_q, n_q, _ = q.shape
+    n_k = k.shape[2]
+    if causal is None and window is None and mask is None and q_lens is None and kv_lens is None:
+        return None
+    per_batch = q_lens is not None or kv_lens is not None or mask is not None
+    q_l, kv_l = masks.lengths(q, k, q_lens, kv_lens)
+    key = None if mask is not None else (n_q, n_k, causal, window, b if per_batch else None,
+                                         tuple(q_l.tolist()) if per_batch else None, tuple(kv_l.tolist()) if per_batch else None)
+    if key is not None and key in _BLOCK_MASKS:
+        return _BLOCK_MASKS[key]
+    mask_mod = _mask_mod(q_l, kv_l, causal, window, None if mask is None else mask.expand(b, h_q, n_q, n_k),
+                         per_batch, n_k - n_q)
+    block = create_block_mask(mask_mod, b if per_batch else None, h_q if mask is not None else None, n_q, n_k,
+                              device=q.device, _compile=True)
+    if key is not None:
+        _BLOCK_MASKS[key] = block
+    return block
+
+
+def _mask_mod(q_lens, kv_lens, causal, window, mask, per_batch: bool, offset: int):
+    def aligned_offset(b):
+        return kv_lens[b] - q_lens[b] if per_batch else offset
 
     def mask_mod(b, h, q_idx, kv_idx):
-        ok = (q_idx < q_lens[b]) & (kv_idx < kv_lens[b])
+        off = aligned_offset(b)
+        ok = (q_idx < q_lens[b]) & (kv_idx < kv_lens[b]) if per_batch else q_idx >= 0
         if causal == "top_left":
             ok = ok & (kv_idx <= q_idx)
         elif causal == "bottom_right":
-            ok = ok & (kv_idx <= q_idx + offsets[b])
+            ok = ok & (kv_idx <= q_idx + off)
         if window is not None:
             if window[0] >= 0:
-                ok = ok & (kv_idx >= q_idx + offsets[b] - window[0])
+                ok = ok & (kv_idx >= q_idx + off - window[0])
             if window[1] >= 0:
-                ok = ok & (kv_idx <= q_idx + offsets[b] + window[1])
+                ok = ok & (kv_idx <= q_idx + off + window[1])
         if mask is not None:
             ok = ok & mask[b, h, q_idx, kv_idx]
         return ok

@@ -227,10 +227,52 @@ def merge(outs: torch.Tensor, lses: torch.Tensor):
     return out, lse
 
 
+#: At most this many query rows per KV head (G * N_q) take the parallel split-KV path.
+DECODE_ROWS = 64
+
+
 def split_kv(p: Problem, num_splits: int, block_k: int = 128):
     """Clause ``flash.split_kv``: partials over ``num_splits`` contiguous key ranges, merged."""
     n_k = p.k.shape[2]
+    if p.q.shape[2] * p.q.shape[3] <= DECODE_ROWS and p.mask is None and p.bias is None:
+        return _split_kv_parallel(p, num_splits)
     chunk = max(1, math.ceil(n_k / num_splits))
     parts = [forward(p, block_k=block_k, key_range=(min(s * chunk, n_k), min((s + 1) * chunk, n_k)))
              for s in range(num_splits)]
     return merge(torch.stack([o for o, _ in parts]), torch.stack([lse for _, lse in parts]))
+
+
+def _split_kv_parallel(p: Problem, num_splits: int):
+    """Flash-decoding for few query rows: every split's partial softmax in one batched pass.
+
+    The score block is ``(G * N_q) x N_k`` per KV head, linear in the cache length; K and V are read
+    once. Keys past ``kv_lens`` are zeroed in V only when some batch item has padding.
+    """
+    b, h_kv, g, n_q, n_k, d_v = p.shape
+    chunk = max(1, math.ceil(n_k / num_splits))
+    pad = num_splits * chunk - n_k
+    s = _scores(p, 0, n_q, 0, n_k)
+    if not _fully_visible(p, 0, n_q, 0, n_k):
+        s = s.masked_fill(~_visible(p, 0, n_q, 0, n_k), -math.inf)
+    s = torch.nn.functional.pad(s, (0, pad), value=-math.inf).view(b, h_kv, g, n_q, num_splits, chunk)
+    top = s.amax(dim=-1)
+    shift = torch.where(top == -math.inf, torch.zeros_like(top), top)
+    e = torch.exp(s - shift[..., None])
+    total = e.sum(dim=-1)
+    v = p.v
+    if (p.kv_lens < n_k).any():
+        key_ok = torch.arange(n_k, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
+        v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
+    v = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(b * h_kv * num_splits, chunk, d_v)
+    weights = e.permute(0, 1, 4, 2, 3, 5).reshape(b * h_kv * num_splits, g * n_q, chunk).to(p.v.dtype)
+    if weights.dtype in (torch.float16, torch.bfloat16):
+        pv = torch.bmm(weights, v, out_dtype=p.acc) if weights.is_cuda else torch.bmm(weights.to(p.acc), v.to(p.acc))
+    else:
+        pv = torch.bmm(weights, v).to(p.acc)
+    pv = pv.view(b, h_kv, num_splits, g, n_q, d_v).permute(2, 0, 1, 3, 4, 5)  # (S, B, H_kv, G, N_q, D_v)
+    total, shift = total.permute(4, 0, 1, 2, 3), shift.permute(4, 0, 1, 2, 3)  # (S, B, H_kv, G, N_q)
+    has_key = total > 0
+    outs = torch.where(has_key[..., None], pv / torch.where(has_key, total, 1)[..., None], 0.0)
+    lses = torch.where(has_key, shift + torch.log(torch.where(has_key, total, 1)), -math.inf)
+    out, lse = merge(outs, lses)
+    return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
