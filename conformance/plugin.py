@@ -34,6 +34,8 @@ settings.register_profile("ci", _CI_BASE, max_examples=50, **_COMMON)
 settings.register_profile("mutants", _CI_BASE, max_examples=50, phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
 settings.register_profile("dev", max_examples=12, **_COMMON)
 settings.register_profile("nightly", max_examples=400, **_COMMON)
+# For backends that compile per shape (FlexAttention): derandomised, few examples, pinned ones kept.
+settings.register_profile("quick", _CI_BASE, max_examples=4, **_COMMON)
 
 
 def pytest_addoption(parser):
