@@ -19,6 +19,7 @@ from attnspec.reference import masks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 CAUSAL = (None, "top_left", "bottom_right")
+OPTIONS = ("scale", "causal", "window", "mask", "bias", "softcap", "alibi_slopes", "q_lens", "kv_lens")
 
 
 
@@ -66,6 +67,9 @@ def sdpa(q, k, v, *, return_lse: bool = False, **options):
     Options: ``scale``, ``causal`` (None, "top_left", "bottom_right"), ``window`` ((left, right)),
     ``mask`` (bool), ``bias`` (float), ``softcap``, ``alibi_slopes``, ``q_lens``, ``kv_lens``.
     """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"sdpa got unknown option(s) {unknown}; the options are {', '.join(OPTIONS)}")
     problem = prepare(q, k, v, **options)
     out, lse = attend(problem, range(problem.n_q), range(problem.n_k))
     return (out, lse) if return_lse else out
@@ -192,6 +196,8 @@ def _check_causal(causal):
 def _check_window(window):
     if window is None:
         return None
+    if isinstance(window, np.ndarray) and window.shape == (2,):
+        window = tuple(window.tolist())
     if not isinstance(window, (tuple, list)) or len(window) != 2:
         raise ValueError(f"window must be a pair (left, right); got {window!r}")
     left = check.integer("window[0] (left)", window[0], low=-1)

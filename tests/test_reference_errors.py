@@ -24,6 +24,7 @@ Q, K, V = np.ones((2, 4, 3, 8)), np.ones((2, 2, 5, 8)), np.ones((2, 2, 5, 6))
     ((Q, K, V), {"window": (-2, 0)}, ValueError, r"window\[0\] \(left\) must be >= -1; got -2"),
     ((Q, K, V), {"window": (1.5, 0)}, TypeError, r"window\[0\] \(left\) must be an integer"),
     ((Q, K, V), {"window": 3}, ValueError, r"window must be a pair \(left, right\)"),
+    ((Q, K, V), {"is_causal": True}, TypeError, r"sdpa got unknown option\(s\) \['is_causal'\]; the options are scale, causal"),
     ((Q, K, V), {"softcap": 0.0}, ValueError, "softcap must be finite and > 0; got 0.0"),
     ((Q, K, V), {"softcap": -1.0}, ValueError, "softcap must be finite and > 0"),
     ((Q, K, V), {"softcap": float("nan")}, ValueError, "softcap must be finite and > 0"),
