@@ -27,10 +27,12 @@ class FlexBackend(Backend):
     clauses = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
                "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
     dtypes = ("float32", "float16", "bfloat16")
-    devices = ("cuda",)
+    devices = ("cuda", "cpu")
 
     def __init__(self, device: str | None = None):
-        super().__init__(arrays.default_device(device or "cuda"))
+        super().__init__(arrays.default_device(device))
+        if self.device == "cpu":  # Inductor's CPU FlexAttention has no return_lse (PyTorch 2.13)
+            self.clauses = tuple(c for c in self.clauses if c != "sdpa.lse")
 
     def to_native(self, array):
         return arrays.to_torch(array, self.device)
@@ -48,8 +50,9 @@ class FlexBackend(Backend):
                                lengths[1] - lengths[0])
         try:
             block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens)
-            out, lse = _FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                             enable_gqa=h_q != k.shape[1], return_lse=True)
+            result = _FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                           enable_gqa=h_q != k.shape[1], return_lse=q.is_cuda)
+            out, lse = result if q.is_cuda else (result, None)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             if any(w in text.lower() for w in ("not supported", "unsupported", "must be", "requires")):
