@@ -100,6 +100,25 @@ def _check_causality(check, dtype, case, data):
                 what="rows that see no changed key", case=case)
 
 
+@pytest.mark.clause("sdpa.window")
+@given(case=sdpa_cases(window=True, extras=True), data=st.data())
+def test_keys_left_of_the_window_do_not_leak(check, dtype, case, data):
+    """Keys before position p hold 1e4; every row whose window starts at or after p is unchanged.
+
+    Per-row poisoning: these keys are visible to earlier rows, so the probe that poisons only
+    keys hidden from every query cannot reach them."""
+    q, k, v, options = case.inputs(dtype)
+    p = data.draw(st.integers(1, case.n_k), label="keys before p poisoned")
+    poisoned_k, poisoned_v = k.copy(), v.copy()
+    poisoned_k[:, :, :p], poisoned_v[:, :, :p] = POISON, POISON
+    out = check_arrays(check, case, dtype, q, k, v, options)[0]
+    after, _ = call_sdpa(q, poisoned_k, poisoned_v, options, return_lse=False)
+    untouched = ~visibility(case, q, k, v, options)[..., :p].any(axis=-1)
+    out, after = np.asarray(out, np.float64), np.asarray(after, np.float64)
+    check.close(after[untouched], out[untouched], _unchanged_bound(v, dtype),
+                what=f"rows whose window starts at or after key {p}", case=case)
+
+
 @pytest.mark.clause("sdpa")
 @given(case=sdpa_cases(extras=True))
 def test_batch_items_are_independent(check, dtype, case):
