@@ -1,7 +1,7 @@
 """The tolerance policy of :mod:`attnspec.tolerance`, computed for one case.
 
 At 16 and 32 bits the bound is relative to a naive implementation in the kernel's precision,
-evaluated by the reference's own formula with an :class:`~attnspec.reference.sdpa.Arithmetic`
+evaluated by the reference's own formula with an :class:`~attnspec.reference.arithmetic.Arithmetic`
 that rounds every step to the dtype (float32 accumulation). At 64 bits it is a few ulps times
 the error-propagation size of the case.
 """
