@@ -80,10 +80,20 @@ def write_json(path: str, target, results: dict) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "numpy": np.__version__, "hypothesis": hypothesis.__version__,
-                        "hypothesis_profile": hypothesis.settings._current_profile},
+                        "hypothesis_profile": hypothesis.settings._current_profile, **_frameworks()},
         "clauses": per_clause(target, results),
         "tests": results,
     }
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(document, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def _frameworks() -> dict:
+    """Versions of the array frameworks the backend loaded (and the GPU it ran on), if any."""
+    found = {name: getattr(sys.modules[name], "__version__", "?")
+             for name in ("torch", "triton", "cupy", "ml_dtypes") if name in sys.modules}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name()
+    return found
