@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import os
 import subprocess
 import sys
@@ -22,6 +23,13 @@ def run_suite(tmp_path: Path, *args: str, name: str = "run", profile: str = "ci"
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     data = json.loads(report.read_text()) if report.exists() else {}
     return proc.returncode, data, proc.stdout + proc.stderr
+
+
+def write_module(tmp_path: Path, body: str, name: str = "user_kernel") -> Path:
+    """A user's module (a backend in a file of its own), dedented, written under ``tmp_path``."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
 
 
 @pytest.fixture

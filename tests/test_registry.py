@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from importlib.metadata import EntryPoint
 
 import pytest
 
 from attnspec import CATALOG, Backend, BackendError, load_backend
 from attnspec import registry
+from tests.conftest import write_module
 
 
 def test_numpy_declares_every_clause():
@@ -36,14 +36,8 @@ def test_module_that_does_not_import_is_an_error_naming_the_cause():
         load_backend("no_such_package.kernels:Backend")
 
 
-def _write(tmp_path, body: str):
-    path = tmp_path / "user_kernel.py"
-    path.write_text(textwrap.dedent(body))
-    return path
-
-
 def test_backend_in_a_users_file(tmp_path):
-    path = _write(tmp_path, """
+    path = write_module(tmp_path, """
         import attnspec
         class Mine(attnspec.Backend):
             name = "mine"
@@ -59,13 +53,13 @@ def test_backend_in_a_users_file(tmp_path):
 def test_missing_file_and_missing_object(tmp_path):
     with pytest.raises(BackendError, match="does not exist"):
         load_backend(f"{tmp_path / 'absent.py'}:X")
-    path = _write(tmp_path, "x = 1\n")
+    path = write_module(tmp_path, "x = 1\n")
     with pytest.raises(BackendError, match="has no attribute 'Mine'"):
         load_backend(f"{path}:Mine")
 
 
 def test_file_that_fails_to_import_reports_its_error(tmp_path):
-    path = _write(tmp_path, "import torch_that_is_not_installed\n")
+    path = write_module(tmp_path, "import torch_that_is_not_installed\n")
     with pytest.raises(BackendError, match="failed to import: ModuleNotFoundError"):
         load_backend(f"{path}:Mine")
 

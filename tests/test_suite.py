@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_module
 
 
 def test_users_file_backend_passes_what_it_declares(suite):
@@ -37,14 +35,8 @@ def test_clause_selection_and_report(suite):
     assert all(r["status"] == "passed" for c, r in report["clauses"].items() if c in ran)
 
 
-def _backend_file(tmp_path, body):
-    path = tmp_path / "kernel.py"
-    path.write_text(textwrap.dedent(body))
-    return f"--backend={path}:Kernel"
-
-
 def test_declined_cases_are_reported_not_failed(suite, tmp_path):
-    spec = _backend_file(tmp_path, """
+    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
         import attnspec
         from attnspec.reference import sdpa
         class Kernel(attnspec.Backend):
@@ -66,7 +58,7 @@ def test_declined_cases_are_reported_not_failed(suite, tmp_path):
 
 
 def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
-    spec = _backend_file(tmp_path, """
+    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
         import attnspec, numpy as np
         from attnspec.reference import sdpa
         class Kernel(attnspec.Backend):
