@@ -90,9 +90,11 @@ def test_a_correct_flash_style_kernel_passes_at_16_and_32_bits(suite):
 
 def test_results_are_collected_under_xdist(suite):
     pytest.importorskip("xdist")
-    code, report, output = suite("--backend=numpy", "--clauses=sdpa.window", "-n", "2", "-p", "xdist")
+    code, report, output = suite("--backend=numpy", "--clauses=sdpa.window", "-n", "2", "-p", "xdist", name="xdist")
     assert code == 0, output[-2000:]
-    assert report["clauses"]["sdpa.window"]["status"] == "passed" and report["clauses"]["sdpa.window"]["passed"] == 6
+    _, serial, _ = suite("--backend=numpy", "--clauses=sdpa.window", name="serial")
+    assert report["clauses"]["sdpa.window"]["status"] == "passed"
+    assert report["clauses"]["sdpa.window"]["passed"] == serial["clauses"]["sdpa.window"]["passed"] > 0
 
 
 def test_torch_sdpa_adapter_runs_on_the_cpu(suite):
