@@ -88,16 +88,26 @@ def _check_causality(check, dtype, case, data):
     q, k, v, options = case.inputs(dtype)
     p = data.draw(st.integers(0, case.n_k - 1), label="first changed key")
     r = data.draw(st.integers(0, case.n_q), label="first changed query")
-    changed_q, changed_k, changed_v = q.copy(), k.copy(), v.copy()
-    changed_k[:, :, p:], changed_v[:, :, p:] = POISON, POISON
+    changed_q = q.copy()
     changed_q[:, :, r:] = -changed_q[:, :, r:]
+    _check_rows_not_seeing(check, dtype, case, (q, k, v, options), slice(p, None), changed_q=changed_q,
+                           first_changed_row=r, what="rows that see no changed key")
+
+
+def _check_rows_not_seeing(check, dtype, case, inputs, keys: slice, *, what: str, changed_q=None,
+                           first_changed_row=None):
+    """Keys ``keys`` hold 1e4 (and queries from ``first_changed_row`` on are ``changed_q``): every
+    row that sees none of those keys, and whose query did not change, stays as it was."""
+    q, k, v, options = inputs
+    poisoned_k, poisoned_v = k.copy(), v.copy()
+    poisoned_k[:, :, keys], poisoned_v[:, :, keys] = POISON, POISON
     out = check_arrays(check, case, dtype, q, k, v, options)[0]
-    after, _ = call_sdpa(changed_q, changed_k, changed_v, options, return_lse=False)
-    untouched = ~visibility(case, q, k, v, options)[..., p:].any(axis=-1)
-    untouched[:, :, r:] = False
+    after, _ = call_sdpa(q if changed_q is None else changed_q, poisoned_k, poisoned_v, options, return_lse=False)
+    untouched = ~visibility(case, q, k, v, options)[..., keys].any(axis=-1)
+    if first_changed_row is not None:
+        untouched[:, :, first_changed_row:] = False
     out, after = np.asarray(out, np.float64), np.asarray(after, np.float64)
-    check.close(after[untouched], out[untouched], _unchanged_bound(v, dtype),
-                what="rows that see no changed key", case=case)
+    check.close(after[untouched], out[untouched], _unchanged_bound(v, dtype), what=what, case=case)
 
 
 @pytest.mark.clause("sdpa.window")
@@ -109,14 +119,8 @@ def test_keys_left_of_the_window_do_not_leak(check, dtype, case, data):
     keys hidden from every query cannot reach them."""
     q, k, v, options = case.inputs(dtype)
     p = data.draw(st.integers(1, case.n_k), label="keys before p poisoned")
-    poisoned_k, poisoned_v = k.copy(), v.copy()
-    poisoned_k[:, :, :p], poisoned_v[:, :, :p] = POISON, POISON
-    out = check_arrays(check, case, dtype, q, k, v, options)[0]
-    after, _ = call_sdpa(q, poisoned_k, poisoned_v, options, return_lse=False)
-    untouched = ~visibility(case, q, k, v, options)[..., :p].any(axis=-1)
-    out, after = np.asarray(out, np.float64), np.asarray(after, np.float64)
-    check.close(after[untouched], out[untouched], _unchanged_bound(v, dtype),
-                what=f"rows whose window starts at or after key {p}", case=case)
+    _check_rows_not_seeing(check, dtype, case, (q, k, v, options), slice(None, p),
+                           what=f"rows whose window starts at or after key {p}")
 
 
 @pytest.mark.clause("sdpa")

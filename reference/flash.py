@@ -119,12 +119,17 @@ def decode(q, k_cache, v_cache, *, cache_lens, num_splits: int = 1, **options):
     Equals ``sdpa(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, **options)``;
     positions at or past ``cache_lens[b]`` are never read.
     """
-    fixed = sorted({"causal", "kv_lens", "q_lens"} & set(options))
-    if fixed:
-        raise ValueError(f"decode sets {fixed} itself (causal bottom-right over cache_lens); do not pass them")
+    check_decode_options(options)
     batch, capacity = np.shape(k_cache)[0], np.shape(k_cache)[2]
     cache_lens = check.int_array("cache_lens", cache_lens, shape=(batch,), low=0, high=capacity)
     return split_kv(q, k_cache, v_cache, num_splits=num_splits, causal="bottom_right", kv_lens=cache_lens, **options)
+
+
+def check_decode_options(options: dict) -> None:
+    """``decode`` fixes causal and the lengths itself; passing them is an error, not an override."""
+    fixed = sorted({"causal", "kv_lens", "q_lens"} & set(options))
+    if fixed:
+        raise ValueError(f"decode sets {fixed} itself (causal bottom-right over cache_lens); do not pass them")
 
 
 class KVCache:

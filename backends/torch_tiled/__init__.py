@@ -12,6 +12,7 @@ from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
 from attnspec.contract import Backend
 from attnspec.reference import _checks
+from attnspec.reference.flash import check_decode_options
 
 SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
                 "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
@@ -60,9 +61,7 @@ class TorchBackend(Backend):
         return out.to(outs.dtype), lse
 
     def decode(self, q, k_cache, v_cache, *, cache_lens, num_splits=1, **options):
-        fixed = sorted({"causal", "kv_lens", "q_lens"} & set(options))
-        if fixed:
-            raise ValueError(f"decode sets {fixed} itself (causal bottom-right over cache_lens); do not pass them")
+        check_decode_options(options)
         problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, **options)
         out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
         return out.to(q.dtype), lse

@@ -263,13 +263,10 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     if (p.kv_lens < n_k).any():
         key_ok = torch.arange(n_k, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
         v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
-    v = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(b * h_kv * num_splits, chunk, d_v)
-    weights = e.permute(0, 1, 4, 2, 3, 5).reshape(b * h_kv * num_splits, g * n_q, chunk).to(p.v.dtype)
-    if weights.dtype in (torch.float16, torch.bfloat16):
-        pv = torch.bmm(weights, v, out_dtype=p.acc) if weights.is_cuda else torch.bmm(weights.to(p.acc), v.to(p.acc))
-    else:
-        pv = torch.bmm(weights, v).to(p.acc)
-    pv = pv.view(b, h_kv, num_splits, g, n_q, d_v).permute(2, 0, 1, 3, 4, 5)  # (S, B, H_kv, G, N_q, D_v)
+    splits = b * h_kv * num_splits  # every (batch, KV head, split) is one product of the batch
+    v = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(splits, 1, chunk, d_v)
+    weights = e.permute(0, 1, 4, 2, 3, 5).reshape(splits, 1, 1, g * n_q, chunk).to(p.v.dtype)
+    pv = grouped_matmul(weights, v, p.acc).view(b, h_kv, num_splits, g, n_q, d_v).permute(2, 0, 1, 3, 4, 5)  # (S, B, H_kv, G, N_q, D_v)
     total, shift = total.permute(4, 0, 1, 2, 3), shift.permute(4, 0, 1, 2, 3)  # (S, B, H_kv, G, N_q)
     has_key = total > 0
     outs = torch.where(has_key[..., None], pv / torch.where(has_key, total, 1)[..., None], 0.0)
