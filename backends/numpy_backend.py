@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec import reference as ref
+from attnspec.backends.numpy_families import HierarchicalOps, LinearOps, LowRankOps, RetentionOps, SparseOps
 from attnspec.contract import Backend, numpy_peak_memory
 from attnspec.reference import absolute, alibi, relative, rope
 
 
-class NumpyBackend(Backend):
+class NumpyBackend(SparseOps, HierarchicalOps, LowRankOps, LinearOps, RetentionOps, Backend):
     name = "numpy"
     clauses = ("*",)
     dtypes = ("float64", "float32")

@@ -35,11 +35,26 @@ class Clause:
 
 CATALOG: dict[str, Clause] = {}
 
+#: Operation name -> call signature. Each spec module registers the backend operations its
+#: clauses name (:func:`operations`); a backend implements them as methods of the same name.
+OPERATIONS: dict[str, str] = {}
+
+
+def operations(**signatures: str) -> None:
+    """Register backend operations, ``name="name(args) -> result"``, before the clauses that use them."""
+    for name, signature in signatures.items():
+        if name in OPERATIONS:
+            raise ValueError(f"operation {name!r} is registered twice")
+        OPERATIONS[name] = signature
+
 
 def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
     """Register the decorated stub as the normative text of ``clause_id``."""
 
     def register(stub: Callable) -> Callable:
+        if op not in OPERATIONS:
+            raise ValueError(f"clause {clause_id!r} names operation {op!r}, which is not registered; "
+                             "call attnspec.clauses.operations() first")
         if clause_id in CATALOG:
             raise ValueError(f"clause {clause_id!r} is defined twice")
         section = stub.__module__.rsplit(".", 1)[-1]

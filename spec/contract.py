@@ -28,30 +28,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from attnspec.clauses import CATALOG, expand
+from attnspec.clauses import CATALOG, OPERATIONS, expand
 
 #: The dtypes a backend may declare, by name.
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
-#: Operation name -> call signature. Array arguments are native arrays (see ``to_native``);
-#: ``sdpa_options`` are the keyword options of ``sdpa`` (scale, causal, window, mask, bias,
-#: softcap, alibi_slopes, q_lens, kv_lens). Operations marked "-> (out, lse)" return both.
-OPERATIONS = {
-    "sdpa": "sdpa(q, k, v, *, return_lse=False, **sdpa_options) -> out or (out, lse)",
-    "mha": "mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads, num_kv_heads, **sdpa_options) -> out",
-    "flash_forward": "flash_forward(q, k, v, *, block_q, block_k, **sdpa_options) -> (out, lse)",
-    "merge_partials": "merge_partials(outs, lses) -> (out, lse)",
-    "split_kv": "split_kv(q, k, v, *, num_splits, **sdpa_options) -> (out, lse)",
-    "decode": "decode(q, k_cache, v_cache, *, cache_lens, num_splits=1, **sdpa_options) -> (out, lse)",
-    "sinusoidal": "sinusoidal(positions, dim, *, layout, base=10000.0) -> pe",
-    "learned": "learned(table, positions) -> pe",
-    "rope": "rope(x, positions, *, layout, rotary_dim=None, base=10000.0) -> x_rotated",
-    "alibi_slopes": "alibi_slopes(num_heads) -> slopes",
-    "alibi_bias": "alibi_bias(slopes, n_q, n_k, *, form) -> bias",
-    "t5_bucket": "t5_bucket(relative_position, *, bidirectional, num_buckets, max_distance) -> buckets",
-    "t5_bias": "t5_bias(table, q_positions, k_positions, *, bidirectional, num_buckets, max_distance) -> bias",
-    "shaw": "shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None) -> out",
-}
 
 
 class Unsupported(Exception):

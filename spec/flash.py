@@ -5,7 +5,14 @@ arithmetic: every tiling, every split and step-by-step decoding MUST give ``sdpa
 within the tolerance policy.
 """
 
-from attnspec.clauses import clause
+from attnspec.clauses import clause, operations
+
+operations(
+    flash_forward="flash_forward(q, k, v, *, block_q, block_k, **sdpa_options) -> (out, lse)",
+    merge_partials="merge_partials(outs, lses) -> (out, lse)",
+    split_kv="split_kv(q, k, v, *, num_splits, **sdpa_options) -> (out, lse)",
+    decode="decode(q, k_cache, v_cache, *, cache_lens, num_splits=1, **sdpa_options) -> (out, lse)",
+)
 
 
 @clause("flash.tiled", op="flash_forward")

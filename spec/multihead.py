@@ -1,6 +1,8 @@
 """Multi-head attention with input and output projections."""
 
-from attnspec.clauses import clause
+from attnspec.clauses import clause, operations
+
+operations(mha="mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads, num_kv_heads, **sdpa_options) -> out")
 
 
 @clause("mha", op="mha")

@@ -3,7 +3,18 @@
 Positions are non-negative integers. Arrays of positions broadcast like NumPy arrays.
 """
 
-from attnspec.clauses import clause
+from attnspec.clauses import clause, operations
+
+operations(
+    sinusoidal="sinusoidal(positions, dim, *, layout, base=10000.0) -> pe",
+    learned="learned(table, positions) -> pe",
+    rope="rope(x, positions, *, layout, rotary_dim=None, base=10000.0) -> x_rotated",
+    alibi_slopes="alibi_slopes(num_heads) -> slopes",
+    alibi_bias="alibi_bias(slopes, n_q, n_k, *, form) -> bias",
+    t5_bucket="t5_bucket(relative_position, *, bidirectional, num_buckets, max_distance) -> buckets",
+    t5_bias="t5_bias(table, q_positions, k_positions, *, bidirectional, num_buckets, max_distance) -> bias",
+    shaw="shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None) -> out",
+)
 
 
 @clause("pe.sinusoidal.interleaved", op="sinusoidal")

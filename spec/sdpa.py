@@ -6,7 +6,11 @@ Query ``i`` and key ``j`` are 0-based positions. The visibility rules (causal, w
 padding) are in :mod:`attnspec.masks`.
 """
 
-from attnspec.clauses import clause
+from attnspec.clauses import clause, operations
+
+# sdpa_options, in the signatures of the operations built on sdpa: scale, causal, window, mask,
+# bias, softcap, alibi_slopes, q_lens, kv_lens. "-> (out, lse)" means both are returned.
+operations(sdpa="sdpa(q, k, v, *, return_lse=False, **sdpa_options) -> out or (out, lse)")
 
 
 @clause("sdpa", op="sdpa")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 
-from attnspec.backends.mutants import flash, positional, sdpa
+from attnspec.backends.mutants import flash, hierarchical, linear, lowrank, positional, retention, sdpa, sparse
 from attnspec.contract import BackendError
 
 #: name -> mutant class; each class names the clause it breaks in ``breaks``.
 MUTANTS = {re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Mutant")).lower(): cls
-           for module in (sdpa, flash, positional) for cls in module.ALL}
+           for module in (sdpa, flash, positional, sparse, hierarchical, lowrank, linear, retention) for cls in module.ALL}
 
 
 def create(variant: str | None = None, device: str | None = None):

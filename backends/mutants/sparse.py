@@ -1,0 +1,7 @@
+"""Mutants of :mod:`attnspec.sparse`."""
+
+from __future__ import annotations
+
+from attnspec.backends.numpy_backend import NumpyBackend  # noqa: F401
+
+ALL: tuple = ()
