@@ -94,8 +94,8 @@ def _fmt(value) -> str:
 def _line(r: dict) -> str:
     largest = r["rows"][-1]
     peak = "n/a" if largest["peak_bytes"] is None else f"{largest['peak_bytes'] / 2**20:.1f} MiB"
-    return (f"{r['backend']:<8} {r['variant']:<34} time {_fmt(r['time_exponent'])} (expect {r['expected_time']:.0f})"
-            f"  memory {_fmt(r['memory_exponent'])} (expect {r['expected_memory']:.0f})"
+    return (f"{r['backend']:<8} {r['variant']:<34} time {_fmt(r['time_exponent'])} (expect {r['expected_time']:g})"
+            f"  memory {_fmt(r['memory_exponent'])} (expect {r['expected_memory']:g})"
             f"  at N={largest['n']}: {largest['seconds'] * 1e3:8.1f} ms, {peak}")
 
 

@@ -8,6 +8,7 @@ that ``N`` alone drives the cost. Add a variant here with every family whose cos
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +48,26 @@ def _decode(n, rng):
     return (q, k, v), {"cache_lens": np.array([n]), "num_splits": 4}
 
 
+def _sparse(pattern):
+    from attnspec.conformance.sparse_cases import budgeted_params
+
+    return lambda n, rng: (qkv(n, rng), {"pattern": pattern, **budgeted_params(pattern, n, heads=H)})
+
+
+def _retention(form, **extra):
+    return lambda n, rng: (qkv(n, rng), {"gammas": np.full(H, 0.97), "form": form, **extra})
+
+
+def _linformer(n, rng):
+    e, f = (rng.standard_normal((WINDOW, n)) / np.sqrt(n) for _ in range(2))
+    return qkv(n, rng), {"e": e, "f": f}
+
+
+def _xl_attention(n, rng):
+    memory_k, memory_v, _ = qkv(n, rng)
+    return qkv(n, rng), {"mem_k": memory_k, "mem_v": memory_v}
+
+
 VARIANTS: list[Variant] = [
     Variant("sdpa dense", "sdpa", "sdpa", 2, 2, _sdpa()),
     Variant("sdpa causal", "sdpa", "sdpa.causal.bottom_right", 2, 2, _sdpa(causal="bottom_right")),
@@ -54,4 +75,16 @@ VARIANTS: list[Variant] = [
     Variant(f"flash tiled, window {WINDOW}", "flash_forward", "sdpa.window", 1, 1,
             _flash(window=(WINDOW - 1, 0))),
     Variant("decode, 1 query", "decode", "flash.decode", 1, 1, _decode),
+    *[Variant(f"sparse {p}", "sparse", f"sparse.{p}", 1, 1, _sparse(p))
+      for p in ("dilated", "longformer", "bigbird", "block_sparse", "document", "chunked")],
+    Variant("sparse strided, stride sqrt(N)", "sparse", "sparse.strided", 1.5, 1,
+            lambda n, rng: (qkv(n, rng), {"pattern": "strided", "stride": math.isqrt(n)})),
+    Variant("retention parallel", "retention", "retention.parallel", 2, 2, _retention("parallel")),
+    Variant("retention recurrent", "retention", "retention.recurrent", 1, 1, _retention("recurrent")),
+    Variant(f"retention chunkwise, chunk {WINDOW}", "retention", "retention.chunkwise", 1, 1,
+            _retention("chunkwise", chunk_size=WINDOW)),
+    Variant(f"linformer, k = {WINDOW}", "linformer", "linformer", 1, 1, _linformer),
+    Variant("xl attention, memory N", "xl_attention", "xl.memory", 2, 2, _xl_attention),
+    Variant(f"xl recurrent, segment {WINDOW}", "xl_recurrent", "xl.recurrence", 1, 1,
+            lambda n, rng: (qkv(n, rng), {"segment_len": WINDOW, "mem_len": WINDOW})),
 ]

@@ -1,0 +1,283 @@
+"""Conformance of sparse and structured attention (spec section :mod:`attnspec.sparse`).
+
+Every pattern is checked against its definition four ways: ``sparse`` numerically against dense
+attention with the reference's mask table (output and LSE); the attention pattern read exactly
+through a one-hot V (so a kernel with the right table applied wrongly fails too); for causal
+patterns, keys after a cut poisoned with ``1e4`` leave the rows before it unchanged; and the
+backend's own ``sparse_mask`` table (clause ``sparse.mask``). Clause ``sparse.cost`` bounds the
+peak memory of the budgeted patterns.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from attnspec import reference
+from attnspec.conformance.calls import call, call_unguarded
+from attnspec.conformance.dtypes import numpy_dtype
+from attnspec.conformance.probes import POISON, within_limits
+from attnspec.conformance.sparse_cases import BUDGETED, EDGES, PATTERNS, SparseCase, budgeted_params, sparse_cases
+from attnspec.conformance.target import current, decline
+from attnspec.conformance.tolerance import sdpa_bounds
+from attnspec.contract import Unsupported
+from attnspec.reference import sparse as sparse_ref
+
+
+def reference_table(case: SparseCase) -> np.ndarray:
+    return sparse_ref.sparse_mask(case.pattern, case.n_q, case.n_k, **case.pattern_params())
+
+
+def call_sparse(check, case: SparseCase, q, k, v, kwargs: dict):
+    """``(out, lse)`` from the backend's ``sparse``."""
+    __tracebackhide__ = True
+    result = call("sparse", q, k, v, return_lse=True, **kwargs)
+    if not isinstance(result, tuple) or result[1] is None:
+        check._fail("sparse returned no LSE", case, "it was called with return_lse=True")
+    return result
+
+
+def sparse_out(q, k, v, kwargs: dict) -> np.ndarray:
+    """The output alone (the structural probes do not need the LSE)."""
+    result = call("sparse", q, k, v, **kwargs)
+    return np.asarray(result[0] if isinstance(result, tuple) else result, np.float64)
+
+
+def check_pattern_case(check, case: SparseCase, dtype: str) -> None:
+    """Against dense attention, through one-hot V and, if causal, with later keys poisoned."""
+    __tracebackhide__ = True
+    within_limits(case)
+    q, k, v, kwargs = case.inputs(dtype)
+    table = reference_table(case)
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, mask=table, scale=case.scale)
+    bound_out, bound_lse = sdpa_bounds(q, k, v, {"mask": table, "scale": case.scale}, dtype, ref_out, ref_lse)
+    out, lse = call_sparse(check, case, q, k, v, kwargs)
+    check.close(out, ref_out, bound_out, what="out", case=case)
+    check.close(lse, ref_lse, bound_lse, what="lse", case=case)
+    check_one_hot(check, case, dtype, table)
+    if case.causal:
+        check_later_keys_ignored(check, case, dtype, ref_out, bound_out)
+
+
+def check_one_hot(check, case: SparseCase, dtype: str, table: np.ndarray) -> None:
+    """Zero queries and one-hot values: ``out[b, h, i, j]`` is row ``i``'s weight on key ``j``.
+
+    Every visible key gets ``1 / |V(i)|`` and every invisible key exactly 0, so the keys carrying
+    weight must be the table's exactly.
+    """
+    __tracebackhide__ = True
+    q, k, v, kwargs = case.inputs(dtype)
+    q = np.zeros_like(q)
+    width = min(case.n_k, current().backend.max_head_dim or case.n_k)
+    weights = []
+    for start in range(0, case.n_k, width):  # V one-hot for keys [start, start + width)
+        keys = np.arange(start, min(start + width, case.n_k))
+        one_hot = np.zeros((case.n_k, width), dtype=v.dtype)
+        one_hot[keys, keys - start] = 1
+        v = np.broadcast_to(one_hot, (case.batch, case.h_kv) + one_hot.shape).copy()
+        weights.append(sparse_out(q, k, v, kwargs)[..., :len(keys)])
+    check.pattern(np.concatenate(weights, axis=-1) != 0, np.broadcast_to(table, (case.batch, case.h_q, case.n_q, case.n_k)),
+                  what="weights read through one-hot V", case=case)
+
+
+def check_later_keys_ignored(check, case: SparseCase, dtype: str, ref_out, bound) -> None:
+    """Keys after a cut hold ``1e4`` in K and V; rows at positions up to the cut stay unchanged.
+
+    For prefix-LM a row also reads the rest of its prefix, so the cut of batch item ``b`` is
+    ``max(cut, prefix_lens[b] - 1)``.
+    """
+    __tracebackhide__ = True
+    if case.n_q < 2:
+        return
+    q, k, v, kwargs = case.inputs(dtype)
+    offset = case.n_k - case.n_q
+    cut = int(np.random.default_rng([case.seed, 2]).integers(offset, case.n_k - 1))  # in [offset, N_k - 2]
+    cuts = np.full(case.batch, cut)
+    if case.pattern == "prefix_lm":
+        cuts = np.maximum(cuts, np.broadcast_to(kwargs["prefix_lens"], (case.batch,)) - 1)
+    poison = np.asarray(POISON, dtype=numpy_dtype(dtype))
+    for b, last in enumerate(cuts):
+        k[b, :, last + 1:], v[b, :, last + 1:] = poison, poison
+    checked = (offset + np.arange(case.n_q))[None, :] <= cuts[:, None]  # (B, N_q)
+    kept = np.where(checked[:, None, :, None], sparse_out(q, k, v, kwargs), ref_out)
+    rows = f"max({cut}, prefix_lens[b] - 1)" if case.pattern == "prefix_lm" else str(cut)
+    check.close(kept, ref_out, bound, what=f"out of rows at positions <= {rows}, later keys 1e4", case=case)
+
+
+def pinned(pattern: str):
+    """Run the pattern's sharp edges (:data:`EDGES`) before the drawn cases."""
+
+    def decorate(test):
+        for case in reversed(EDGES[pattern]):
+            test = example(case=case)(test)
+        return test
+
+    return decorate
+
+
+@pytest.mark.clause("sparse.dilated")
+@given(case=sparse_cases("dilated"))
+@pinned("dilated")
+def test_dilated(check, dtype, case):
+    """Keys d apart within w steps on each side (per-head d), causal or not."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.longformer")
+@given(case=sparse_cases("longformer"))
+@pinned("longformer")
+def test_longformer(check, dtype, case):
+    """Window plus global tokens in both directions, also a global token at the last position."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.bigbird")
+@given(case=sparse_cases("bigbird"))
+@pinned("bigbird")
+def test_bigbird(check, dtype, case):
+    """Block window, global and per-head random blocks; N not a multiple of the block."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.strided")
+@given(case=sparse_cases("strided"))
+@pinned("strided")
+def test_strided(check, dtype, case):
+    """A1 holds the previous l keys and itself; A2 every l-th earlier key; causal."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.fixed")
+@given(case=sparse_cases("fixed"))
+@pinned("fixed")
+def test_fixed(check, dtype, case):
+    """A1 the query's own block; A2 the last c positions of every block; causal."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.block_sparse")
+@given(case=sparse_cases("block_sparse"))
+@pinned("block_sparse")
+def test_block_sparse(check, dtype, case):
+    """Per-head layouts of block_q x block_k tiles, block sizes that do not divide N."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.prefix_lm")
+@given(case=sparse_cases("prefix_lm"))
+@pinned("prefix_lm")
+def test_prefix_lm(check, dtype, case):
+    """Bidirectional inside the per-batch prefix (exclusive of position prefix_lens), causal after."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.document")
+@given(case=sparse_cases("document"))
+@pinned("document")
+def test_document(check, dtype, case):
+    """Packed documents, empty ones and documents spanning several runs included."""
+    check_pattern_case(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.chunked")
+@given(case=sparse_cases("chunked"))
+@pinned("chunked")
+def test_chunked(check, dtype, case):
+    """Chunks of absolute positions, also when decoding the last rows only."""
+    check_pattern_case(check, case, dtype)
+
+
+any_pattern_decoding = st.sampled_from(PATTERNS).flatmap(lambda p: sparse_cases(p, shorter_queries=True))
+
+
+@pytest.mark.clause("sparse")
+@given(case=any_pattern_decoding)
+@example(case=SparseCase("chunked", n_q=1, n_k=9, params=(("chunk", 4),)))
+@example(case=SparseCase("prefix_lm", n_q=2, n_k=6, params=(("prefix_lens", (3,)),)))
+def test_rows_align_bottom_right(check, dtype, case):
+    """With N_q < N_k, row i is at position i + N_k - N_q: the last rows of the full pass."""
+    within_limits(case)
+    q, k, v, kwargs = case.inputs(dtype)
+    table = reference_table(case)
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, mask=table, scale=case.scale)
+    bound_out, bound_lse = sdpa_bounds(q, k, v, {"mask": table, "scale": case.scale}, dtype, ref_out, ref_lse)
+    out, lse = call_sparse(check, case, q, k, v, kwargs)
+    check.close(out, ref_out, bound_out, what="out", case=case)
+    check.close(lse, ref_lse, bound_lse, what="lse", case=case)
+
+
+@pytest.mark.clause("sparse")
+@given(case=sparse_cases("block_sparse"))
+@example(case=SparseCase("block_sparse", h_q=2, h_kv=1, n_q=40, n_k=40,
+                         params=(("block_q", 16), ("block_k", 8), ("layout", (2, 0.3)))))
+def test_rows_without_keys(check, dtype, case):
+    """A row whose layout row is empty outputs exactly zero with LSE -inf (sdpa.fully_masked)."""
+    within_limits(case)
+    q, k, v, kwargs = case.inputs(dtype)
+    out, lse = call_sparse(check, case, q, k, v, kwargs)
+    empty = ~np.broadcast_to(reference_table(case), (case.batch, case.h_q, case.n_q, case.n_k)).any(axis=-1)
+    count = int(empty.sum())
+    check.exact(np.asarray(out, np.float64)[empty], np.zeros((count, case.d_v)), what="out of rows without keys", case=case)
+    check.exact(np.asarray(lse, np.float64)[empty], np.full(count, -np.inf), what="lse of rows without keys", case=case)
+
+
+@pytest.mark.clause("sparse")
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_rejects_more_queries_than_keys(check, dtype, pattern):
+    """N_q > N_k has no bottom-right alignment: an error, never a guess."""
+    case = EDGES[pattern][0]
+    q, k, v, kwargs = case.with_(n_q=case.n_k + 1).inputs(dtype)
+    check.rejects(lambda: call_unguarded("sparse", q, k, v, **kwargs), what=f"N_q = {case.n_k + 1} > N_k = {case.n_k}",
+                  case=case)
+
+
+def check_mask_table(check, case: SparseCase) -> None:
+    __tracebackhide__ = True
+    got = np.asarray(call("sparse_mask", case.pattern, case.n_q, case.n_k, **case.pattern_params()))
+    if got.dtype != np.bool_:
+        check._fail("sparse_mask is not boolean", case, f"dtype {got.dtype}")
+    check.pattern(got, reference_table(case), what="sparse_mask table", case=case)
+
+
+@pytest.mark.clause("sparse.mask")
+@pytest.mark.parametrize("pattern", PATTERNS)
+@given(data=st.data())
+def test_mask_table(check, dtype, pattern, data):
+    """The table is exact, boolean, with the pattern's extents (B_p, H_p) as leading axes."""
+    check_mask_table(check, data.draw(sparse_cases(pattern), label="case"))
+
+
+@pytest.mark.clause("sparse.mask")
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.pattern}-{i}") for cases in EDGES.values()
+                                  for i, c in enumerate(cases)])
+def test_mask_table_edges(check, dtype, case):
+    check_mask_table(check, case)
+
+
+@pytest.mark.clause("sparse.cost")
+@pytest.mark.parametrize("pattern", BUDGETED)
+def test_memory_is_linear(check, dtype, pattern):
+    """Peak memory of a fixed budget of keys per query grows linearly: x4 in N stays under x8."""
+    backend = current().backend
+    if (backend.max_seq_len or 1024) < 1024:
+        decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")
+    peaks = []
+    for n in (256, 256, 1024):  # the first run is a warm-up: one-time imports and caches are not the kernel's
+        q, k, v, _ = SparseCase(pattern, h_q=2, h_kv=2, n_q=n, n_k=n, d_qk=16, d_v=16).inputs(dtype)
+        params = {name: backend.to_native(x) if isinstance(x, np.ndarray) else x
+                  for name, x in budgeted_params(pattern, n, heads=2).items()}
+        native = [backend.to_native(a) for a in (q, k, v)]
+        try:
+            _, peak = backend.peak_memory(lambda: backend.sparse(*native, pattern=pattern, **params))
+        except Unsupported as exc:
+            decline(f"sparse: {exc}")
+        if peak is None:
+            decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
+        peaks.append(peak)
+    peaks = peaks[1:]
+    growth = peaks[1] / max(peaks[0], 1)
+    if not growth < 8.0:
+        check._fail("peak memory grows faster than linearly", f"{pattern} with budgeted_params({pattern!r}, N, heads=2), "
+                    "B=1, H=2, D=16, N = 256 and 1024",
+                    f"peak {peaks[0]} bytes at N=256, {peaks[1]} at N=1024: x{growth:.1f} for x4 in N "
+                    "(linear is x4, an N x N array gives x16; the limit is x8)")
