@@ -54,6 +54,38 @@ def _sparse(pattern):
     return lambda n, rng: (qkv(n, rng), {"pattern": pattern, **budgeted_params(pattern, n, heads=H)})
 
 
+def _hierarchical(n, rng):
+    """NSA, routing and LSH inputs: one KV head, two query heads (NSA shares selection per group)."""
+    q, k, v = (rng.standard_normal((B, h, n, D)) for h in (2, 1, 1))
+    return q, k, v
+
+
+def _nsa(n, rng):
+    q, k, v = _hierarchical(n, rng)
+    blocking = dict(cmp_len=32, cmp_stride=16, sel_len=64, top_n=4, init_blocks=1, local_blocks=1)
+    return (q, k, v), {"gates": rng.uniform(0, 1, (B, 2, n, 3)), "window": WINDOW, **blocking}
+
+
+def _routed(assign: bool):
+    def build(n, rng):
+        q, k, v = _hierarchical(n, rng)
+        centroids = rng.standard_normal((2, 8, D))
+        return ((q, k), {"centroids": centroids}) if assign else ((q, k, v), {"centroids": centroids})
+
+    return build
+
+
+def _lsh(buckets: bool):
+    def build(n, rng):
+        qk, _, v = _hierarchical(n, rng)
+        rotations = rng.standard_normal((2, D, 4))
+        if buckets:
+            return (qk[:, :1],), {"rotations": rotations}
+        return (qk[:, :1], v), {"rotations": rotations, "chunk_len": 32, "causal": True}
+
+    return build
+
+
 def _retention(form, **extra):
     return lambda n, rng: (qkv(n, rng), {"gammas": np.full(H, 0.97), "form": form, **extra})
 
@@ -79,6 +111,13 @@ VARIANTS: list[Variant] = [
       for p in ("dilated", "longformer", "bigbird", "block_sparse", "document", "chunked")],
     Variant("sparse strided, stride sqrt(N)", "sparse", "sparse.strided", 1.5, 1,
             lambda n, rng: (qkv(n, rng), {"pattern": "strided", "stride": math.isqrt(n)})),
+    # The NSA, routing and LSH references are dense-mask oracles (quadratic by design); the
+    # discrete parts a kernel must match exactly (selection, assignment, buckets) are linear.
+    Variant("nsa (dense oracle)", "nsa", "nsa.combine", 2, 2, _nsa),
+    Variant("routed (dense oracle)", "routed", "routed", 2, 2, _routed(assign=False)),
+    Variant("routed assign", "routed_assign", "routed.assign", 1, 1, _routed(assign=True)),
+    Variant("lsh (dense oracle)", "lsh", "lsh.chunks", 2, 2, _lsh(buckets=False)),
+    Variant("lsh buckets", "lsh_buckets", "lsh.buckets", 1, 1, _lsh(buckets=True)),
     Variant("retention parallel", "retention", "retention.parallel", 2, 2, _retention("parallel")),
     Variant("retention recurrent", "retention", "retention.recurrent", 1, 1, _retention("recurrent")),
     Variant(f"retention chunkwise, chunk {WINDOW}", "retention", "retention.chunkwise", 1, 1,

@@ -1,0 +1,130 @@
+"""LSH attention in float64 (clauses ``lsh.*`` in :mod:`attnspec.hierarchical`).
+
+Written as the spec states it: per round, the visible set of each query as a boolean matrix
+(bucket, sorted chunk, previous chunk, causality), minus the self key; attention per round; the
+rounds merged by their LSE (:func:`attnspec.reference.flash.merge_partials`); the self fallback.
+:meth:`LSH.equivalent` gives the same result as one ``sdpa`` with the bias ``log(n_ij)``, the form
+the conformance suite bounds. One method per clause, so a variant overrides exactly one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnspec.reference import _checks as check
+from attnspec.reference.flash import merge_partials
+from attnspec.reference.routed import unit
+from attnspec.reference.sdpa import prepare
+from attnspec.reference.sdpa import sdpa as dense
+
+
+@dataclass(frozen=True)
+class LSH:
+    """One validated LSH call: ``qk`` ``(B, H, N, D)``, ``v`` ``(B, H, N, D_v)`` (None to hash only)."""
+
+    qk: np.ndarray
+    v: np.ndarray | None
+    rotations: np.ndarray
+    chunk_len: int | None
+    causal: bool
+    scale: float
+
+    @classmethod
+    def build(cls, qk, v=None, *, rotations, chunk_len=None, causal=False, scale=None) -> "LSH":
+        values = v if v is not None else np.zeros(np.shape(qk)[:3] + (1,))
+        problem = prepare(qk, qk, values, scale=scale)  # shapes, dtypes and scale as sdpa checks them
+        d = problem.q.shape[3]
+        rotations = check.float_array("rotations", rotations, ndim=3)
+        if rotations.shape[0] < 1 or rotations.shape[1] != d or rotations.shape[2] < 1:
+            raise ValueError(f"rotations must have shape (n_rounds, D, n_buckets / 2) = (R, {d}, n_buckets / 2) "
+                             f"with R >= 1 and n_buckets >= 2; got {rotations.shape}")
+        if not np.isfinite(rotations).all():
+            raise ValueError("rotations must be finite")
+        if v is not None:
+            chunk_len = check.integer("chunk_len", chunk_len, low=1)
+            if not isinstance(causal, (bool, np.bool_)):
+                raise TypeError(f"causal must be a bool (LSH attention is self-attention); got {causal!r}")
+        return cls(problem.q, None if v is None else problem.v, rotations, chunk_len, bool(causal), problem.scale)
+
+    @property
+    def n(self) -> int:
+        return self.qk.shape[2]
+
+    # lsh.buckets
+
+    def buckets(self) -> np.ndarray:
+        """``(B, H, R, N)``: ``argmax([y, -y])`` with ``y = qk @ rotations[r]``; ties to the lowest index."""
+        y = np.einsum("bhnd,rdu->bhrnu", self.qk, self.rotations)
+        return np.argmax(np.concatenate([y, -y], axis=-1), axis=-1)
+
+    # lsh.chunks
+
+    def keys(self) -> np.ndarray:
+        """Shared-QK keys: ``qk / |qk|`` (0 for a zero vector)."""
+        return unit(self.qk)
+
+    def chunks(self, buckets: np.ndarray) -> np.ndarray:
+        """``chunk_r(j)``, same shape as ``buckets``: ``j``'s place in the stable sort by bucket, ``// chunk_len``."""
+        order = np.argsort(buckets, axis=-1, kind="stable")  # stable: equal buckets keep position order
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(self.n), axis=-1)
+        return rank // self.chunk_len
+
+    def round_visible(self, buckets: np.ndarray) -> np.ndarray:
+        """``P_r(i)`` as ``(B, H, R, N, N)``: same bucket, own or previous chunk, causal; self included."""
+        chunk = self.chunks(buckets)
+        same_bucket = buckets[..., :, None] == buckets[..., None, :]
+        gap = chunk[..., :, None] - chunk[..., None, :]  # query's chunk minus key's chunk
+        visible = same_bucket & (gap >= 0) & (gap <= 1)
+        if self.causal:
+            visible &= np.tril(np.ones((self.n, self.n), dtype=bool))
+        return visible
+
+    # lsh.self_exclusion
+
+    def others(self) -> np.ndarray:
+        """``O_r(i) = P_r(i)`` minus the self key: ``(B, H, R, N, N)``."""
+        return self.round_visible(self.buckets()) & ~np.eye(self.n, dtype=bool)
+
+    def alone(self, others: np.ndarray) -> np.ndarray:
+        """``(B, H, N)``: rows that no round gives another key; their output is their own value."""
+        return ~others.any(axis=(2, 4))
+
+    # lsh.rounds
+
+    def rounds(self, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-round ``(o_r, z_r)`` stacked on a leading round axis: ``(R, B, H, N, D_v)``, ``(R, B, H, N)``."""
+        k = self.keys()
+        parts = [dense(self.qk, k, self.v, mask=others[:, :, r], scale=self.scale, return_lse=True)
+                 for r in range(others.shape[2])]
+        return np.stack([o for o, _ in parts]), np.stack([z for _, z in parts])
+
+    def output(self) -> np.ndarray:
+        """``out`` ``(B, H, N, D_v)``: the rounds merged by LSE; ``v[i]`` where no round has another key."""
+        others = self.others()
+        out, _ = merge_partials(*self.rounds(others))
+        return np.where(self.alone(others)[..., None], self.v, out)
+
+    def equivalent(self) -> tuple:
+        """The same result as one ``sdpa`` problem ``(q, k, v, options)``: bias ``log(n_ij)``.
+
+        ``n_ij`` counts the rounds in which ``j`` is in ``O_r(i)``; a row alone in every round sees
+        only itself.
+        """
+        others = self.others()
+        count = others.sum(axis=2) + (np.eye(self.n, dtype=bool) & self.alone(others)[..., :, None])
+        with np.errstate(divide="ignore"):
+            bias = np.log(count.astype(np.float64))
+        return self.qk, self.keys(), self.v, {"bias": bias, "scale": self.scale}
+
+
+def lsh_buckets(qk, *, rotations) -> np.ndarray:
+    """Clause ``lsh.buckets``: ``(B, H, n_rounds, N)`` integer buckets."""
+    return LSH.build(qk, rotations=rotations).buckets()
+
+
+def lsh(qk, v, *, rotations, chunk_len, causal=False, scale=None) -> np.ndarray:
+    """Clauses ``lsh.chunks``, ``lsh.self_exclusion``, ``lsh.rounds``: the output ``(B, H, N, D_v)``."""
+    return LSH.build(qk, v, rotations=rotations, chunk_len=chunk_len, causal=causal, scale=scale).output()
