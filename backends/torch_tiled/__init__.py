@@ -10,9 +10,10 @@ import torch
 
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
-from attnspec.contract import Backend
+from attnspec.contract import Backend, Unsupported
 from attnspec.reference import _checks
 from attnspec.reference.flash import check_decode_options
+from attnspec.reference import sparse as reference_sparse
 
 SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
                 "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
@@ -20,7 +21,7 @@ SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa
 
 class TorchBackend(Backend):
     name = "torch"
-    clauses = SDPA_CLAUSES + ("flash.*",)
+    clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     dtypes = ("float64", "float32", "float16", "bfloat16")
     devices = ("cpu", "cuda")
     #: key tile for ``sdpa``; the query rows of a tile are all processed together
@@ -65,3 +66,23 @@ class TorchBackend(Backend):
         problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, **options)
         out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
         return out.to(q.dtype), lse
+
+    def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
+        problem = kernel.prepare(q, k, v, scale=scale)
+        pat = self._block_sparse(pattern, q.shape[2], k.shape[2], params)
+        reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
+        out, lse = kernel.block_sparse(problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"])
+        return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
+
+    def sparse_mask(self, pattern, n_q, n_k, **params):
+        pat = self._block_sparse(pattern, n_q, n_k, params)
+        layout = torch.as_tensor(pat.params["layout"], device=self.device)
+        return kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
+
+    @staticmethod
+    def _block_sparse(pattern, n_q, n_k, params):
+        """The validated block-sparse pattern (host copies of its parameters): the only one this backend runs."""
+        if pattern != "block_sparse":
+            raise Unsupported(f"pattern {pattern!r}: the torch backend implements block_sparse only")
+        host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
+        return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks

@@ -36,6 +36,8 @@ class Problem:
     q_lens: np.ndarray  # host copies: tile skipping is decided on the host
     kv_lens: np.ndarray
     acc: torch.dtype
+    layout: torch.Tensor | None = None  # block-sparse layout (H_l, ceil(N_k / block_q), ceil(N_k / block_k))
+    layout_blocks: tuple[int, int] = (1, 1)  # its (block_q, block_k), over positions
 
     @property
     def shape(self):
@@ -107,6 +109,36 @@ def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_r
     return _finish(p, m, total, acc)
 
 
+def block_sparse(p: Problem, layout: np.ndarray, block_q: int, block_k: int):
+    """Clause ``sparse.block_sparse``: only the key blocks some head's layout row marks are computed.
+
+    Query blocks are over positions (row ``i`` is position ``i + N_k - N_q``); each is one online
+    softmax over its active key blocks, masked per head by the layout, so the work follows the
+    layout's nonzeros and the memory is one ``block_q x block_k`` tile per head.
+    """
+    b, h_kv, g, n_q, n_k, d_v = p.shape
+    p.layout = torch.as_tensor(layout, device=p.q.device)
+    p.layout_blocks = (block_q, block_k)
+    offset = n_k - n_q
+    m = torch.full((b, h_kv, g, n_q), -math.inf, dtype=p.acc, device=p.q.device)
+    total = torch.zeros_like(m)
+    acc = torch.zeros((b, h_kv, g, n_q, d_v), dtype=p.acc, device=p.q.device)
+    for qb in range(offset // block_q, layout.shape[1]):
+        r0, r1 = max(qb * block_q - offset, 0), min((qb + 1) * block_q - offset, n_q)
+        for kb in np.flatnonzero(layout[:, qb].any(axis=0)):
+            _update(p, r0, r1, int(kb) * block_k, min((int(kb) + 1) * block_k, n_k), m, total, acc)
+    return _finish(p, m, total, acc)
+
+
+def layout_table(layout: torch.Tensor, block_q: int, block_k: int, n_q: int, n_k: int, rows=None, cols=None):
+    """``layout[h, position // block_q, key // block_k]`` for query ``rows`` and key ``cols``: ``(H_l, rows, cols)``."""
+    rows = range(n_q) if rows is None else rows
+    cols = range(n_k) if cols is None else cols
+    positions = torch.arange(rows.start, rows.stop, device=layout.device) + (n_k - n_q)
+    keys = torch.arange(cols.start, cols.stop, device=layout.device)
+    return layout[:, positions // block_q][:, :, keys // block_k]
+
+
 def _indices(p: Problem, r0, r1, c0, c1):
     device = p.q.device
     i = torch.arange(r0, r1, device=device)[:, None]
@@ -118,7 +150,7 @@ def _indices(p: Problem, r0, r1, c0, c1):
 def _fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
     """True if every (row, key) pair of the tile is visible in every batch item: no mask needed."""
     offsets = p.kv_lens - p.q_lens
-    if p.mask is not None or c1 > p.kv_lens.min(initial=0) or r1 > p.q_lens.min(initial=0):
+    if p.mask is not None or p.layout is not None or c1 > p.kv_lens.min(initial=0) or r1 > p.q_lens.min(initial=0):
         return False
     if p.causal == "top_left" and c1 - 1 > r0:
         return False
@@ -153,6 +185,11 @@ def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     if p.mask is not None:
         b, h_kv, g = p.q.shape[:3]
         vis = vis & p.mask[:, :, r0:r1, c0:c1].reshape(b, h_kv, g, r1 - r0, c1 - c0)
+    if p.layout is not None:
+        b, h_kv, g, n_q, n_k, _ = p.shape
+        tile = layout_table(p.layout, *p.layout_blocks, n_q, n_k, range(r0, r1), range(c0, c1))
+        heads = (h_kv, g) if tile.shape[0] > 1 else (1, 1)  # per query head, or one for all
+        vis = vis & tile.reshape(1, *heads, r1 - r0, c1 - c0)
     return vis
 
 
