@@ -10,6 +10,7 @@ import torch
 
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
+from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.contract import Backend, Unsupported
 from attnspec.reference import _checks
 from attnspec.reference.flash import check_decode_options
@@ -22,6 +23,8 @@ SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa
 class TorchBackend(Backend):
     name = "torch"
     clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses += ("linear.chunked", "linear.causal", "linear.feature_map", "linear.normalizer", "linear.state",
+                "linear.cost")
     dtypes = ("float64", "float32", "float16", "bfloat16")
     devices = ("cpu", "cuda")
     #: key tile for ``sdpa``; the query rows of a tile are all processed together
@@ -86,3 +89,6 @@ class TorchBackend(Backend):
             raise Unsupported(f"pattern {pattern!r}: the torch backend implements block_sparse only")
         host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
         return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks
+
+    def linear_attention(self, q, k, v, **options):
+        return chunked_linear.linear_attention(q, k, v, **options)

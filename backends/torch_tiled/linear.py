@@ -1,0 +1,76 @@
+"""Chunked linear attention in PyTorch operations (clauses ``linear.*``), on CPU or CUDA.
+
+The chunked form of :mod:`attnspec.linear`: within a chunk of ``C`` tokens the masked quadratic
+product, between chunks the carried state ``(S, z)``, so memory is ``O(N D + F D_v + C^2)`` per
+head. Features, state and sums are kept in float32 (float64 for float64 inputs), as
+flash-linear-attention keeps its state; the output is cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attnspec.backends import _torch_arrays as arrays
+from attnspec.contract import Unsupported
+from attnspec.reference import linear as reference_linear
+
+
+def linear_attention(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
+                     normalize=True, scale=1.0, eps=0.0, initial_state=None, initial_normalizer=None,
+                     output_final_state=False):
+    s0, z0 = _checked(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
+                      normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
+                      initial_normalizer=initial_normalizer, output_final_state=output_final_state)
+    if form != "chunked":  # after the checks: an invalid call is an error in every form
+        raise Unsupported(f"form={form!r}: the torch backend implements the chunked form only")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    fq = _phi(q.to(acc), feature_map) * scale
+    fk = _phi(k.to(acc), feature_map)
+    v = v.to(acc)
+    state = torch.zeros((*k.shape[:2], k.shape[3], v.shape[3]), dtype=acc, device=q.device) if s0 is None else s0.to(acc)
+    normalizer = torch.zeros(k.shape[:2] + k.shape[3:], dtype=acc, device=q.device) if z0 is None else z0.to(acc)
+    num = torch.full((*q.shape[:3], v.shape[3]), float("nan"), dtype=acc, device=q.device)  # unwritten rows show
+    den = torch.full(q.shape[:3], float("nan"), dtype=acc, device=q.device)
+    n = k.shape[2]
+    for c0 in range(0, n, chunk_size):
+        c = slice(c0, min(c0 + chunk_size, n))
+        fk_c, v_c = fk[:, :, c], v[:, :, c]
+        if causal:
+            a = torch.tril(fq[:, :, c] @ fk_c.transpose(-1, -2))  # the diagonal is included
+            num[:, :, c] = fq[:, :, c] @ state + a @ v_c
+            den[:, :, c] = (fq[:, :, c] @ normalizer[..., None])[..., 0] + a.sum(dim=-1)
+        state = state + fk_c.transpose(-1, -2) @ v_c
+        normalizer = normalizer + fk_c.sum(dim=-2)
+    if not causal:  # every key is in the state before any query reads it
+        num = fq @ state
+        den = (fq @ normalizer[..., None])[..., 0]
+    out = _finish(num, den, normalize=normalize, eps=eps).to(q.dtype)
+    return (out, state, normalizer) if output_final_state else out
+
+
+def _checked(q, k, v, *, initial_state, initial_normalizer, **options):
+    """The reference's argument checks and errors, on zero-stride stand-ins for q, k, v (no copy)."""
+    stand_in = [np.broadcast_to(np.zeros((), np.float64), tuple(x.shape)) for x in (q, k, v)]
+    host = [None if x is None else arrays.to_numpy(x).astype(np.float64) for x in (initial_state, initial_normalizer)]
+    reference_linear.validate(*stand_in, initial_state=host[0], initial_normalizer=host[1], **options)
+    return initial_state, initial_normalizer
+
+
+def _phi(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Clause ``linear.feature_map``; ``elu+1`` as ``x + 1`` above 0 and ``exp(x)`` below (no cancellation)."""
+    if name == "relu":
+        return torch.relu(x)
+    if name == "identity":
+        return x
+    return torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))
+
+
+def _finish(num, den, *, normalize: bool, eps: float):
+    """Clause ``linear.normalizer``: ``num / (den + eps)``, exactly 0 where ``den + eps == 0``."""
+    if not normalize:
+        return num
+    den = den + eps
+    zero = den == 0
+    return torch.where(zero[..., None], torch.zeros((), dtype=num.dtype, device=num.device),
+                       num / torch.where(zero, torch.ones_like(den), den)[..., None])
