@@ -1,7 +1,8 @@
 """Retention cases, their strategy, and the tolerance of the retention forms.
 
 A :class:`RetentionCase` prints as valid Python and makes its arrays from a seed, already
-rounded to the dtype under test (the decays too), so a failure reproduces from its message.
+rounded to the dtype under test, so a failure reproduces from its message. The decays are host
+values of their own dtype (:func:`gamma_dtype`), never rounded to a 16-bit input dtype.
 The bound follows :mod:`attnspec.tolerance`: at 16/32 bits three times the error of the form
 under test evaluated naively in the dtype, plus a floor; at 64 bits a few ulps of the sum of the
 absolute terms, each weighted by how far rounding can propagate into it.
@@ -54,10 +55,20 @@ class RetentionCase:
         k = rounded(rng.standard_normal((self.batch, self.heads, self.n, self.d_k)), dtype)
         v = rounded(rng.standard_normal((self.batch, self.heads, self.n, self.d_v)), dtype)
         state = rng.standard_normal((self.batch, self.heads, self.d_k, self.d_v))
-        kwargs = dict(gammas=rounded(np.asarray(self.gammas, dtype=np.float64), dtype), scale=self.scale,
+        kwargs = dict(gammas=np.asarray(self.gammas, dtype=gamma_dtype(dtype)), scale=self.scale,
                       initial_state=rounded(state, dtype) if self.initial_state else None,
                       form=self.form, chunk_size=self.chunk_size)
         return q, k, v, kwargs
+
+
+def gamma_dtype(dtype: str) -> type:
+    """The dtype of ``gammas`` passed with inputs of ``dtype``: float64 with float64, else float32.
+
+    Clause ``retention.parallel``: the decays are float32 or float64 whatever the input dtype. In
+    bfloat16 every decay from ``1 - 2^-9`` up would round to 1 (the paper's heads 4 and above), in
+    float16 from ``1 - 2^-12`` up: a test with rounded decays could not see a kernel that loses them.
+    """
+    return np.float64 if dtype == "float64" else np.float32
 
 
 def chunk_sizes(n: int) -> st.SearchStrategy[int]:
@@ -87,7 +98,14 @@ def retention_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_state) -> t
     """``(output bound, state bound)`` for ``retention(q, k, v, **kwargs)`` at ``dtype``.
 
     At 16/32 bits the naive error is that of the form named in ``kwargs`` (a recurrent kernel is
-    held to a naive recurrence, a chunkwise one to naive chunks), relative to ``max|ref|``.
+    held to a naive recurrence, a chunkwise one to naive chunks), relative to ``max|ref|``. The
+    naive run applies ``scale`` to the scores, as the formula does; the clause lets a kernel fold it
+    into ``q`` (flash-linear-attention) or ``k`` (torchscale) instead, which in a 16-bit dtype adds
+    one rounding of the scaled operand, ``q * scale`` or ``k * scale`` stored in the dtype. The
+    naive run does not make that rounding, so the sensitivity term (:func:`rounding_sensitivity`)
+    includes it, evaluated exactly: the exact output on ``q * scale`` (or ``k * scale``) rounded to
+    the dtype, with ``scale = 1``. That is the error of an exact kernel that folds the scale, so a
+    folding kernel is held to its own arithmetic error beside it, never more.
     """
     options = {n: kwargs.get(n) for n in ("gammas", "scale", "initial_state")}
     problem = prepare(q, k, v, **options)
@@ -95,7 +113,7 @@ def retention_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_state) -> t
         out_size, state_size = propagation_sizes(problem)
         return float64_bound(out_size), float64_bound(state_size)
     naive_out, naive_state = retention(q, k, v, **kwargs, return_state=True, arithmetic=naive_arithmetic(dtype))
-    out_sens, state_sens = rounding_sensitivity(problem, ref_out, ref_state)
+    out_sens, state_sens = rounding_sensitivity(problem, ref_out, ref_state, dtype)
     return (relative_bound(max_error(naive_out, ref_out), finite_max(ref_out, 1e-30), dtype, out_sens),
             relative_bound(max_error(naive_state, ref_state), finite_max(ref_state, 1e-30), dtype, state_sens))
 
@@ -122,12 +140,17 @@ def propagation_sizes(problem) -> tuple[float, float]:
     return finite_max(out), finite_max(state)
 
 
-def rounding_sensitivity(problem, ref_out, ref_state, draws: int = 2) -> tuple[float, float]:
-    """How far the exact result moves when float32 rounding perturbs its inputs (as for ``sdpa``).
+def rounding_sensitivity(problem, ref_out, ref_state, dtype: str, draws: int = 2) -> tuple[float, float]:
+    """How far the exact result moves when rounding perturbs its inputs (as for ``sdpa``).
 
     ``q`` and the initial state move by a relative ``sqrt(D_k) eps(float32)`` (the dot products),
     ``k`` by ``eps(float32)`` (the score roundings) and ``v`` by ``sqrt(N + 1) eps(float32)`` (the
-    sums over positions). Deterministic: the perturbations come from a fixed seed.
+    sums over positions). For a 16-bit dtype the output's sensitivity also covers the scale folded
+    into an operand stored in the dtype (clause ``retention.parallel`` allows it): the exact output
+    with ``q * scale`` rounded to the dtype and ``scale = 1`` (flash-linear-attention), and with
+    ``k * scale`` rounded (torchscale; the initial state is then scaled too, exactly). The state
+    holds unscaled products and is not affected. In float32 that rounding is within the float32
+    terms. Deterministic: the perturbations come from a fixed seed.
     """
     rng = np.random.default_rng(2019)
     unit = float(np.finfo(np.float32).eps)
@@ -141,4 +164,20 @@ def rounding_sensitivity(problem, ref_out, ref_state, draws: int = 2) -> tuple[f
         out, state = block(jitter(problem.q, np.sqrt(d_k)), jitter(problem.k, 1.0), jitter(problem.v, np.sqrt(n + 1)),
                            problem.gammas, problem.scale, jitter(problem.state, np.sqrt(d_k)))
         out_sens, state_sens = max(out_sens, max_error(out, ref_out)), max(state_sens, max_error(state, ref_state))
+    if dtype in ("float16", "bfloat16"):
+        out_sens = max(out_sens, folded_scale_error(problem, ref_out, dtype))
     return out_sens, state_sens
+
+
+def folded_scale_error(problem, ref_out, dtype: str) -> float:
+    """The exact output's error with ``scale`` folded into ``q``, or into ``k``, stored in ``dtype``.
+
+    Either is the output of an exact kernel that folds the scale (with ``k`` folded the initial
+    state is scaled too, exactly, since it holds unscaled products); the larger error counts.
+    """
+    def stored(x):
+        return rounded(x * problem.scale, dtype).astype(np.float64)
+
+    p = problem
+    folded = ((stored(p.q), p.k, p.state), (p.q, stored(p.k), p.state * p.scale))
+    return max(max_error(block(q, k, p.v, p.gammas, 1.0, state)[0], ref_out) for q, k, state in folded)

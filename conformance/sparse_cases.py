@@ -218,6 +218,16 @@ def _chunked(draw, case):
     return (("chunk", draw(_sizes(case.n_k))), ("causal", draw(st.booleans())))
 
 
+def declared_patterns() -> tuple[str, ...]:
+    """The patterns whose clauses (``sparse.<pattern>``) the backend declares; all if it declares none."""
+    return tuple(p for p in PATTERNS if declares(f"sparse.{p}")) or PATTERNS
+
+
+def any_pattern_cases(**options) -> st.SearchStrategy[SparseCase]:
+    """A case of any declared pattern (chosen when drawing, once the backend under test is known)."""
+    return st.deferred(lambda: st.sampled_from(declared_patterns())).flatmap(lambda p: sparse_cases(p, **options))
+
+
 PARAMS = {"dilated": _dilated, "longformer": _longformer, "bigbird": _bigbird, "strided": _strided, "fixed": _fixed,
           "block_sparse": _block_sparse, "prefix_lm": _prefix_lm, "document": _document, "chunked": _chunked}
 
@@ -267,6 +277,12 @@ EDGES = {
         SparseCase("chunked", n_q=1, n_k=1, params=(("chunk", 1), ("causal", True))),
     ],
 }
+
+
+#: Rows without keys beside rows with keys (clause ``sparse``, ``sdpa.fully_masked``): with seed 2
+#: head 1's first tile row of the layout is empty, 16 rows of 80 (a check in tests/ keeps it so).
+EMPTY_ROWS = SparseCase("block_sparse", h_q=2, h_kv=1, n_q=40, n_k=40, seed=2,
+                        params=(("block_q", 16), ("block_k", 8), ("layout", (2, 0.3))))
 
 
 def budgeted_params(pattern: str, n: int, heads: int = 1) -> dict:

@@ -14,6 +14,7 @@ from attnspec.conformance.strategies import sdpa_cases
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import (Bound, finite_max, float64_bound, max_error, naive_arithmetic,
                                             relative_bound, sdpa_bounds)
+from attnspec.contract import Unsupported
 from attnspec.reference import lowrank
 from attnspec.reference.sdpa import prepare
 
@@ -36,6 +37,15 @@ def linformer_bound(q, k, v, kwargs: dict, dtype: str, ref_out) -> Bound:
     ``max|F V| (D_qk A + k_proj + 1)``, the score error ``N A`` from projecting the keys (which
     moves a softmax average by at most twice ``max|F V|`` per unit of score), and ``N max(|F||V|)``
     from projecting the values, in ulps.
+
+    At 16/32 bits the sensitivity term is the largest of two float32-sized jitters of the inputs
+    and the exact attention on ``E K`` and ``F V`` rounded to the dtype. A kernel MAY store the
+    projected keys and values in the dtype (they are the keys and values of the attention that
+    follows, as ``mha`` stores its projections); the naive run rounds them too, but its rounding
+    is one draw: with large scores the softmax is nearly one-hot and half an ulp of a projected key
+    can change which key wins, so a kernel whose rounding differs in one element may move a row by
+    ``max|F V|`` where the naive run did not. The exact evaluation on the rounded projections
+    measures how far that storage alone moves the result, so the bound admits it whatever the luck.
     """
     q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
     e, f = (np.asarray(kwargs[n], np.float64) for n in ("e", "f"))
@@ -58,6 +68,9 @@ def linformer_bound(q, k, v, kwargs: dict, dtype: str, ref_out) -> Bound:
     sensitivity = max(max_error(lowrank.linformer(jitter(q64, np.sqrt(d)), jitter(k64, np.sqrt(n)),
                                                   jitter(v64, np.sqrt(n + k_proj)), **kwargs), ref_out)
                       for _ in range(2))
+    k_stored, v_stored = (rounded(lowrank.project(p, x), dtype).astype(np.float64) for p, x in ((e, k64), (f, v64)))
+    stored = reference.sdpa(q64, k_stored, v_stored, scale=kwargs.get("scale"))
+    sensitivity = max(sensitivity, max_error(stored, ref_out))
     return relative_bound(max_error(naive, ref_out), vmax, dtype, sensitivity)
 
 
@@ -75,6 +88,7 @@ def test_linformer(check, dtype, inputs):
     """E projects the keys and F the values, shared or per key/value head, for every k_proj."""
     case, k_proj, per_head = inputs
     q, k, v, options = case.inputs(dtype)
+    within_limits(case)
     e, f = projections(case, dtype, k_proj, per_head)
     out = call("linformer", q, k, v, e=e, f=f, **options)
     ref_out = lowrank.linformer(q, k, v, e=e, f=f, **options)
@@ -88,6 +102,7 @@ def test_linformer(check, dtype, inputs):
 def test_linformer_with_identity_or_permutation_is_sdpa(check, dtype, case, permute):
     """With E = F = I (or one permutation matrix for both), Linformer is attention without a mask."""
     q, k, v, options = case.inputs(dtype)
+    within_limits(case)
     order = np.random.default_rng(case.seed).permutation(case.n_k) if permute else np.arange(case.n_k)
     p = np.eye(case.n_k, dtype=numpy_dtype(dtype))[order]
     out = call("linformer", q, k, v, e=p, f=p, **options)
@@ -114,16 +129,22 @@ def test_linformer_rejects_visibility_options(check, dtype, option):
 def test_linformer_memory_is_linear(check, dtype):
     """Peak memory grows linearly in N for k_proj = 32: x4 in N must stay under x8."""
     backend = current().backend
+    if (backend.max_seq_len or 1024) < 1024:
+        decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")
     peaks = []
-    for n in (256, 1024):
+    for n in (256, 256, 1024):  # the first run is a warm-up: one-time imports and caches are not the kernel's
         case = SdpaCase(n_q=n, n_k=n, d_qk=16, d_v=16)
         q, k, v, _ = case.inputs(dtype)
         e, f = projections(case, dtype, 32, per_head=False)
         native = [backend.to_native(a) for a in (q, k, v, e, f)]
-        _, peak = backend.peak_memory(lambda: backend.linformer(*native[:3], e=native[3], f=native[4]))
+        try:
+            _, peak = backend.peak_memory(lambda: backend.linformer(*native[:3], e=native[3], f=native[4]))
+        except Unsupported as exc:
+            decline(f"linformer: {exc}")
         if peak is None:
             decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
         peaks.append(peak)
+    peaks = peaks[1:]
     growth = peaks[1] / max(peaks[0], 1)
     if not growth < 8.0:
         check._fail("peak memory grows faster than linearly", case,
@@ -218,6 +239,7 @@ def test_xl_recurrence(check, dtype, inputs):
     """Segment by segment with the memory kept to mem_len equals one pass with the band
     L floor(i / L) - M <= j <= i, also for segments that do not divide N and memories longer than a segment."""
     case, segment_len, mem_len = inputs
+    within_limits(case)
     q, k, v, options = case.inputs(dtype)
     out = call("xl_recurrent", q, k, v, segment_len=segment_len, mem_len=mem_len, **options)
     as_sdpa = {**options, "mask": lowrank.xl_band(case.n_k, segment_len, mem_len)}
@@ -231,6 +253,7 @@ def test_xl_recurrence(check, dtype, inputs):
 @example(inputs=(SdpaCase(n_q=10, n_k=10, seed=8), 3, 2))
 def test_xl_recurrence_pattern(check, dtype, inputs):
     case, segment_len, mem_len = inputs
+    within_limits(case)
     q, k, _, options = case.inputs(dtype)
     check_weights_pattern(check, case, dtype,
                           lowrank.xl_band(case.n_k, segment_len, mem_len),

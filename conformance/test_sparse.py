@@ -1,11 +1,13 @@
 """Conformance of sparse and structured attention (spec section :mod:`attnspec.sparse`).
 
 Every pattern is checked against its definition four ways: ``sparse`` numerically against dense
-attention with the reference's mask table (output and LSE); the attention pattern read exactly
-through a one-hot V (so a kernel with the right table applied wrongly fails too); for causal
-patterns, keys after a cut poisoned with ``1e4`` leave the rows before it unchanged; and the
-backend's own ``sparse_mask`` table (clause ``sparse.mask``). Clause ``sparse.cost`` bounds the
-peak memory of the budgeted patterns.
+attention with the reference's mask table (output, and the LSE where the backend declares
+``sdpa.lse``); the attention pattern read exactly through a one-hot V (so a kernel with the right
+table applied wrongly fails too); for causal patterns, keys after a cut poisoned with ``1e4`` leave
+the rows before it unchanged; and the backend's own ``sparse_mask`` table (clause ``sparse.mask``).
+Under clause ``sparse``, for every pattern, keys invisible to a few chosen rows are poisoned with
+``1e4`` and those rows must not change. Clause ``sparse.cost`` bounds the peak memory of the
+budgeted patterns.
 """
 
 import numpy as np
@@ -17,7 +19,9 @@ from attnspec import reference
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import numpy_dtype
 from attnspec.conformance.probes import POISON, within_limits
-from attnspec.conformance.sparse_cases import BUDGETED, EDGES, PATTERNS, SparseCase, budgeted_params, sparse_cases
+from attnspec.conformance.sparse_cases import (BUDGETED, EDGES, EMPTY_ROWS, PATTERNS, SparseCase, any_pattern_cases,
+                                               budgeted_params, sparse_cases)
+from attnspec.conformance.strategies import declares
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import sdpa_bounds
 from attnspec.contract import Unsupported
@@ -28,9 +32,18 @@ def reference_table(case: SparseCase) -> np.ndarray:
     return sparse_ref.sparse_mask(case.pattern, case.n_q, case.n_k, **case.pattern_params())
 
 
+def pattern_declared(case: SparseCase) -> None:
+    """Decline a case of clause ``sparse`` whose pattern's own clause the backend does not declare."""
+    if not declares(f"sparse.{case.pattern}"):
+        decline(f"pattern {case.pattern!r}: the backend does not declare clause sparse.{case.pattern}")
+
+
 def call_sparse(check, case: SparseCase, q, k, v, kwargs: dict):
-    """``(out, lse)`` from the backend's ``sparse``."""
+    """``(out, lse)`` from the backend's ``sparse``; the LSE is asked for (and checked) only where the
+    backend declares ``sdpa.lse``, as for ``sdpa``; else ``lse`` is None."""
     __tracebackhide__ = True
+    if not declares("sdpa.lse"):
+        return sparse_out(q, k, v, kwargs), None
     result = call("sparse", q, k, v, return_lse=True, **kwargs)
     if not isinstance(result, tuple) or result[1] is None:
         check._fail("sparse returned no LSE", case, "it was called with return_lse=True")
@@ -43,17 +56,25 @@ def sparse_out(q, k, v, kwargs: dict) -> np.ndarray:
     return np.asarray(result[0] if isinstance(result, tuple) else result, np.float64)
 
 
-def check_pattern_case(check, case: SparseCase, dtype: str) -> None:
-    """Against dense attention, through one-hot V and, if causal, with later keys poisoned."""
+def check_against_dense(check, case: SparseCase, dtype: str):
+    """``sparse`` against dense attention with the reference table: output, and LSE if declared."""
     __tracebackhide__ = True
-    within_limits(case)
     q, k, v, kwargs = case.inputs(dtype)
     table = reference_table(case)
     ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, mask=table, scale=case.scale)
     bound_out, bound_lse = sdpa_bounds(q, k, v, {"mask": table, "scale": case.scale}, dtype, ref_out, ref_lse)
     out, lse = call_sparse(check, case, q, k, v, kwargs)
     check.close(out, ref_out, bound_out, what="out", case=case)
-    check.close(lse, ref_lse, bound_lse, what="lse", case=case)
+    if lse is not None:
+        check.close(lse, ref_lse, bound_lse, what="lse", case=case)
+    return table, ref_out, bound_out
+
+
+def check_pattern_case(check, case: SparseCase, dtype: str) -> None:
+    """Against dense attention, through one-hot V and, if causal, with later keys poisoned."""
+    __tracebackhide__ = True
+    within_limits(case)
+    table, ref_out, bound_out = check_against_dense(check, case, dtype)
     check_one_hot(check, case, dtype, table)
     if case.causal:
         check_later_keys_ignored(check, case, dtype, ref_out, bound_out)
@@ -187,38 +208,89 @@ def test_chunked(check, dtype, case):
     check_pattern_case(check, case, dtype)
 
 
-any_pattern_decoding = st.sampled_from(PATTERNS).flatmap(lambda p: sparse_cases(p, shorter_queries=True))
-
-
 @pytest.mark.clause("sparse")
-@given(case=any_pattern_decoding)
+@given(case=any_pattern_cases(shorter_queries=True))
 @example(case=SparseCase("chunked", n_q=1, n_k=9, params=(("chunk", 4),)))
 @example(case=SparseCase("prefix_lm", n_q=2, n_k=6, params=(("prefix_lens", (3,)),)))
 def test_rows_align_bottom_right(check, dtype, case):
     """With N_q < N_k, row i is at position i + N_k - N_q: the last rows of the full pass."""
+    pattern_declared(case)
     within_limits(case)
-    q, k, v, kwargs = case.inputs(dtype)
-    table = reference_table(case)
-    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, mask=table, scale=case.scale)
-    bound_out, bound_lse = sdpa_bounds(q, k, v, {"mask": table, "scale": case.scale}, dtype, ref_out, ref_lse)
-    out, lse = call_sparse(check, case, q, k, v, kwargs)
-    check.close(out, ref_out, bound_out, what="out", case=case)
-    check.close(lse, ref_lse, bound_lse, what="lse", case=case)
+    check_against_dense(check, case, dtype)
 
 
 @pytest.mark.clause("sparse")
 @given(case=sparse_cases("block_sparse"))
-@example(case=SparseCase("block_sparse", h_q=2, h_kv=1, n_q=40, n_k=40,
-                         params=(("block_q", 16), ("block_k", 8), ("layout", (2, 0.3)))))
+@example(case=EMPTY_ROWS)
 def test_rows_without_keys(check, dtype, case):
     """A row whose layout row is empty outputs exactly zero with LSE -inf (sdpa.fully_masked)."""
+    pattern_declared(case)
     within_limits(case)
     q, k, v, kwargs = case.inputs(dtype)
     out, lse = call_sparse(check, case, q, k, v, kwargs)
     empty = ~np.broadcast_to(reference_table(case), (case.batch, case.h_q, case.n_q, case.n_k)).any(axis=-1)
     count = int(empty.sum())
     check.exact(np.asarray(out, np.float64)[empty], np.zeros((count, case.d_v)), what="out of rows without keys", case=case)
-    check.exact(np.asarray(lse, np.float64)[empty], np.full(count, -np.inf), what="lse of rows without keys", case=case)
+    if lse is not None:
+        check.exact(np.asarray(lse, np.float64)[empty], np.full(count, -np.inf), what="lse of rows without keys",
+                    case=case)
+
+
+def probe_rows(case: SparseCase, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, unseen)``: one to three rows drawn from the seed, and the keys none of them sees.
+
+    ``unseen`` is ``(B, H_kv, N_k)``: keys invisible to every chosen row of every query head that
+    reads the key/value head. Rows are drawn among those that miss a key, and cut back to one if
+    together they see every key, so something is poisoned whenever some row misses a key.
+    """
+    group = case.h_q // case.h_kv
+    by_kv = table.reshape(case.batch, case.h_kv, group, case.n_q, case.n_k).any(axis=2)  # (B, H_kv, N_q, N_k)
+    missing = np.flatnonzero(~by_kv.all(axis=-1).all(axis=(0, 1)))
+    if missing.size == 0:
+        return missing, np.zeros((case.batch, case.h_kv, case.n_k), dtype=bool)
+    rng = np.random.default_rng([case.seed, 3])
+    rows = np.sort(rng.choice(missing, size=min(missing.size, int(rng.integers(1, 4))), replace=False))
+    unseen = ~by_kv[:, :, rows].any(axis=2)
+    if not unseen.any():
+        rows = rows[:1]
+        unseen = ~by_kv[:, :, rows].any(axis=2)
+    return rows, unseen
+
+
+@pytest.mark.clause("sparse")
+@given(case=any_pattern_cases())
+@example(case=EDGES["dilated"][1])
+@example(case=EDGES["longformer"][0])
+@example(case=EDGES["bigbird"][0])
+@example(case=EDGES["strided"][0])
+@example(case=EDGES["fixed"][0])
+@example(case=EDGES["block_sparse"][0])
+@example(case=EDGES["prefix_lm"][1])
+@example(case=EDGES["document"][1])
+@example(case=EDGES["chunked"][1])
+def test_invisible_keys_do_not_count(check, dtype, case):
+    """Keys that chosen rows cannot see hold 1e4 in K and V; those rows must not change.
+
+    Every pattern, causal or not (clause ``sparse``: a finite value at any invisible key leaves the
+    output unchanged). A kernel that masks with a finite penalty (``-1e4`` added to masked scores)
+    passes the other probes; here an invisible key whose score beats the visible ones by ``1e4``
+    leaks in.
+    """
+    pattern_declared(case)
+    within_limits(case)
+    q, k, v, kwargs = case.inputs(dtype)
+    table = np.broadcast_to(reference_table(case), (case.batch, case.h_q, case.n_q, case.n_k))
+    rows, unseen = probe_rows(case, table)
+    if not unseen.any():
+        return  # every row sees every key: nothing is invisible
+    ref_out, ref_lse = reference.sdpa(q[:, :, rows], k, v, return_lse=True, mask=table[:, :, rows], scale=case.scale)
+    bound, _ = sdpa_bounds(q[:, :, rows], k, v, {"mask": table[:, :, rows], "scale": case.scale}, dtype, ref_out,
+                           ref_lse)
+    poison = np.asarray(POISON, dtype=numpy_dtype(dtype))
+    k[unseen], v[unseen] = poison, poison
+    out = sparse_out(q, k, v, kwargs)[:, :, rows]
+    check.close(out, ref_out, bound, what=f"out of rows {rows.tolist()} with the {int(unseen.sum())} (b, h_kv, key) "
+                f"entries none of them sees set to 1e4", case=case)
 
 
 @pytest.mark.clause("sparse")
@@ -226,6 +298,7 @@ def test_rows_without_keys(check, dtype, case):
 def test_rejects_more_queries_than_keys(check, dtype, pattern):
     """N_q > N_k has no bottom-right alignment: an error, never a guess."""
     case = EDGES[pattern][0]
+    pattern_declared(case)
     q, k, v, kwargs = case.with_(n_q=case.n_k + 1).inputs(dtype)
     check.rejects(lambda: call_unguarded("sparse", q, k, v, **kwargs), what=f"N_q = {case.n_k + 1} > N_k = {case.n_k}",
                   case=case)
@@ -258,6 +331,7 @@ def test_mask_table_edges(check, dtype, case):
 @pytest.mark.parametrize("pattern", BUDGETED)
 def test_memory_is_linear(check, dtype, pattern):
     """Peak memory of a fixed budget of keys per query grows linearly: x4 in N stays under x8."""
+    pattern_declared(SparseCase(pattern))
     backend = current().backend
     if (backend.max_seq_len or 1024) < 1024:
         decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")

@@ -36,7 +36,8 @@ def retention(q, k, v, *, gammas, form: str = "parallel", chunk_size: int | None
               initial_state=None, return_state: bool = False, arithmetic: Arithmetic = EXACT):
     """Clauses ``retention.*``: the output ``(B, H, N, D_v)``, and the final state if ``return_state``.
 
-    ``q``, ``k`` ``(B, H, N, D_k)``, ``v`` ``(B, H, N, D_v)``, ``gammas`` ``(H,)`` in ``[0, 1]``,
+    ``q``, ``k`` ``(B, H, N, D_k)``, ``v`` ``(B, H, N, D_v)``, ``gammas`` ``(H,)`` in ``[0, 1]``
+    (float32 or float64, whatever the dtype of ``q``),
     ``initial_state`` ``(B, H, D_k, D_v)`` or None. ``form`` is "parallel", "recurrent" or
     "chunkwise"; ``chunk_size`` (an integer >= 1) is given for "chunkwise" only.
     """
@@ -139,7 +140,11 @@ def prepare(q, k, v, *, gammas, scale=None, initial_state=None) -> Problem:
     b, h, _, d_k = q.shape
     if d_k < 1 or h < 1:
         raise ValueError(f"q needs H >= 1 heads and D_k >= 1; got q of shape {q.shape}")
+    given = np.asarray(gammas).dtype
     gammas = check.float_array("gammas", gammas, ndim=1)
+    if given not in (np.float32, np.float64):
+        raise TypeError(f"gammas must be a float32 or float64 array (decays are never rounded to a 16-bit dtype); "
+                        f"got dtype {given}")
     if gammas.shape != (h,):
         raise ValueError(f"gammas must have shape (H,) = ({h},), one decay per head; got {gammas.shape}")
     outside = ~((gammas >= 0) & (gammas <= 1))  # NaN is outside too

@@ -150,9 +150,9 @@ def _dilated_offsets(window: int, dilation: np.ndarray, causal: bool, n_k: int) 
 def _longformer(n_k, *, window, global_tokens) -> Pattern:
     window = check.integer("window", window, low=0)
     g = _bool_array("global_tokens", global_tokens)
-    if g.ndim not in (1, 2) or g.shape[-1] != n_k:
+    if g.ndim not in (1, 2) or g.shape[-1] != n_k or (g.ndim == 2 and g.shape[0] < 1):
         raise ValueError(f"global_tokens must have shape (N_k,) = ({n_k},) or (B, N_k); got {g.shape}")
-    g = g.reshape(-1, n_k)
+    g = _per_batch(g)
     global_keys = np.flatnonzero(g.any(axis=0))
 
     def candidates(p0, p1):
@@ -258,7 +258,7 @@ def _document(n_k, *, document_ids, causal=False) -> Pattern:
     ids, causal = _int_array("document_ids", document_ids, ndims=(1, 2)), _flag("causal", causal)
     if ids.shape[-1] != n_k or (ids.ndim == 2 and ids.shape[0] < 1):
         raise ValueError(f"document_ids must have shape (N_k,) = ({n_k},) or (B, N_k); got {ids.shape}")
-    ids = ids.reshape(-1, n_k)
+    ids = _per_batch(ids)
     first, last = _document_spans(ids)
 
     def candidates(p0, p1):  # the hull of the spans of the tile's documents
@@ -300,6 +300,11 @@ BUILDERS = {"dilated": _dilated, "longformer": _longformer, "bigbird": _bigbird,
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _per_batch(x: np.ndarray) -> np.ndarray:
+    """``(N_k,)`` as ``(1, N_k)``, ``(B, N_k)`` as is (not ``reshape(-1, N_k)``: it fails at ``N_k = 0``)."""
+    return x if x.ndim == 2 else x[None]
 
 
 def _inside(keys: np.ndarray, n: int) -> np.ndarray:

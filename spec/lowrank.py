@@ -20,10 +20,12 @@ def linformer(q, k, v, *, e, f, scale=None):
     """Linformer: keys and values projected along the sequence, ``softmax(scale Q (E K)^T) (F V)``.
 
     Wang et al., "Linformer: Self-Attention with Linear Complexity" (2020), its ``head_i``. The
-    projections are given: ``e`` and ``f`` have the same shape, either ``(k_proj, N)`` (one pair
-    shared by every batch item and head, the paper's headwise sharing; ``e`` and ``f`` the same
-    array is its key-value sharing) or ``(H_kv, k_proj, N)`` (one pair per key/value head, the
-    paper's default). With ``E`` and ``F`` the projections of key/value head ``g``::
+    paper writes ``E_i, F_i in R^(n x k)`` yet uses ``E_i K W_i^K`` with ``K`` of ``n`` rows,
+    which needs ``k x n``: ``e`` here is the matrix that multiplies ``K``, of shape
+    ``(k_proj, N)``. The projections are given: ``e`` and ``f`` have the same shape, either
+    ``(k_proj, N)`` (one pair shared by every batch item and head, the paper's headwise sharing;
+    ``e`` and ``f`` the same array is its key-value sharing) or ``(H_kv, k_proj, N)`` (one pair
+    per key/value head, the paper's default). With ``E`` and ``F`` the projections of key/value head ``g``::
 
         k_proj[b, g] = E @ k[b, g]          # (k_proj, D_qk)
         v_proj[b, g] = F @ v[b, g]          # (k_proj, D_v)
@@ -40,7 +42,9 @@ def linformer(q, k, v, *, e, f, scale=None):
       projected ones (the paper applies it to encoders). ``linformer`` takes no ``causal``,
       ``mask`` or other visibility option; passing one MUST raise an error rather than be ignored.
     - Accuracy: the tolerance policy, the naive error being the projections and the attention
-      evaluated in the dtype with float32 accumulation.
+      evaluated in the dtype with float32 accumulation. A kernel MAY store ``E K`` and ``F V`` in
+      the dtype; the bound's sensitivity term includes the exact attention on them so rounded
+      (with a nearly one-hot softmax that rounding alone can change which key wins).
 
     .. versionadded:: 0.1.0
     """

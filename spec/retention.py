@@ -2,15 +2,18 @@
 
 Sun et al., "Retentive Network: A Successor to Transformer for Large Language Models" (2023),
 section 2. Shapes: ``q`` and ``k`` are ``(B, H, N, D_k)``, ``v`` is ``(B, H, N, D_v)``,
-``gammas`` is ``(H,)``, a state is ``(B, H, D_k, D_v)``; the output is ``(B, H, N, D_v)``.
+``gammas`` is ``(H,)`` (float32 or float64, whatever the dtype of ``q``, ``k``, ``v``), a state
+is ``(B, H, D_k, D_v)``; the output is ``(B, H, N, D_v)``.
 Positions ``n`` and ``m`` are 0-based. Every head ``h`` uses its own decay ``gammas[h]``.
 
 The clauses govern retention itself. The rest of a RetNet layer is outside them: the xPos
 rotation of ``q`` and ``k`` (a rotation applied before the call, like RoPE), the score
 normalisations of section 2.3 (dividing ``D`` by the square root of its row sums, dividing
 ``Q K^T * D`` by ``max(|row sum|, 1)``, torchscale's running scale in the recurrent form: each is
-a positive rescaling of an output row, which the per-head GroupNorm that follows cancels), the
-GroupNorm, the swish gate and the output projection.
+a positive rescaling of an output row, which the per-head GroupNorm that follows cancels up to
+its ``eps``: GroupNorm divides by ``sqrt(var + eps)``, so a row rescaled by ``c`` comes out
+multiplied by ``c sqrt(var + eps) / sqrt(c^2 var + eps)``, 1 only when ``eps`` is negligible
+beside ``var`` and ``c^2 var``), the GroupNorm, the swish gate and the output projection.
 """
 
 from attnspec.clauses import clause, operations
@@ -35,9 +38,17 @@ def parallel(q, k, v, *, gammas, scale=None, initial_state=None):
     equation (5) of the paper (with ``Q`` and ``K`` already rotated) plus the initial state.
 
     - ``scale`` multiplies the dot product; ``None`` means ``1 / sqrt(D_k)``. A kernel MAY fold it
-      into ``q`` (flash-linear-attention) or ``k`` (torchscale's ``k *= scaling``): the value
-      is the same. There is no softmax and no normaliser.
+      into ``q`` (flash-linear-attention) or ``k`` (torchscale's ``k *= scaling``): the value is
+      the same in exact arithmetic, and the tolerance admits the extra rounding of ``q * scale``
+      or ``k * scale`` stored in a 16-bit dtype. There is no softmax and no normaliser.
     - ``gammas`` holds one decay per head with ``0 <= gammas[h] <= 1``; other values are errors.
+      It is a float32 or float64 array whatever the dtype of ``q``, ``k`` and ``v``; another
+      dtype is a ``TypeError``. Decays are host values: like ALiBi slopes they reach a backend
+      (through ``to_native``) in their own dtype, float32 with 16- and 32-bit inputs and float64
+      with float64 ones in the suite. A kernel MUST use the values as
+      given, at least in float32: rounded to bfloat16 every decay from ``1 - 2^-9`` up becomes 1
+      (the paper's heads 4 and above stop decaying), rounded to float16 every decay from
+      ``1 - 2^-12`` up (heads 7 and above).
       ``g^0 = 1`` also for ``g = 0``, so ``g = 0`` gives ``out[n] = scale * dot(q_n, k_n) * v_n``
       (and the initial state never contributes); ``g = 1`` is causal linear attention without a
       normaliser, ``out[n] = scale * sum over m <= n of dot(q_n, k_m) * v_m``.
@@ -130,11 +141,12 @@ def multiscale(num_heads):
     ``0.96875, 0.984375, 0.9921875, ...``. The decays do not depend on the model width. This is
     torchscale's ``RetNetRelPos`` (``decay = log(1 - 2 ** (-5 - arange(H)))``, the log of these
     values) and flash-linear-attention's ``chunk_retention``. ``retention_decays(num_heads)``
-    returns them as an array ``(num_heads,)``, in head order, ``num_heads >= 1``. In float64
-    the values are exact for ``h <= 48`` and round to 1.0 from ``h = 49``; in float32 they are
-    exact for ``h <= 19`` and round to 1.0 from ``h = 20`` (torchscale and flash-linear-attention
-    compute them in float32, so their heads 20 and above do not decay). The suite compares the result exactly after
-    rounding both sides to the dtype under test.
+    returns them as an array ``(num_heads,)`` of float32 or float64 (the dtypes of ``gammas``), in
+    head order, ``num_heads >= 1``. In float64 the values are exact for ``h <= 48`` and round to
+    1.0 from ``h = 49``; in float32 they are exact for ``h <= 19`` and round to 1.0 from ``h = 20``
+    (torchscale and flash-linear-attention compute them in float32, so their heads 20 and above do
+    not decay). The suite compares the result exactly after rounding both sides to the dtype in
+    which it passes ``gammas``: float64 when testing float64, else float32.
 
     .. versionadded:: 0.1.0
     """

@@ -95,7 +95,9 @@ def longformer(p, j, *, window, global_tokens):
 
         visible(b, h, p, j) = |p - j| <= w  or  g[b, p]  or  g[b, j]
 
-    Global attention is symmetric (Beltagy et al., 2020, section 3.1): a global query sees
+    A query sees ``w`` keys on each side and itself. The paper's window size counts both sides
+    (``w/2`` each, as in ``sparse.dilated``): its window ``512`` is ``window=256`` here. Global
+    attention is symmetric (Beltagy et al., 2020, section 3.1): a global query sees
     every key, and every query sees every global key. Longformer computes the global rows with
     separate projections ``Q_g, K_g, V_g``; that is a choice of ``q, k, v`` outside this
     clause, which fixes only the visible pairs. Extents ``(B_g, 1)``: 1 for the 1-D form, else ``B``.
@@ -119,8 +121,9 @@ def bigbird(p, j, *, block, window_blocks, global_blocks=None, random_blocks=Non
     - ``window_blocks``: integer ``>= 0``, blocks on each side (the paper's 3 sliding blocks is 1).
     - ``global_blocks``: integer array ``(G,)`` of block indices in ``0 .. n_blocks - 1``, or None
       for none. A global block's queries see every key; every query sees a global block's keys
-      (the BigBird-ITC form; the reference implementation makes the first and the last block
-      global, ``[0, n_blocks - 1]``).
+      (the BigBird-ITC form; Google's BigBird code, google-research/bigbird's
+      ``bigbird_block_sparse_attention``, and its Hugging Face port make the first and the last
+      block global, ``[0, n_blocks - 1]``).
     - ``random_blocks``: integer array ``(H_r, n_blocks, r)`` with entries in
       ``0 .. n_blocks - 1``, or None for none: query block ``R`` of head ``h`` also sees the key
       blocks ``random_blocks[h, R, :]``. The edges are directed: it does not make ``C`` see

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -27,6 +28,8 @@ def close(a, b, tol=1e-12):
     ((Q, K, V), {"gammas": np.array([0.5, np.nan, 0.9])}, ValueError, r"gammas must lie in \[0, 1\]; got gammas\[1\] = nan"),
     ((Q, K, V), {"gammas": np.array([0.5, 0.9])}, ValueError, r"gammas must have shape \(H,\) = \(3,\)"),
     ((Q, K, V), {"gammas": np.array([1, 1, 1])}, TypeError, "gammas must be a real floating-point array"),
+    ((Q, K, V), {"gammas": G.astype(np.float16)}, TypeError, "gammas must be a float32 or float64 array .* got dtype float16"),
+    ((Q, K, V), {"gammas": G.astype(ml_dtypes.bfloat16)}, TypeError, "gammas must be a float32 or float64 array"),
     ((Q, K, V), {"gammas": G, "form": "chunkwise"}, ValueError, "chunk_size is required for form='chunkwise'"),
     ((Q, K, V), {"gammas": G, "form": "chunkwise", "chunk_size": 0}, ValueError, "chunk_size must be >= 1; got 0"),
     ((Q, K, V), {"gammas": G, "form": "chunkwise", "chunk_size": 2.0}, TypeError, "chunk_size must be an integer"),

@@ -194,6 +194,46 @@ def test_work_grows_linearly_with_a_fixed_budget(pattern):
     assert work[1] < 2 * 2048 * 2048 / 4  # far from dense (B * H_q * N^2) at N = 2048
 
 
+def empty_params(pattern: str, n_k: int) -> list[dict]:
+    """Parameters valid at any ``N_k >= 0``, with batch and head extents of 2 where a pattern has them."""
+    blocks = -(-n_k // 4)
+    return {
+        "dilated": [dict(window=2, dilation=np.array([1, 3]), causal=True)],
+        "longformer": [dict(window=1, global_tokens=np.zeros(n_k, bool)),
+                       dict(window=1, global_tokens=np.arange(2 * n_k).reshape(2, n_k) % 3 == 0)],
+        "bigbird": [dict(block=4, window_blocks=1, global_blocks=np.zeros(0, int),
+                         random_blocks=np.zeros((2, blocks, 1), int))],
+        "strided": [dict(stride=3)],
+        "fixed": [dict(stride=3, summary=1)],
+        "block_sparse": [dict(layout=np.ones((2, blocks, blocks), bool), block_q=4, block_k=4)],
+        "prefix_lm": [dict(prefix_lens=np.array([0, n_k]))],
+        "document": [dict(document_ids=np.zeros(n_k, int)), dict(document_ids=np.zeros((2, n_k), int), causal=True)],
+        "chunked": [dict(chunk=3)],
+    }[pattern]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("n_q, n_k", [(0, 0), (0, 5)])
+def test_no_queries_or_no_keys(pattern, n_q, n_k):
+    """``N_q = 0`` (and ``N_k = 0``) is an empty result with the pattern's extents, never an error."""
+    for prm in empty_params(pattern, n_k):
+        b_p, h_p = extents(pattern, prm)
+        table = S.sparse_mask(pattern, n_q, n_k, **prm)
+        assert table.dtype == np.bool_ and table.shape == (b_p, h_p, n_q, n_k)
+        q, k, v = np.zeros((2, 2, n_q, 4)), np.zeros((2, 2, n_k, 4)), np.zeros((2, 2, n_k, 3))
+        out, lse = S.sparse(q, k, v, pattern=pattern, return_lse=True, **prm)
+        assert out.shape == (2, 2, n_q, 3) and lse.shape == (2, 2, n_q)
+
+
+def test_pinned_example_has_rows_with_and_without_keys():
+    """The suite's pinned ``sdpa.fully_masked`` example must keep a mix, or its test checks nothing."""
+    from attnspec.conformance.sparse_cases import EMPTY_ROWS as case
+
+    table = S.sparse_mask(case.pattern, case.n_q, case.n_k, **case.pattern_params())
+    has_keys = np.broadcast_to(table, (case.batch, case.h_q, case.n_q, case.n_k)).any(axis=-1)
+    assert 0 < int(has_keys.sum()) < has_keys.size, f"{int((~has_keys).sum())} rows without keys of {has_keys.size}"
+
+
 def test_random_blocks_helper_is_a_function_of_its_seed():
     a = patterns.bigbird_random_blocks(7, 3, heads=2, seed=5)
     assert a.shape == (2, 7, 3) and a.min() >= 0 and a.max() < 7

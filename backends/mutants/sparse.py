@@ -52,6 +52,21 @@ class SparseTopLeftMutant(NumpyBackend):
         return _dense(q, k, v, full[:, :, :n_q], scale, return_lse)
 
 
+class SparseFiniteMaskMutant(NumpyBackend):
+    """``sparse`` masks by adding ``-10000`` to invisible scores (BERT's ``(1 - mask) * -10000.0``), rows
+    without keys set to zero: with ordinary inputs ``exp(-1e4)`` underflows and the output is right,
+    but an invisible key whose score exceeds the visible ones by ``1e4`` leaks into the row."""
+
+    breaks = "sparse"
+
+    def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
+        table = sparse_ref.sparse_mask(pattern, q.shape[2], k.shape[2], **params)
+        out, lse = ref.sdpa(q, k, v, bias=np.where(table, 0.0, -1e4), scale=scale, return_lse=True)
+        empty = ~np.broadcast_to(table, out.shape[:3] + table.shape[-1:]).any(axis=-1)
+        out, lse = np.where(empty[..., None], 0.0, out), np.where(empty, -np.inf, lse)
+        return (out.astype(q.dtype), lse.astype(q.dtype)) if return_lse else out.astype(q.dtype)
+
+
 class SparseMaskFirstHeadMutant(NumpyBackend):
     """``sparse_mask`` evaluates the pattern for batch item 0 and head 0 only and broadcasts it,
     as a FlexAttention BlockMask built with ``B=None, H=None`` does: per-batch and per-head
@@ -183,6 +198,6 @@ class SparseDenseMutant(NumpyBackend):
         return _dense(q, k, v, sparse_ref.sparse_mask(pattern, q.shape[2], k.shape[2], **params), scale, return_lse)
 
 
-ALL = [SparseTopLeftMutant, SparseMaskFirstHeadMutant, DilationOffByOneMutant, LongformerGlobalOneWayMutant,
+ALL = [SparseTopLeftMutant, SparseFiniteMaskMutant, SparseMaskFirstHeadMutant, DilationOffByOneMutant, LongformerGlobalOneWayMutant,
        BigbirdRandomTransposedMutant, StridedShortWindowMutant, FixedSummaryFirstMutant, BlockLayoutColumnMajorMutant,
        PrefixInclusiveMutant, DocumentStartSeesPreviousMutant, ChunkShiftedMutant, SparseDenseMutant]
