@@ -86,6 +86,14 @@ def _lsh(buckets: bool):
     return build
 
 
+def _linear(form, causal=True, **extra):
+    return lambda n, rng: (qkv(n, rng), {"form": form, "causal": causal, **extra})
+
+
+def _performer(n, rng):
+    return qkv(n, rng), {"projection": rng.standard_normal((256, D)), "causal": True}
+
+
 def _retention(form, **extra):
     return lambda n, rng: (qkv(n, rng), {"gammas": np.full(H, 0.97), "form": form, **extra})
 
@@ -118,6 +126,15 @@ VARIANTS: list[Variant] = [
     Variant("routed assign", "routed_assign", "routed.assign", 1, 1, _routed(assign=True)),
     Variant("lsh (dense oracle)", "lsh", "lsh.chunks", 2, 2, _lsh(buckets=False)),
     Variant("lsh buckets", "lsh_buckets", "lsh.buckets", 1, 1, _lsh(buckets=True)),
+    Variant("linear parallel, causal", "linear_attention", "linear.parallel", 2, 2, _linear("parallel")),
+    Variant("linear recurrent, causal", "linear_attention", "linear.recurrent", 1, 1, _linear("recurrent")),
+    Variant(f"linear chunked, causal, chunk {WINDOW}", "linear_attention", "linear.chunked", 1, 1,
+            _linear("chunked", chunk_size=WINDOW)),
+    Variant(f"linear chunked, chunk {WINDOW}", "linear_attention", "linear.chunked", 1, 1,
+            _linear("chunked", causal=False, chunk_size=WINDOW)),
+    Variant("efficient attention", "efficient_attention", "linear.efficient", 1, 1,
+            lambda n, rng: (qkv(n, rng), {})),
+    Variant("performer, 256 features, causal", "performer", "performer", 1, 1, _performer),
     Variant("retention parallel", "retention", "retention.parallel", 2, 2, _retention("parallel")),
     Variant("retention recurrent", "retention", "retention.recurrent", 1, 1, _retention("recurrent")),
     Variant(f"retention chunkwise, chunk {WINDOW}", "retention", "retention.chunkwise", 1, 1,
