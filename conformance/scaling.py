@@ -84,7 +84,18 @@ def run_report(backends, lengths, *, repeat: int = 3, fit: int = 3, only: str | 
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "attnspec": __version__, "numpy": np.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "lengths": list(lengths), "fit_points": fit, "repeat": repeat, "results": results}
+            "versions": _versions(backends), "lengths": list(lengths), "fit_points": fit, "repeat": repeat,
+            "results": results}
+
+
+def _versions(backends) -> dict:
+    """Framework versions the measured backends ran on (torch, when a torch backend was measured)."""
+    versions = {}
+    if any(type(b).__module__.startswith("attnspec.backends.torch") for b in backends):
+        import torch
+
+        versions["torch"] = torch.__version__
+    return versions
 
 
 def _fmt(value) -> str:
@@ -109,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per point (the median is kept)")
     parser.add_argument("--only", default=None, help="only variants whose name contains this text")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table as markdown here")
     args = parser.parse_args(argv)
     lengths = [int(n) for n in args.lengths.split(",") if n.strip()]
     if len(lengths) < 2 or lengths != sorted(set(lengths)) or lengths[0] < 1:
@@ -127,7 +139,30 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(report))
+        print(f"wrote {args.markdown}")
     return 0
+
+
+def markdown(report: dict) -> str:
+    """The report as a markdown table, with the machine, versions and date it was measured on."""
+    fitted = report["lengths"][-report["fit_points"]:]
+    lines = [f"# Scaling report, {report['date']}", "",
+             f"attnspec {report['attnspec']}, numpy {report['numpy']}, python {report['python']}, "
+             f"{report['processor']}; {', '.join(f'{k} {v}' for k, v in report.get('versions', {}).items())}", "",
+             f"Exponents of time and peak memory against N, least-squares fit over N = {fitted}; "
+             f"median of {report['repeat']} runs. Timings are a report; the suite gates on peak memory only.", "",
+             "| backend | variant | clause | time exp. | expected | memory exp. | expected | ms at largest N | MiB at largest N |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        last = r["rows"][-1]
+        mib = "n/a" if last["peak_bytes"] is None else f"{last['peak_bytes'] / 2**20:.1f}"
+        lines.append(f"| {r['backend']} | {r['variant']} | `{r['clause']}` | {_fmt(r['time_exponent']).strip()} | "
+                     f"{r['expected_time']:g} | {_fmt(r['memory_exponent']).strip()} | {r['expected_memory']:g} | "
+                     f"{last['seconds'] * 1e3:.1f} | {mib} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ LENGTHS = "256,512,1024"
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("scaling") / "scaling.json"
-    assert scaling.main([f"--lengths={LENGTHS}", "--fit=3", "--repeat=1", f"--json={path}"]) == 0
-    return json.loads(path.read_text())
+    table = path.with_suffix(".md")
+    assert scaling.main([f"--lengths={LENGTHS}", "--fit=3", "--repeat=1", f"--json={path}", f"--markdown={table}"]) == 0
+    report = json.loads(path.read_text())
+    report["markdown"] = table.read_text()
+    return report
 
 
 def test_every_variant_names_a_clause_and_an_operation():
@@ -45,6 +48,11 @@ def test_peak_memory_grows_as_claimed(report, variant):
     assert measured is not None and measured < variant.expected_memory + 0.35, result
     if variant.expected_memory == 2:
         assert measured > 2 - 0.35, result
+
+
+def test_markdown_has_a_row_per_result(report):
+    rows = [line for line in report["markdown"].splitlines() if line.startswith("| numpy |")]
+    assert len(rows) == len(report["results"]) == len(VARIANTS)
 
 
 def test_exponent_fit():
