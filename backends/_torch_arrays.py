@@ -6,6 +6,8 @@ NumPy has no bfloat16; ``ml_dtypes.bfloat16`` arrays share its bit layout, so th
 
 from __future__ import annotations
 
+import gc
+
 import ml_dtypes
 import numpy as np
 import torch
@@ -45,7 +47,11 @@ def sync(device: str) -> None:
 
 def peak_memory(fn, device: str):
     """``(result, peak bytes)`` allocated while ``fn`` runs: the CUDA allocator's counter on a GPU,
-    the profiler's allocation events on the CPU (tracemalloc does not see PyTorch's allocator)."""
+    the profiler's allocation events on the CPU (tracemalloc does not see PyTorch's allocator).
+
+    Garbage is collected first: a tensor left from earlier work and freed while ``fn`` runs would
+    otherwise be subtracted from ``fn``'s own allocations and understate its peak."""
+    gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

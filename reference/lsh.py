@@ -1,10 +1,12 @@
 """LSH attention in float64 (clauses ``lsh.*`` in :mod:`attnspec.hierarchical`).
 
 Written as the spec states it: per round, the visible set of each query as a boolean matrix
-(bucket, sorted chunk, previous chunk, causality), minus the self key; attention per round; the
+(bucket, sorted chunk, previous chunk, causality), minus the self key; attention per round with
+the bias ``-log N_ij`` (a key seen in ``N_ij`` rounds counts once in all, Reformer Appendix A); the
 rounds merged by their LSE (:func:`attnspec.reference.flash.merge_partials`); the self fallback.
-:meth:`LSH.equivalent` gives the same result as one ``sdpa`` with the bias ``log(n_ij)``, the form
-the conformance suite bounds. One method per clause, so a variant overrides exactly one step.
+:meth:`LSH.equivalent` gives the same result as one ``sdpa`` over the union of the rounds' visible
+sets, the form the conformance suite bounds. One method per clause, so a variant overrides exactly
+one step.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class LSH:
             raise ValueError("rotations must be finite")
         if v is not None:
             chunk_len = check.integer("chunk_len", chunk_len, low=1)
+            n = problem.q.shape[2]
+            if n % chunk_len:  # Trax sorts all rounds as one sequence: its chunks are these only then
+                raise ValueError(f"chunk_len must divide the sequence length N = {n}; got chunk_len = {chunk_len}")
             if not isinstance(causal, (bool, np.bool_)):
                 raise TypeError(f"causal must be a bool (LSH attention is self-attention); got {causal!r}")
         return cls(problem.q, None if v is None else problem.v, rotations, chunk_len, bool(causal), problem.scale)
@@ -94,10 +99,15 @@ class LSH:
 
     # lsh.rounds
 
+    def duplicates(self, others: np.ndarray) -> np.ndarray:
+        """The bias ``-log N_ij`` ``(B, H, N, N)``, ``N_ij`` the rounds with ``j`` in ``O_r(i)``: summed
+        over the rounds, a key counts once (0 where ``N_ij = 0``: the mask hides those keys)."""
+        return -np.log(np.maximum(others.sum(axis=2), 1))
+
     def rounds(self, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-round ``(o_r, z_r)`` stacked on a leading round axis: ``(R, B, H, N, D_v)``, ``(R, B, H, N)``."""
-        k = self.keys()
-        parts = [dense(self.qk, k, self.v, mask=others[:, :, r], scale=self.scale, return_lse=True)
+        k, bias = self.keys(), self.duplicates(others)
+        parts = [dense(self.qk, k, self.v, mask=others[:, :, r], bias=bias, scale=self.scale, return_lse=True)
                  for r in range(others.shape[2])]
         return np.stack([o for o, _ in parts]), np.stack([z for _, z in parts])
 
@@ -107,17 +117,14 @@ class LSH:
         out, _ = merge_partials(*self.rounds(others))
         return np.where(self.alone(others)[..., None], self.v, out)
 
-    def equivalent(self) -> tuple:
-        """The same result as one ``sdpa`` problem ``(q, k, v, options)``: bias ``log(n_ij)``.
-
-        ``n_ij`` counts the rounds in which ``j`` is in ``O_r(i)``; a row alone in every round sees
-        only itself.
-        """
+    def visible(self) -> np.ndarray:
+        """``(B, H, N, N)``: the union of the rounds' ``O_r(i)``, or ``{i}`` for a row alone in every round."""
         others = self.others()
-        count = others.sum(axis=2) + (np.eye(self.n, dtype=bool) & self.alone(others)[..., :, None])
-        with np.errstate(divide="ignore"):
-            bias = np.log(count.astype(np.float64))
-        return self.qk, self.keys(), self.v, {"bias": bias, "scale": self.scale}
+        return others.any(axis=2) | (np.eye(self.n, dtype=bool) & self.alone(others)[..., :, None])
+
+    def equivalent(self) -> tuple:
+        """The same result as one ``sdpa`` problem ``(q, k, v, options)``: the mask :meth:`visible`."""
+        return self.qk, self.keys(), self.v, {"mask": self.visible(), "scale": self.scale}
 
 
 def lsh_buckets(qk, *, rotations) -> np.ndarray:

@@ -121,7 +121,12 @@ class NSA:
     # nsa.select
 
     def block_weights(self) -> np.ndarray:
-        """``W[c, j]``: tokens shared by compression block ``c`` and selection block ``j``, over ``l``."""
+        """``W[c, j]``: tokens shared by compression block ``c`` and selection block ``j``, over ``l``.
+
+        ``sum_c W[c, j] p[c]`` is ``d / l`` times the paper's Eq. 9 with the index
+        ``(l'/d)(j+1) - 1 - m - n``, not the literal ``(l'/d) j - m - n``: the blocks overlapping
+        ``j``, once per shared stride (``nsa.select``).
+        """
         c_lo = np.arange(self.num_cmp)[:, None] * self.cmp_stride
         j_lo = np.arange(self.num_blocks)[None, :] * self.sel_len
         shared = np.minimum(c_lo + self.cmp_len, j_lo + self.sel_len) - np.maximum(c_lo, j_lo)

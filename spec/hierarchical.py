@@ -8,10 +8,11 @@ deterministic function of its arguments.
 Shapes: ``q`` ``(B, H_q, N_q, D_qk)``, ``k`` ``(B, H_kv, N_k, D_qk)``, ``v`` ``(B, H_kv, N_k, D_v)``,
 ``scale`` defaults to ``1 / sqrt(D_qk)`` (``sdpa.scale``). The discrete results (selected blocks,
 clusters, buckets) are returned by their own operations and MUST be exact. A kernel computes the
-quantities it ranks in finite precision, so the suite checks them on inputs where no two ranked
-values are closer than twice the rounding error the tolerance policy allows for them, and on exact
-ties made deliberately (identical computations on identical operands, equal in every precision),
-which MUST follow the stated tie rule.
+quantities it ranks in finite precision, so the suite separates the values at each decision
+boundary (the last block chosen and the first passed over; the winning centroid or bucket and the
+runner-up) by at least twice the rounding error the tolerance policy allows for them; other ranked
+values may be closer. It also makes exact ties deliberately (identical computations on identical
+operands, equal in every precision), which MUST follow the stated tie rule.
 """
 
 from attnspec.clauses import clause, operations
@@ -103,20 +104,51 @@ def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, loca
         W[c, j] = |[c*d, c*d + l) intersect [j*l', (j+1)*l')| / l
         imp[b, g, i, j] = sum over heads h with h // (H_q / H_kv) == g of sum_c W[c, j] * p_cmp[b, h, i, c]
 
-    With ``l = d = l'`` this is the paper's ``p_slc = p_cmp``; for other blockings the paper sums
-    ``p_cmp`` over the compression blocks overlapping a selection block, counting shared strides,
-    and this clause fixes the alignment and the weights (their scale, a positive factor, cannot
-    change a ranking). One selection per KV head, shared by its query heads, is the paper's GQA
-    rule: a kernel loads each selected block once for the whole group.
+    With ``l = d = l'`` this is the paper's ``p_slc = p_cmp``. For other blockings (``d`` divides
+    ``l`` and ``l'``) the paper's Eq. 9 reads, literally::
+
+        p_slc[j] = sum_{m=0}^{l'/d - 1} sum_{n=0}^{l/d - 1} p_cmp[(l'/d) j - m - n]
+
+    Compression block ``c`` covers the strides ``c .. c + l/d - 1`` (stride ``s`` is the tokens
+    ``[s*d, (s+1)*d)``) and selection block ``j`` the strides ``(l'/d) j .. (l'/d)(j+1) - 1``, so
+    the blocks that overlap block ``j``, each counted once per shared stride, are::
+
+        sum_c W[c, j] * p_cmp[c]
+            = (d / l) * sum_{m=0}^{l'/d - 1} sum_{n=0}^{l/d - 1} p_cmp[(l'/d)(j+1) - 1 - m - n]
+
+    with ``p_cmp[c] = 0`` for ``c < 0`` or ``c >= N_c``. This clause uses that form. The literal
+    index is this one minus ``l'/d - 1``: it reads the blocks shifted back by ``l'/d - 1`` strides,
+    ``c = (l'/d) j - (l'/d - 1) - (l/d - 1) .. (l'/d) j``, which for ``l' > d`` start mostly in block
+    ``j - 1``, and misses those starting at the later strides of block ``j`` (with the paper's
+    ``l, d, l' = 32, 16, 64``: ``c = 4j - 4 .. 4j`` instead of ``4j - 1 .. 4j + 3``). For ``l' = d``
+    the two agree. The factor ``d / l``, positive, cannot change a ranking. One selection per KV
+    head, shared by its query heads, is the paper's GQA rule: a kernel loads each selected block
+    once for the whole group.
 
     Forced blocks: the candidates ``j < init_blocks`` (initial) and ``J_i - local_blocks < j <= J_i``
     with ``J_i = t_i // l'`` (the block holding ``t_i`` and the ``local_blocks - 1`` before it) are
     always selected, and count toward ``top_n``. The other ``top_n - (number of forced candidates)``
-    slots go to the remaining candidates in decreasing importance; equal importance: the lower
-    block index wins. With fewer candidates than ``top_n`` all are selected. ``indices`` is
+    slots go to the remaining candidates in decreasing importance; equal importance is decided by
+    ``nsa.select.ties``. With fewer candidates than ``top_n`` all are selected. ``indices`` is
     ``(B, H_kv, N_q, top_n)``, integer: each row lists its selected blocks in increasing order,
-    then ``-1`` in the unused slots. Exact ties (e.g. importance 0 for blocks that no complete
-    compressed block overlaps) MUST follow the tie rule.
+    then ``-1`` in the unused slots. The suite checks this clause (and ``nsa.selected``,
+    ``nsa.combine``) on inputs with no tie at the decision boundary, so a kernel with an unordered
+    top-k may claim it.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("nsa.select.ties", op="nsa_select")
+def nsa_select_ties():
+    """Selection ties go to the lower block index.
+
+    Where candidates of equal importance compete for the last free slots of ``nsa.select``, the
+    lower block indices are selected, in ``nsa_select`` and in the selected branch of ``nsa``. Exact
+    ties arise for instance with ``q = 0``, where every complete compressed block is equally
+    probable. This is stricter than ``torch.topk`` or the bitonic top-k of fla's NSA kernels,
+    which leave the order of equal values unspecified: a kernel that uses an unordered top-k may
+    not claim this clause.
 
     .. versionadded:: 0.1.0
     """
@@ -228,10 +260,18 @@ def lsh_chunks(qk, v, *, rotations, chunk_len, causal=False, scale=None):
     ``LSHSelfAttention`` (Reformer) attends to every key of the two chunks whatever its bucket,
     and lets chunk 0 see the last chunk; it does not conform.
 
+    ``chunk_len`` MUST divide ``N``; other values are errors (ValueError naming ``chunk_len`` and
+    ``N``). Trax and reformer-pytorch sort the ``R`` rounds as one sequence of ``R * N`` positions
+    (buckets offset by round) and cut that into chunks, so the previous chunk of a round's first
+    chunk is the last chunk of the round before (of the last round, for round 0), whose keys are
+    in other buckets and hidden by the bucket rule. Their chunks are this clause's per-round
+    chunks exactly when ``chunk_len`` divides ``N``; otherwise a chunk straddles two rounds
+    (reformer-pytorch asserts that ``N`` is a multiple of twice its chunk length).
+
     Causal means no row reads a later position's value. Which earlier keys share ``i``'s chunks
     depends on the buckets of all tokens, later ones included (they move chunk boundaries), so
     changing a later ``qk`` MAY change an earlier row, unlike ``sdpa``. With one chunk
-    (``chunk_len >= N``) and no causality, permuting the sequence permutes the output rows;
+    (``chunk_len = N``) and no causality, permuting the sequence permutes the output rows;
     with several chunks it does not (the order decides ties in the sort, and the boundaries).
 
     .. versionadded:: 0.1.0
@@ -256,18 +296,28 @@ def lsh_self_exclusion():
 
 @clause("lsh.rounds", op="lsh")
 def lsh_rounds():
-    """Hash rounds combine by their log-sum-exp.
+    """Hash rounds: attention over the union of the rounds' visible sets, each key counted once.
 
-    Round ``r`` gives ``(o_r, z_r)``: attention over ``O_r(i)``, with ``o_r = 0`` and
-    ``z_r = -inf`` if it is empty. Then ``z = log(sum_r exp(z_r))`` and
-    ``out = sum_r exp(z_r - z) * o_r`` (the merge of ``flash.merge``). A key in ``O_r(i)`` for
-    ``n_ij`` rounds is counted ``n_ij`` times: ``out`` is ``sdpa`` with the additive bias
-    ``log(n_ij)`` (``-inf`` where ``n_ij = 0``), as Hugging Face's Reformer combines its rounds.
-    Averaging the rounds' outputs is wrong unless their ``z_r`` are equal; counting each key once
-    is another operation. The weights ``exp(z_r - z)`` MUST sum to one to working precision, also
-    where every round holds only the self key: with a finite self penalty (``-1e5``), computing
-    ``z`` in float32 and then ``exp(z_r - z)`` loses ``ulp(1e5)``, about ``0.008``, and scales such a
-    row by up to 0.4%; subtracting ``max_r z_r`` and normalising the weights does not. ``out`` is
+    With ``U(i) = O_1(i) union ... union O_R(i)``, ``out[i]`` is ``sdpa`` of ``qk[i]`` over the keys
+    of ``U(i)`` (``v[i]`` if ``U(i)`` is empty, ``lsh.self_exclusion``): a key visible in several
+    rounds carries the weight of one key. This is the Reformer paper's rule (Appendix A), which a
+    kernel computes round by round: with ``N_ij`` the number of rounds with ``j`` in ``O_r(i)``,
+    round ``r`` gives ``(o_r, z_r)``, attention over ``O_r(i)`` with the additive bias
+    ``-log N_ij`` (``o_r = 0`` and ``z_r = -inf`` if ``O_r(i)`` is empty); then
+    ``z = log(sum_r exp(z_r))`` and ``out = sum_r exp(z_r - z) * o_r`` (the merge of
+    ``flash.merge``). The ``N_ij`` copies of a key's term sum to one term, so the two forms are
+    equal. Trax's ``LSHCausalAttention`` does the same by default (``allow_duplicate_attention=False``).
+    Hugging Face's Reformer, and reformer-pytorch by default, merge the rounds without the
+    ``-log N_ij``: a key counts ``N_ij`` times (``sdpa`` over ``U(i)`` with the bias ``+log N_ij``);
+    that does not conform. Averaging the rounds' outputs does not either, unless their ``z_r``
+    are equal.
+
+    The weights ``exp(z_r - z)`` MUST sum to one to working precision, also where every round
+    holds only the self key: with a finite self penalty (``-1e5``), computing ``z`` in float32 and
+    then ``exp(z_r - z)`` loses ``ulp(1e5)``, about ``0.008``, and scales such a row by up to about
+    0.4%; subtracting ``max_r z_r`` and normalising the weights does not. The suite's floor is
+    ``2 eps(dtype) max|v|``, so it detects this error at float32, at float16 only in rows where
+    ``|v[i]|`` is near ``max|v|`` (floor 0.2%), and not at bfloat16 (floor about 1.6%). ``out`` is
     ``(B, H, N, D_v)``.
 
     .. versionadded:: 0.1.0

@@ -54,6 +54,8 @@ def _nsa(**changes):
     (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[:, :, :0]), ValueError, "n_buckets >= 2"),
     (lambda: lsh.lsh_buckets(Q, rotations=np.full((1, 8, 2), np.nan)), ValueError, "rotations must be finite"),
     (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=0), ValueError, "chunk_len must be >= 1"),
+    (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=5), ValueError,
+     "chunk_len must divide the sequence length N = 12; got chunk_len = 5"),
     (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=4, causal="top_left"), TypeError,
      "causal must be a bool"),
     (lambda: lsh.lsh(Q, V, rotations=ROTATIONS, chunk_len=4), ValueError, "batch sizes differ|v must have"),
@@ -106,6 +108,33 @@ def test_nsa_importance_is_the_group_sum_of_p_cmp_when_blockings_agree():
     np.testing.assert_allclose(problem.importance()[..., :3], p.reshape(2, 2, 2, 12, 3).sum(axis=2), rtol=1e-14)
     weights = NSA.build(Q, K, cmp_len=4, cmp_stride=2, sel_len=8, top_n=1).block_weights()
     np.testing.assert_array_equal(weights, [[1, 0], [1, 0], [1, 0], [0.5, 0.5], [0, 1]])  # [6, 10) straddles
+
+
+def _eq9(p: np.ndarray, cmp_len: int, cmp_stride: int, sel_len: int, blocks: int, shift: int) -> np.ndarray:
+    """The paper's Eq. 9 by loops: ``sum_m sum_n p[(l'/d) j - m - n + shift]``, 0 outside ``[0, N_c)``."""
+    out = np.zeros(p.shape[:-1] + (blocks,))
+    for j in range(blocks):
+        for m in range(sel_len // cmp_stride):
+            for n in range(cmp_len // cmp_stride):
+                c = (sel_len // cmp_stride) * j - m - n + shift
+                if 0 <= c < p.shape[-1]:
+                    out[..., j] += p[..., c]
+    return out
+
+
+@pytest.mark.parametrize("cmp_len, cmp_stride, sel_len", [(4, 2, 8), (2, 2, 4), (4, 2, 6), (4, 1, 6), (4, 4, 4),
+                                                           (32, 16, 64)])
+def test_nsa_importance_is_eq9_with_the_index_aligned(cmp_len, cmp_stride, sel_len):
+    """``imp = (d / l) sum_m sum_n p_cmp[(l'/d)(j+1) - 1 - m - n]``: the literal index ``(l'/d) j - m - n``
+    shifted by ``l'/d - 1`` strides, which differs from the literal one unless ``l' = d``."""
+    k = rng.standard_normal((1, 2, 160, 8))
+    q = rng.standard_normal((1, 4, 160, 8))
+    problem = NSA.build(q, k, cmp_len=cmp_len, cmp_stride=cmp_stride, sel_len=sel_len, top_n=1)
+    p = problem.cmp_probabilities().reshape(1, 2, 2, 160, -1).sum(axis=2)
+    aligned = _eq9(p, cmp_len, cmp_stride, sel_len, problem.num_blocks, sel_len // cmp_stride - 1)
+    np.testing.assert_allclose(problem.importance(), cmp_stride / cmp_len * aligned, rtol=1e-13, atol=1e-16)
+    literal = _eq9(p, cmp_len, cmp_stride, sel_len, problem.num_blocks, 0)
+    assert np.allclose(aligned, literal) == (sel_len == cmp_stride)
 
 
 def test_nsa_selection_by_hand():
@@ -173,10 +202,16 @@ def test_lsh_buckets_and_chunks_by_hand():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_lsh_rounds_merge_equals_the_count_bias_form(causal):
+def test_lsh_rounds_count_each_key_once(causal):
+    """Per-round partials with the bias -log N_ij, merged by LSE, equal sdpa over the union of the
+    rounds' visible sets; without that bias a key seen in N_ij rounds would count N_ij times."""
     problem = LSH.build(Q, np.abs(Q), rotations=ROTATIONS, chunk_len=3, causal=causal)
     q, k, v, options = problem.equivalent()
     np.testing.assert_allclose(problem.output(), reference.sdpa(q, k, v, **options), rtol=1e-13, atol=1e-14)
+    count = problem.others().sum(axis=2)
+    assert (count > 1).any()
+    per_round = reference.sdpa(q, k, v, bias=np.log(np.maximum(count, 1)), **options)
+    assert not np.allclose(per_round, problem.output(), rtol=1e-6)
 
 
 def test_lsh_one_bucket_one_chunk_is_dense_without_the_self_key():
@@ -191,7 +226,7 @@ def test_lsh_one_bucket_one_chunk_is_dense_without_the_self_key():
 
 
 def test_lsh_repeated_round_and_self_fallback():
-    """A round repeated counts as itself (equal LSEs); a token alone in every round reads its value."""
+    """A round repeated changes nothing (its keys count once); a token alone in every round reads its value."""
     once = lsh.lsh(Q, V[:, :1].repeat(4, axis=1), rotations=ROTATIONS[:1], chunk_len=3)
     twice = lsh.lsh(Q, V[:, :1].repeat(4, axis=1), rotations=ROTATIONS[[0, 0]], chunk_len=3)
     np.testing.assert_allclose(twice, once, rtol=1e-13, atol=1e-14)

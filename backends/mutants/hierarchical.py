@@ -65,12 +65,16 @@ class _HighTies(NSA):
 
 
 class NsaTieToHigherIndexMutant(NumpyBackend):
-    """Equal importance selects the higher block index (a descending sort that keeps the last of equals)."""
+    """Equal importance selects the higher block index (a descending sort that keeps the last of
+    equals), in ``nsa_select`` and in the fused ``nsa``."""
 
-    breaks = "nsa.select"
+    breaks = "nsa.select.ties"
 
     def nsa_select(self, q, k, **kwargs):
         return _HighTies.build(q, k, **kwargs).select()
+
+    def nsa(self, q, k, v, **kwargs):
+        return _nsa(_HighTies, q, k, v, kwargs)
 
 
 class NsaSelectFirstHeadMutant(NumpyBackend):
@@ -201,6 +205,24 @@ class LshNoBucketMaskMutant(NumpyBackend):
         return _lsh(_AnyBucket, qk, v, kwargs)
 
 
+class _Wraparound(LSH):
+    def round_visible(self, buckets):
+        chunk = self.chunks(buckets)
+        gap = (chunk[..., :, None] - chunk[..., None, :]) % (self.n // self.chunk_len)  # chunk 0 - 1 = last
+        visible = (buckets[..., :, None] == buckets[..., None, :]) & (gap <= 1)
+        return visible & np.tril(np.ones((self.n, self.n), dtype=bool)) if self.causal else visible
+
+
+class LshWraparoundMutant(NumpyBackend):
+    """Chunk 0 also sees the last chunk, as its previous one (a roll of the chunks, without the
+    rule that chunk 0 has no previous chunk)."""
+
+    breaks = "lsh.chunks"
+
+    def lsh(self, qk, v, **kwargs):
+        return _lsh(_Wraparound, qk, v, kwargs)
+
+
 class _SelfIncluded(LSH):
     def others(self):
         return self.round_visible(self.buckets())
@@ -251,8 +273,46 @@ class LshRoundsAveragedMutant(NumpyBackend):
         return _lsh(_AveragedRounds, qk, v, kwargs)
 
 
+class _CountedPerRound(LSH):
+    def duplicates(self, others):
+        return np.zeros(others.shape[:2] + others.shape[3:])
+
+
+class LshKeyCountedPerRoundMutant(NumpyBackend):
+    """The rounds are merged by LSE without subtracting ``log N_ij``: a key seen in ``N_ij`` rounds
+    counts ``N_ij`` times (Hugging Face's Reformer; reformer-pytorch's default)."""
+
+    breaks = "lsh.rounds"
+
+    def lsh(self, qk, v, **kwargs):
+        return _lsh(_CountedPerRound, qk, v, kwargs)
+
+
+class _Float32RoundLse(LSH):
+    def output(self):
+        out, alone = super().output(), self.alone(self.others())
+        # The finite self penalty: each round holds the self key alone, at s_ii - 1e5 - log R.
+        f32, log_r = np.float32, np.float32(np.log(self.rotations.shape[0]))
+        s_self = (self.qk.astype(f32) * self.keys().astype(f32)).sum(axis=-1) * f32(self.scale)
+        z_r = s_self - f32(1e5) - log_r
+        z = z_r + log_r  # log of R equal terms, stored in float32: loses up to ulp(1e5) / 2
+        weight_sum = self.rotations.shape[0] * np.exp(z_r - z)  # not normalised
+        return np.where(alone[..., None], weight_sum[..., None] * self.v, out)
+
+
+class LshRoundWeightsFloat32Mutant(NumpyBackend):
+    """With a finite self penalty (-1e5), the rounds' LSE ``z`` is stored in float32 and the weights
+    ``exp(z_r - z)`` are not normalised: a token alone in every round is scaled by up to 0.4%."""
+
+    breaks = "lsh.rounds"
+
+    def lsh(self, qk, v, **kwargs):
+        return _lsh(_Float32RoundLse, qk, v, kwargs)
+
+
 ALL: tuple = (NsaIncompleteBlockMutant, NsaChannelMajorFlattenMutant, NsaTieToHigherIndexMutant,
               NsaSelectFirstHeadMutant, NsaSelectionPerQueryHeadMutant, NsaWindowOffByOneMutant,
               NsaGatesReversedMutant, RoutedUnnormalisedCentroidsMutant, RoutedCausalIgnoredMutant,
               RoutedEmptyClusterNanMutant, LshNegatedFirstMutant, LshNoPreviousChunkMutant, LshNoBucketMaskMutant,
-              LshSelfIncludedMutant, LshSelfScoredWhenAloneMutant, LshRoundsAveragedMutant)
+              LshWraparoundMutant, LshSelfIncludedMutant, LshSelfScoredWhenAloneMutant, LshRoundsAveragedMutant,
+              LshKeyCountedPerRoundMutant, LshRoundWeightsFloat32Mutant)
