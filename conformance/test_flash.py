@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call
 from attnspec.conformance.cases import SdpaCase
+from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import check_sdpa
 from attnspec.conformance.strategies import block_sizes, declares, sdpa_cases
-from attnspec.conformance.target import current, decline
+from attnspec.conformance.target import current
 from attnspec.conformance.tolerance import sdpa_bounds
 
 
@@ -30,24 +31,13 @@ def test_tiled_memory_is_linear(check, dtype, options):
     """Peak memory of the tiled pass grows linearly in N: x4 in N must stay well under x16."""
     if "causal" in options and not declares("sdpa.causal.bottom_right") or "window" in options and not declares("sdpa.window"):
         pytest.skip("unsupported: the backend does not declare this option")
-    backend_peak = []
-    for n in (256, 1024):
+
+    def build(n):
         case = SdpaCase(n_q=n, n_k=n, d_qk=16, d_v=16)
         q, k, v, _ = case.inputs(dtype)
-        backend = current().backend
-        native = [backend.to_native(a) for a in (q, k, v)]
-        run = lambda: backend.flash_forward(*native, block_q=64, block_k=64, **options)  # noqa: E731
-        if not backend_peak:
-            run()  # warm-up: one-time allocations (a BLAS workspace) are not the kernel's
-        _, peak = backend.peak_memory(run)
-        if peak is None:
-            decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
-        backend_peak.append(peak)
-    growth = backend_peak[1] / max(backend_peak[0], 1)
-    if not growth < 8.0:
-        check._fail("peak memory grows faster than linearly", case,
-                    f"peak {backend_peak[0]} bytes at N=256, {backend_peak[1]} at N=1024: x{growth:.1f} for x4 in N "
-                    "(linear is x4, an N x N array gives x16; the limit is x8)")
+        return (q, k, v), dict(block_q=64, block_k=64, **options), case
+
+    check_linear_memory(check, "flash_forward", build)
 
 
 @pytest.mark.clause("flash.split_kv")

@@ -9,12 +9,12 @@ from attnspec import reference
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.dtypes import LARGE_MAGNITUDE, numpy_dtype, rounded
+from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import within_limits
 from attnspec.conformance.strategies import sdpa_cases
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import (Bound, finite_max, float64_bound, max_error, naive_arithmetic,
                                             relative_bound, sdpa_bounds)
-from attnspec.contract import Unsupported
 from attnspec.reference import lowrank
 from attnspec.reference.sdpa import prepare
 
@@ -128,28 +128,14 @@ def test_linformer_rejects_visibility_options(check, dtype, option):
 @pytest.mark.clause("linformer.cost")
 def test_linformer_memory_is_linear(check, dtype):
     """Peak memory grows linearly in N for k_proj = 32: x4 in N must stay under x8."""
-    backend = current().backend
-    if (backend.max_seq_len or 1024) < 1024:
-        decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")
-    peaks = []
-    for n in (256, 256, 1024):  # the first run is a warm-up: one-time imports and caches are not the kernel's
+
+    def build(n):
         case = SdpaCase(n_q=n, n_k=n, d_qk=16, d_v=16)
         q, k, v, _ = case.inputs(dtype)
         e, f = projections(case, dtype, 32, per_head=False)
-        native = [backend.to_native(a) for a in (q, k, v, e, f)]
-        try:
-            _, peak = backend.peak_memory(lambda: backend.linformer(*native[:3], e=native[3], f=native[4]))
-        except Unsupported as exc:
-            decline(f"linformer: {exc}")
-        if peak is None:
-            decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
-        peaks.append(peak)
-    peaks = peaks[1:]
-    growth = peaks[1] / max(peaks[0], 1)
-    if not growth < 8.0:
-        check._fail("peak memory grows faster than linearly", case,
-                    f"peak {peaks[0]} bytes at N=256, {peaks[1]} at N=1024: x{growth:.1f} for x4 in N "
-                    "(linear is x4, an N x N array gives x16; the limit is x8)")
+        return (q, k, v), dict(e=e, f=f), case
+
+    check_linear_memory(check, "linformer", build)
 
 
 def _memory(case: SdpaCase, dtype: str, mem_len: int):

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from attnspec.conformance.calls import call
 from attnspec.conformance.dtypes import numpy_dtype
+from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.retention_cases import RetentionCase, gamma_dtype, retention_bounds, retention_cases
 from attnspec.conformance.target import current, decline
-from attnspec.contract import Unsupported
 from attnspec.reference.retention import retention, retention_decays
 
 POISON = 1e4
@@ -167,27 +167,11 @@ def test_decays(check, dtype, num_heads):
 @pytest.mark.parametrize("form", ["recurrent", "chunkwise"])
 def test_memory_is_linear(check, dtype, form):
     """Peak memory of the recurrent and chunkwise forms grows linearly in N: x4 in N stays under x8."""
-    backend = current().backend
-    if (backend.max_seq_len or 1024) < 1024:
-        decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")
-    peaks = []
-    for n in (256, 256, 1024):  # the first run is a warm-up: one-time imports and caches are not the kernel's
+
+    def build(n):
         case = RetentionCase(heads=2, n=n, d_k=16, d_v=16, gammas=(0.96875, 0.984375), form=form,
                              chunk_size=64 if form == "chunkwise" else None)
         q, k, v, kwargs = case.inputs(dtype)
-        native = [backend.to_native(a) for a in (q, k, v)]
-        options = {name: backend.to_native(x) if isinstance(x, np.ndarray) else x
-                   for name, x in kwargs.items() if x is not None}
-        try:
-            _, peak = backend.peak_memory(lambda: backend.retention(*native, **options))
-        except Unsupported as exc:
-            decline(f"retention: {exc}")
-        if peak is None:
-            decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
-        peaks.append(peak)
-    peaks = peaks[1:]
-    growth = peaks[1] / max(peaks[0], 1)
-    if not growth < 8.0:
-        check._fail("peak memory grows faster than linearly", case,
-                    f"peak {peaks[0]} bytes at N=256, {peaks[1]} at N=1024: x{growth:.1f} for x4 in N "
-                    "(linear is x4, an N x N array gives x16; the limit is x8)")
+        return (q, k, v), kwargs, case
+
+    check_linear_memory(check, "retention", build)

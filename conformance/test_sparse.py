@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import numpy_dtype
+from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import POISON, within_limits
 from attnspec.conformance.sparse_cases import (BUDGETED, EDGES, EMPTY_ROWS, PATTERNS, SparseCase, any_pattern_cases,
                                                budgeted_params, sparse_cases)
 from attnspec.conformance.strategies import declares
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import sdpa_bounds
-from attnspec.contract import Unsupported
 from attnspec.reference import sparse as sparse_ref
 
 
@@ -332,26 +332,10 @@ def test_mask_table_edges(check, dtype, case):
 def test_memory_is_linear(check, dtype, pattern):
     """Peak memory of a fixed budget of keys per query grows linearly: x4 in N stays under x8."""
     pattern_declared(SparseCase(pattern))
-    backend = current().backend
-    if (backend.max_seq_len or 1024) < 1024:
-        decline(f"N = 1024 is beyond the declared max_seq_len {backend.max_seq_len}")
-    peaks = []
-    for n in (256, 256, 1024):  # the first run is a warm-up: one-time imports and caches are not the kernel's
-        q, k, v, _ = SparseCase(pattern, h_q=2, h_kv=2, n_q=n, n_k=n, d_qk=16, d_v=16).inputs(dtype)
-        params = {name: backend.to_native(x) if isinstance(x, np.ndarray) else x
-                  for name, x in budgeted_params(pattern, n, heads=2).items()}
-        native = [backend.to_native(a) for a in (q, k, v)]
-        try:
-            _, peak = backend.peak_memory(lambda: backend.sparse(*native, pattern=pattern, **params))
-        except Unsupported as exc:
-            decline(f"sparse: {exc}")
-        if peak is None:
-            decline("the backend has no peak-memory counter (Backend.peak_memory returned None)")
-        peaks.append(peak)
-    peaks = peaks[1:]
-    growth = peaks[1] / max(peaks[0], 1)
-    if not growth < 8.0:
-        check._fail("peak memory grows faster than linearly", f"{pattern} with budgeted_params({pattern!r}, N, heads=2), "
-                    "B=1, H=2, D=16, N = 256 and 1024",
-                    f"peak {peaks[0]} bytes at N=256, {peaks[1]} at N=1024: x{growth:.1f} for x4 in N "
-                    "(linear is x4, an N x N array gives x16; the limit is x8)")
+
+    def build(n):
+        case = SparseCase(pattern, h_q=2, h_kv=2, n_q=n, n_k=n, d_qk=16, d_v=16)
+        q, k, v, _ = case.inputs(dtype)
+        return (q, k, v), dict(pattern=pattern, **budgeted_params(pattern, n, heads=2)), (case, f"budgeted_params({pattern!r}, {n}, heads=2)")
+
+    check_linear_memory(check, "sparse", build)
