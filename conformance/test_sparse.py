@@ -336,6 +336,7 @@ def test_memory_is_linear(check, dtype, pattern):
     def build(n):
         case = SparseCase(pattern, h_q=2, h_kv=2, n_q=n, n_k=n, d_qk=16, d_v=16)
         q, k, v, _ = case.inputs(dtype)
-        return (q, k, v), dict(pattern=pattern, **budgeted_params(pattern, n, heads=2)), (case, f"budgeted_params({pattern!r}, {n}, heads=2)")
+        params = budgeted_params(pattern, n, heads=2)
+        return (q, k, v), dict(pattern=pattern, **params), (case, f"budgeted_params({pattern!r}, {n}, heads=2)")
 
     check_linear_memory(check, "sparse", build)
