@@ -53,7 +53,8 @@ class LinearCase:
     normalize: bool = True
     scale: float = 1.0
     eps: float = 0.0
-    initial_state: bool = False  # a state carried from 5 earlier tokens
+    initial_state: bool = False  # S0 of 5 earlier tokens
+    initial_normalizer: bool = False  # z0 of the same 5 tokens; either may be given without the other
     dead: bool = False  # every third query row and the first key made <= 0: relu rows with den = 0
 
     def __repr__(self) -> str:
@@ -74,8 +75,8 @@ class LinearCase:
                     scale=self.scale, eps=self.eps)
 
     def inputs(self, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """``(q, k, v, state)``: arrays in ``dtype``; ``state`` holds ``initial_state`` and
-        ``initial_normalizer`` (float32 for 16-bit dtypes) or is empty."""
+        """``(q, k, v, state)``: arrays in ``dtype``; ``state`` holds ``initial_state`` and/or
+        ``initial_normalizer`` (float32 for 16-bit dtypes), those the case names."""
         rng = np.random.default_rng(self.seed)
         q = rng.standard_normal((self.batch, self.heads, self.n_q, self.d_qk))
         k = rng.standard_normal((self.batch, self.heads, self.n_k, self.d_qk))
@@ -84,12 +85,14 @@ class LinearCase:
             q[:, :, ::3] = -np.abs(q[:, :, ::3])
             k[:, :, 0] = -np.abs(k[:, :, 0])
         state: dict = {}
-        if self.initial_state:
+        if self.initial_state or self.initial_normalizer:
             k_prev = linear.phi(rng.standard_normal((self.batch, self.heads, 5, self.d_qk)), self.feature_map)
             v_prev = rng.standard_normal((self.batch, self.heads, 5, self.d_v))
             state_dtype = dtype if dtype in ("float64", "float32") else "float32"
-            state["initial_state"] = rounded(np.swapaxes(k_prev, -1, -2) @ v_prev, state_dtype)
-            state["initial_normalizer"] = rounded(k_prev.sum(axis=-2), state_dtype)
+            if self.initial_state:
+                state["initial_state"] = rounded(np.swapaxes(k_prev, -1, -2) @ v_prev, state_dtype)
+            if self.initial_normalizer:
+                state["initial_normalizer"] = rounded(k_prev.sum(axis=-2), state_dtype)
         return rounded(q, dtype), rounded(k, dtype), rounded(v, dtype), state
 
 
@@ -99,9 +102,10 @@ def dims() -> st.SearchStrategy[int]:
 
 @st.composite
 def linear_cases(draw, *, causal: bool | None = None, feature_maps=linear.FEATURE_MAPS, normalize: bool | None = None,
-                 state: bool | None = None, dead: bool | None = None, max_len: int = MAX_LEN) -> LinearCase:
+                 state: bool | None = None, dead: bool | None = None, max_len: int = MAX_LEN,
+                 scales=(1.0, 1.0, 0.125, 3.0)) -> LinearCase:
     """A case with the named options; ``None`` draws them (``state``: only if the backend declares
-    ``linear.state``). ``identity`` is always unnormalised."""
+    ``linear.state``; with a state, ``S0``, ``z0`` or both). ``identity`` is always unnormalised."""
     feature_map = draw(st.sampled_from(feature_maps))
     if state is None:
         state = declares("linear.state") and draw(st.booleans())
@@ -112,12 +116,17 @@ def linear_cases(draw, *, causal: bool | None = None, feature_maps=linear.FEATUR
     if normalize is None:
         normalize = draw(st.sampled_from([True, True, False]))
     normalize = normalize and feature_map in linear.NONNEGATIVE_MAPS
+    # (S0, z0), z0 alone, and S0 alone where unnormalised (flash-linear-attention's use). Normalised,
+    # an S0 without its z0 is not a carried sum: |out| reaches |f_q S0| / (den + eps), unbounded as
+    # den -> 0 (relu rows, eps = 1e-6), and 16-bit dtypes cannot hold it.
+    pairs = [(True, True), (False, True)] + ([] if normalize else [(True, False)])
+    carried = draw(st.sampled_from(pairs)) if state else (False, False)
     return LinearCase(batch=draw(st.integers(1, 2)), heads=draw(st.sampled_from([1, 3])), n_q=n_q, n_k=n_k,
                       d_qk=d_qk, d_v=draw(st.one_of(st.just(d_qk), dims())), seed=draw(st.integers(0, 2**32 - 1)),
                       feature_map=feature_map, causal=causal, normalize=normalize,
-                      scale=draw(st.sampled_from([1.0, 1.0, 0.125, 3.0])),
+                      scale=draw(st.sampled_from(scales)),
                       eps=draw(st.sampled_from([0.0, 0.0, 1e-6, 0.5])) if normalize else 0.0,
-                      initial_state=state,
+                      initial_state=carried[0], initial_normalizer=carried[1],
                       dead=feature_map == "relu" and (draw(st.booleans()) if dead is None else dead))
 
 
@@ -256,16 +265,16 @@ def _qr_float32(g: np.ndarray, norms: np.ndarray) -> np.ndarray:
     return (rows * norms.astype(np.float32)[:, None]).astype(np.float64)
 
 
-def performer_bound(q, k, v, w, causal: bool, dtype: str, ref) -> Bound:
+def performer_bound(q, k, v, w, causal: bool, dtype: str, ref, scale: float | None = None) -> Bound:
     """Bound for ``performer``: logit errors relative to their size, then normalised linear attention."""
     d = q.shape[-1]
-    root = (1 / math.sqrt(d)) ** 0.5
+    root = math.sqrt(1 / math.sqrt(d) if scale is None else scale)
     q64, k64 = np.asarray(q, np.float64) * root, np.asarray(k, np.float64) * root
     size_q, size_k = _logit_size(q64, w), _logit_size(k64, w)
     vmax = finite_max(v, 1e-30)
     if dtype == "float64":
         return float64_bound(vmax * 2 * (d * (size_q.max() + size_k.max()) + w.shape[0] + k.shape[2] + 4))
-    naive = performer.performer(q, k, v, projection=w, causal=causal, arithmetic=naive_arithmetic(dtype))
+    naive = performer.performer(q, k, v, projection=w, causal=causal, scale=scale, arithmetic=naive_arithmetic(dtype))
     w64 = np.asarray(w, np.float64)
     lq, lk = performer.logits(q64, w64, performer.EXACT), performer.logits(k64, w64, performer.EXACT)
     rng = np.random.default_rng(2019)

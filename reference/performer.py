@@ -1,10 +1,14 @@
 """Performer (FAVOR+) in float64 (clauses ``performer.*`` in :mod:`attnspec.linear`).
 
-Attention is evaluated from the feature logits ``dot(w_f, x) - |x|^2 / 2``: the query logits are
-shifted by their row maximum and the key logits by their maximum over all keys and features of a
-``(b, h)``. Both shifts cancel in the normalised output, and neither can underflow a row because
-of other keys: the full logits are bounded above by ``max_f |w_f|^2 / 2`` (see the clause
-``performer``). The ``1 / sqrt(m)`` of the features cancels as well and is left out.
+Attention is evaluated from the feature logits ``dot(w_f, x) - |x|^2 / 2``, shifted so that no
+feature overflows and no visible key underflows because of another key. The query logits are
+shifted by their row maximum. Non-causally the key logits are shifted by their maximum over all
+keys and features of a ``(b, h)``. Causally that maximum would let a later key underflow an
+earlier one (clause ``performer``), so row ``i`` uses ``c_i``, the maximum over keys ``j <= i``
+(a running maximum): key ``j``'s features are stored at its own ``c_j`` and weighted by
+``exp(c_j - c_i) <= 1`` in row ``i``, and the carried state is rescaled as ``c`` grows, as online
+softmax rescales its sums. Every shift cancels in the normalised output, as does the
+``1 / sqrt(m)`` of the features, which is left out.
 """
 
 from __future__ import annotations
@@ -58,8 +62,13 @@ def orthogonal_projection(gaussian_blocks, norms) -> np.ndarray:
         raise ValueError("gaussian_blocks must be finite")
     q, r = np.linalg.qr(g)
     diag = np.diagonal(r, axis1=-2, axis2=-1)
-    if (diag == 0).any():
-        raise ValueError(f"gaussian_blocks[{int(np.argwhere(diag == 0)[0, 0])}] is singular: its Q factor is not unique")
+    # Householder QR is backward stable: a |R_cc| at rounding level (D eps max |R_b|) may be a
+    # rounded zero, and then column c of Q_b is set by rounding alone (a rank-deficient block).
+    singular = np.abs(diag) <= d * np.finfo(np.float64).eps * np.abs(r).max(axis=(-2, -1))[:, None]
+    if singular.any():
+        b, c = (int(i) for i in np.argwhere(singular)[0])
+        raise ValueError(f"gaussian_blocks[{b}] is singular: |R[{c}, {c}]| of its QR factorisation is "
+                         f"<= D eps max |R| (D = {d}, eps = 2^-52), so its Q factor is not determined")
     q = q * np.sign(diag)[:, None, :]  # column c of Q_b times sign(R_b[c, c]): R's diagonal positive
     rows = np.swapaxes(q, -1, -2).reshape(-1, d)[:m]
     return rows * norms[:, None]
@@ -81,11 +90,58 @@ def attend_logits(lq: np.ndarray, lk: np.ndarray, v: np.ndarray, *, causal: bool
                   arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Normalised linear attention with features ``exp(logits)``, shifted so nothing overflows."""
     fq = arithmetic.round(np.exp(lq - lq.max(axis=-1, keepdims=True)))
+    v = np.asarray(v, arithmetic.compute)
+    if causal:
+        shift = np.maximum.accumulate(lk.max(axis=-1), axis=-1)  # c_i: the maximum over keys j <= i
+        fk = arithmetic.round(np.exp(lk - shift[..., None]))
+        if arithmetic is EXACT:
+            num, den = _causal_chunks(fq, fk, shift, v, CHUNK)
+        else:  # a naive kernel: the quadratic form, every step rounded
+            num, den = _causal_parallel(fq, fk, shift, v, arithmetic)
+        return arithmetic.round(linear.finish(num, den, normalize=True))
     fk = arithmetic.round(np.exp(lk - lk.max(axis=(-2, -1), keepdims=True)))
     b, h, _, m = fq.shape
     zeros_s, zeros_z = np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m))
     if arithmetic is EXACT:  # the same sums in linear time and memory (forms agree to ~1e-12)
-        p = linear.chunked(fq, fk, np.asarray(v, np.float64), zeros_s, zeros_z, causal=causal, chunk_size=CHUNK)
-    else:  # a naive kernel: the quadratic form, every step rounded
-        p = linear.parallel(fq, fk, v, zeros_s, zeros_z, causal=causal, arithmetic=arithmetic)
+        p = linear.chunked(fq, fk, v, zeros_s, zeros_z, causal=False, chunk_size=CHUNK)
+    else:
+        p = linear.parallel(fq, fk, v, zeros_s, zeros_z, causal=False, arithmetic=arithmetic)
     return arithmetic.round(linear.finish(p.num, p.den, normalize=True))
+
+
+def _decay(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``exp(c_j - c_i)`` for query ``i`` (``rows``) and key ``j <= i`` (``cols``), else 0: ``<= 1``."""
+    visible = np.tri(rows.shape[-1], dtype=bool)  # masked before exp: c_j - c_i > 0 for j > i may overflow
+    return np.exp(np.where(visible, cols[..., None, :] - rows[..., :, None], -np.inf))
+
+
+def _causal_parallel(fq, fk, shift, v, arithmetic: Arithmetic) -> tuple[np.ndarray, np.ndarray]:
+    """``num_i = sum_{j <= i} dot(fq_i, fk_j) exp(c_j - c_i) v_j`` and ``den_i`` alike, quadratically."""
+    a = arithmetic.round(arithmetic.matmul(fq, np.swapaxes(fk, -1, -2)))
+    a = arithmetic.round(a * arithmetic.round(_decay(shift, shift)))
+    num = arithmetic.round(arithmetic.matmul(a, v))
+    den = arithmetic.round(arithmetic.matmul(a, np.ones((a.shape[-1], 1), arithmetic.compute))[..., 0])
+    return num, den
+
+
+def _causal_chunks(fq, fk, shift, v, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of :func:`_causal_parallel` chunk by chunk, the state ``(S, z)`` held at the shift
+    ``carried`` of the last key added and rescaled by ``exp(carried - c)`` when read or extended."""
+    b, h, n, m = fq.shape
+    state, normalizer = np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m))
+    carried = np.full((b, h), -np.inf)  # exp(-inf - c) = 0 scales the empty state
+    num, den = np.full((b, h, n, v.shape[-1]), np.nan), np.full((b, h, n), np.nan)
+    for c0 in range(0, n, chunk):
+        c = slice(c0, min(c0 + chunk, n))
+        s, fq_c, fk_c, v_c = shift[..., c], fq[..., c, :], fk[..., c, :], v[..., c, :]
+        a = (fq_c @ np.swapaxes(fk_c, -1, -2)) * _decay(s, s)
+        back = np.exp(carried[..., None] - s)  # the state, from its shift to each row's
+        num[..., c, :] = back[..., None] * (fq_c @ state) + a @ v_c
+        den[..., c] = back * np.einsum("bhnf,bhf->bhn", fq_c, normalizer) + a.sum(axis=-1)
+        end = s[..., -1]
+        fk_end = fk_c * np.exp(s - end[..., None])[..., None]  # this chunk's keys at the new shift
+        rescale = np.exp(carried - end)  # <= 1: the state moves to the new, larger shift
+        state = rescale[..., None, None] * state + np.swapaxes(fk_end, -1, -2) @ v_c
+        normalizer = rescale[..., None] * normalizer + fk_end.sum(axis=-2)
+        carried = end
+    return num, den

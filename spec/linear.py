@@ -88,10 +88,10 @@ def normalizer(num, den, eps=0.0):
     every element (the limit ``eps -> 0+`` of the formula; never NaN), whatever ``num_i`` holds.
 
     ``eps`` is a finite number ``>= 0`` added to the denominator, default 0. It is part of the
-    definition, not a tolerance: fast-transformers adds ``1e-6`` and flash-linear-attention
-    ``1e-5``; a kernel that adds one when ``eps = 0`` is asked for is off by ``eps / den`` relative,
-    and conforms only where that is within the tolerance policy. With ``normalize=False``,
-    ``eps`` has no effect.
+    definition, not a tolerance: fast-transformers adds ``1e-6``, and flash-linear-attention has
+    used ``1e-5`` and ``1e-10`` in its releases; a kernel that adds one when ``eps = 0`` is asked
+    for is off by ``eps / den`` relative, and conforms only where that is within the tolerance
+    policy. With ``normalize=False``, ``eps`` has no effect.
 
     .. versionadded:: 0.1.0
     """
@@ -211,9 +211,10 @@ def performer_features(x, projection):
 
     so that ``E[dot(phi(x), phi(y))] = exp(dot(x, y))`` when the rows of ``W`` are
     ``N(0, I_D)`` (``performer.estimator``). The operation returns these exact values, without
-    a stabiliser and without an additive ``eps`` (the paper's JAX code adds ``1e-4`` to every
-    stabilised feature, which biases the estimate). ``x`` is used as given: the ``D ** -1/4`` scaling of
-    queries and keys belongs to ``performer``.
+    a stabiliser and without an additive ``eps``: the paper's JAX code (google-research
+    ``fast_attention``) adds its ``numerical_stabilizer`` to every stabilised feature, ``1e-6`` by
+    default, and performer-pytorch adds ``1e-4``, which biases the estimate. ``x`` is used as
+    given: the ``D ** -1/4`` scaling of queries and keys belongs to ``performer``.
 
     .. versionadded:: 0.1.0
     """
@@ -225,17 +226,23 @@ def orthogonal_projection(gaussian_blocks, norms):
 
     ``norms`` is ``(m,)``, finite and ``>= 0`` (drawn from ``chi(D)`` in the paper, so that each row
     is marginally ``N(0, I_D)``; ``sqrt(D)`` for the "regularised" variant). ``gaussian_blocks`` is
-    ``(ceil(m / D), D, D)``, each block non-singular. For block ``b`` let ``G_b = Q_b R_b`` be its QR
-    factorisation with the diagonal of ``R_b`` made positive (flip the sign of column ``c`` of
-    ``Q_b`` and row ``c`` of ``R_b`` where ``R_b[c, c] < 0``; this makes ``Q_b`` unique and, for
-    Gaussian ``G_b``, Haar-distributed, Mezzadri 2007). Row ``b * D + c`` of the stacked matrix is
-    column ``c`` of ``Q_b`` (the rows of ``Q_b^T``); the result keeps the first ``m`` rows and
-    multiplies row ``r`` by ``norms[r]``::
+    ``(ceil(m / D), D, D)``, each block non-singular (see below). For block ``b`` let
+    ``G_b = Q_b R_b`` be its QR factorisation with the diagonal of ``R_b`` made positive (flip the
+    sign of column ``c`` of ``Q_b`` and row ``c`` of ``R_b`` where ``R_b[c, c] < 0``; this makes
+    ``Q_b`` unique and, for Gaussian ``G_b``, Haar-distributed, Mezzadri 2007). Row ``b * D + c``
+    of the stacked matrix is column ``c`` of ``Q_b`` (the rows of ``Q_b^T``); the result keeps the
+    first ``m`` rows and multiplies row ``r`` by ``norms[r]``::
 
         W[b * D + c, :] = norms[b * D + c] * Q_b[:, c]
 
     Rows of one block are therefore mutually orthogonal: ``W_b W_b^T = diag(norms_b^2)``; rows
-    of different blocks are independent. A singular block is an error.
+    of different blocks are independent.
+
+    A block is singular, and an error (``ValueError``), when some ``|R_b[c, c]| <= D * eps *
+    max |R_b|`` with ``eps = 2 ** -52`` (float64, in which the reference factors the given values):
+    Householder QR is backward stable to about that level, so such an ``R_b[c, c]`` may be a rounded
+    zero and column ``c`` of ``Q_b`` is then fixed by rounding alone. An exactly rank-deficient block,
+    such as a rank-1 outer product, is singular by this rule.
 
     .. versionadded:: 0.1.0
     """
@@ -254,13 +261,19 @@ def performer(q, k, v, *, projection, causal=False, scale=None):
     estimates ``sdpa`` with the same ``scale``.
 
     The features MUST NOT overflow for finite inputs. An implementation MAY subtract from the
-    logits ``dot(w_f, x') - |x'|^2 / 2`` a constant per query row and a constant per ``(b, h)`` for
-    the keys: both cancel in real arithmetic and MUST NOT change the result beyond the tolerance
-    policy. In the causal form row ``i`` MUST NOT change when keys after ``i`` change (``1e4``
-    stored there): the maximum of the full key logits is a safe constant, since they are bounded
-    above by ``max_f |w_f|^2 / 2`` whatever the keys; the maximum of the projections
-    ``dot(w_f, k')`` alone (the paper's code) grows with a large future key and underflows every
-    earlier feature. A row whose denominator underflows to 0 follows ``linear.normalizer``.
+    logits ``dot(w_f, x') - |x'|^2 / 2`` a constant per query row, and from the key logits a
+    constant per ``(b, h)`` when non-causal; in the causal form, for row ``i``, a constant common
+    to the keys ``j <= i`` and computed from them only, such as their running maximum ``c_i``
+    (key ``j`` then enters row ``i`` with weight ``exp(c_j - c_i) <= 1``, and the carried sums are
+    rescaled when ``c`` grows, as online softmax rescales). These shifts cancel in real arithmetic
+    and MUST NOT change the result beyond the tolerance policy. In the causal form row ``i`` MUST
+    NOT depend on keys after ``i`` (``1e4`` stored there leaves it unchanged). A key shift over
+    all keys is not causal: with key 0 stretched to ``|k_0'|^2 / 2 = 1000`` (about 20 times the
+    typical norm at ``D_qk = 16``), its logits lie near ``-1000``, far below later keys', and their
+    maximum underflows every feature of key 0, so row 0, which sees key 0 alone and equals
+    ``v_0``, becomes 0. The maximum of the projections ``dot(w_f, k')`` over all keys (the paper's
+    code) fails in the same way when a future key is large. A row whose denominator underflows to
+    0 even so follows ``linear.normalizer``.
 
     .. versionadded:: 0.1.0
     """
@@ -277,8 +290,9 @@ def estimator():
     implementation MUST use every row of the projection it is given: the mean, over independent
     projections, of its feature products MUST be statistically indistinguishable from
     ``exp(dot(x, y))``, and its mean absolute error against ``sdpa`` MUST fall with ``m`` at about
-    the rate ``m ** -1/2``. The suite checks both with fixed seeds and states each check's
-    false-failure probability.
+    the rate ``m ** -1/2`` (a factor 2 per x4 in ``m``) up to ``m = 1024`` at least: a kernel that
+    keeps one tile of features stops falling at the tile's width. The suite checks both with fixed
+    seeds and states each check's false-failure probability.
 
     .. versionadded:: 0.1.0
     """

@@ -69,6 +69,10 @@ def test_shapes_are_checked(args, error, message):
     (lambda: performer.orthogonal_projection(np.eye(3)[None], -np.ones(3)), ValueError, "norms must be finite and >= 0"),
     (lambda: performer.orthogonal_projection(np.zeros((1, 3, 3)), np.ones(3)), ValueError,
      r"gaussian_blocks\[0\] is singular"),
+    (lambda: performer.orthogonal_projection(np.stack([np.eye(3), np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5])]),
+                                             np.ones(5)), ValueError, r"gaussian_blocks\[1\] is singular: \|R\[1, 1\]\|"),
+    (lambda: performer.orthogonal_projection(np.array([[[1.0, 1.0], [1.0, np.nextafter(1.0, 2.0)]]]), np.ones(2)), ValueError,
+     r"gaussian_blocks\[0\] is singular"),
     (lambda: performer.orthogonal_projection(np.eye(3), np.ones(3)), ValueError, "gaussian_blocks must have 3 dimensions"),
 ])
 def test_performer_rejects(call, error, message):
@@ -228,3 +232,32 @@ def test_performer_is_linear_attention_with_the_scaled_features():
         # the stabilisers hold where the unshifted features would underflow to 0 / 0
         big = performer.performer(q * 40, k * 40, v, projection=w, causal=causal)
         assert np.isfinite(big).all() and np.abs(big).max() <= np.abs(v).max() + 1e-12
+
+
+def test_causal_performer_is_the_masked_formula_across_chunks():
+    """Keys of very different norms move the running key maximum inside and across chunks (N > CHUNK)."""
+    rng = np.random.default_rng(17)
+    n, d, m = 2 * performer.CHUNK + 22, 8, 20
+    q, k, v = (rng.standard_normal((2, 3, n, d)) for _ in range(3))
+    k *= rng.uniform(0.2, 4.0, (2, 3, n, 1))
+    w = rng.standard_normal((m, d))
+    fq, fk = performer.performer_features(q * d ** -0.25, w), performer.performer_features(k * d ** -0.25, w)
+    parts = linear.parallel(fq, fk, v, np.zeros((2, 3, m, d)), np.zeros((2, 3, m)), causal=True)
+    want = linear.finish(parts.num, parts.den, normalize=True)
+    np.testing.assert_allclose(performer.performer(q, k, v, projection=w, causal=True), want, rtol=1e-12, atol=1e-13)
+
+
+def test_causal_performer_key_shift_depends_on_earlier_keys_only():
+    """Key 0 with logits near -1000 is row 0's only key: row 0 is v_0, whatever the later keys hold
+    (a shift by the maximum over all keys would underflow it to 0 and make it depend on them)."""
+    rng = np.random.default_rng(19)
+    q, k, v = (rng.standard_normal((1, 2, 6, 16)) for _ in range(3))
+    w = rng.standard_normal((16, 16))
+    k[:, :, 0] *= 22
+    out = performer.performer(q, k, v, projection=w, causal=True)
+    np.testing.assert_allclose(out[:, :, 0], v[:, :, 0], rtol=1e-14)
+    for t in range(5):
+        k_bad = k.copy()
+        k_bad[:, :, t + 1:] = 1e4
+        np.testing.assert_array_equal(performer.performer(q, k_bad, v, projection=w, causal=True)[:, :, :t + 1],
+                                      out[:, :, :t + 1])

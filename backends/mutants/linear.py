@@ -229,6 +229,30 @@ class PerformerScaleOnQueryMutant(NumpyBackend):
         return performer.attend_logits(lq, lk, np.asarray(v, np.float64), causal=causal).astype(q.dtype)
 
 
+def _shifted_performer(q, k, v, projection, causal, scale, key_logits):
+    """Performer whose key features are ``exp(key_logits(k', W))`` (already shifted), non-causal or
+    with the causal quadratic mask: only the key shift differs from the reference."""
+    root = math.sqrt(1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    w = np.asarray(projection, np.float64)
+    lq = performer.logits(np.asarray(q, np.float64) * root, w, performer.EXACT)
+    fq = np.exp(lq - lq.max(axis=-1, keepdims=True))
+    fk = np.exp(key_logits(np.asarray(k, np.float64) * root, w))
+    b, h, _, m = fq.shape
+    p = linear.parallel(fq, fk, np.asarray(v, np.float64), np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m)),
+                        causal=causal)
+    return linear.finish(p.num, p.den, normalize=True).astype(q.dtype)
+
+
+def _projection_max_shift(k_root, w):
+    projected = k_root @ w.T
+    return projected - (k_root * k_root).sum(-1, keepdims=True) / 2 - projected.max(axis=(-2, -1), keepdims=True)
+
+
+def _global_max_shift(k_root, w):
+    lk = performer.logits(k_root, w, performer.EXACT)
+    return lk - lk.max(axis=(-2, -1), keepdims=True)
+
+
 class PerformerProjectionMaxStabiliserMutant(NumpyBackend):
     """Key features are stabilised by the maximum of ``W k'`` over all keys (the paper's code): exact
     in real arithmetic, but in the causal form a large future key underflows every earlier feature."""
@@ -236,17 +260,35 @@ class PerformerProjectionMaxStabiliserMutant(NumpyBackend):
     breaks = "performer"
 
     def performer(self, q, k, v, *, projection, causal=False, scale=None):
-        root = math.sqrt(1 / math.sqrt(q.shape[-1]) if scale is None else scale)
-        w = np.asarray(projection, np.float64)
-        lq = performer.logits(np.asarray(q, np.float64) * root, w, performer.EXACT)
-        k_root = np.asarray(k, np.float64) * root
-        projected = k_root @ w.T
-        fq = np.exp(lq - lq.max(axis=-1, keepdims=True))
-        fk = np.exp(projected - (k_root * k_root).sum(-1, keepdims=True) / 2 - projected.max(axis=(-2, -1), keepdims=True))
-        b, h, _, m = fq.shape
-        p = linear.parallel(fq, fk, np.asarray(v, np.float64), np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m)),
-                            causal=causal)
-        return linear.finish(p.num, p.den, normalize=True).astype(q.dtype)
+        return _shifted_performer(q, k, v, projection, causal, scale, _projection_max_shift)
+
+
+class PerformerGlobalKeyMaxMutant(NumpyBackend):
+    """Key features are shifted by the maximum of the full key logits over ALL keys, also causally:
+    nothing overflows, but a key whose logits lie far below a later key's underflows to 0."""
+
+    breaks = "performer"
+
+    def performer(self, q, k, v, *, projection, causal=False, scale=None):
+        return _shifted_performer(q, k, v, projection, causal, scale, _global_max_shift)
+
+
+class PerformerTruncatesFeaturesMutant(NumpyBackend):
+    """The kernel holds one tile of 256 features: projection rows after the first 256 are ignored."""
+
+    breaks = "performer"
+
+    def performer(self, q, k, v, *, projection, **kwargs):
+        return super().performer(q, k, v, projection=projection[:256], **kwargs)
+
+
+class PerformerIgnoresScaleMutant(NumpyBackend):
+    """``scale`` is accepted and dropped: queries and keys are always scaled by ``D ** -1/4``."""
+
+    breaks = "performer"
+
+    def performer(self, q, k, v, *, projection, causal=False, scale=None):
+        return super().performer(q, k, v, projection=projection, causal=causal)
 
 
 class PerformerUsesSixteenFeaturesMutant(NumpyBackend):
@@ -262,4 +304,5 @@ ALL = [EluWithoutOneMutant, ZeroDenominatorNanMutant, ChunkLeaksFutureKeysMutant
        RecurrentReadsBeforeUpdateMutant, ChunkedDropsStateForPartialChunkMutant, IgnoresInitialNormalizerMutant,
        RecurrentStoresEveryStateMutant, ChunkedIsQuadraticMutant, EfficientKeySoftmaxOverFeaturesMutant,
        FeaturesWithoutNormTermMutant, ProjectionRowsNotOrthogonalMutant, PerformerScaleOnQueryMutant,
-       PerformerProjectionMaxStabiliserMutant, PerformerUsesSixteenFeaturesMutant]
+       PerformerProjectionMaxStabiliserMutant, PerformerGlobalKeyMaxMutant, PerformerTruncatesFeaturesMutant,
+       PerformerIgnoresScaleMutant, PerformerUsesSixteenFeaturesMutant]
