@@ -12,7 +12,7 @@ before ``P @ V``, as FlashAttention does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -117,8 +117,7 @@ def block_sparse(p: Problem, layout: np.ndarray, block_q: int, block_k: int):
     layout's nonzeros and the memory is one ``block_q x block_k`` tile per head.
     """
     b, h_kv, g, n_q, n_k, d_v = p.shape
-    p.layout = torch.as_tensor(layout, device=p.q.device)
-    p.layout_blocks = (block_q, block_k)
+    p = replace(p, layout=torch.as_tensor(layout, device=p.q.device), layout_blocks=(block_q, block_k))
     offset = n_k - n_q
     m = torch.full((b, h_kv, g, n_q), -math.inf, dtype=p.acc, device=p.q.device)
     total = torch.zeros_like(m)

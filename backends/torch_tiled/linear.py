@@ -19,17 +19,17 @@ from attnspec.reference import linear as reference_linear
 def linear_attention(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
                      normalize=True, scale=1.0, eps=0.0, initial_state=None, initial_normalizer=None,
                      output_final_state=False):
-    s0, z0 = _checked(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
-                      normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
-                      initial_normalizer=initial_normalizer, output_final_state=output_final_state)
+    _check(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
+           normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
+           initial_normalizer=initial_normalizer, output_final_state=output_final_state)
     if form != "chunked":  # after the checks: an invalid call is an error in every form
         raise Unsupported(f"form={form!r}: the torch backend implements the chunked form only")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     fq = _phi(q.to(acc), feature_map) * scale
     fk = _phi(k.to(acc), feature_map)
     v = v.to(acc)
-    state = torch.zeros((*k.shape[:2], k.shape[3], v.shape[3]), dtype=acc, device=q.device) if s0 is None else s0.to(acc)
-    normalizer = torch.zeros(k.shape[:2] + k.shape[3:], dtype=acc, device=q.device) if z0 is None else z0.to(acc)
+    state = _initial(initial_state, (*k.shape[:2], k.shape[3], v.shape[3]), acc, q.device)
+    normalizer = _initial(initial_normalizer, (*k.shape[:2], k.shape[3]), acc, q.device)
     num = torch.full((*q.shape[:3], v.shape[3]), float("nan"), dtype=acc, device=q.device)  # unwritten rows show
     den = torch.full(q.shape[:3], float("nan"), dtype=acc, device=q.device)
     n = k.shape[2]
@@ -49,12 +49,16 @@ def linear_attention(q, k, v, *, feature_map="elu+1", causal=False, form="parall
     return (out, state, normalizer) if output_final_state else out
 
 
-def _checked(q, k, v, *, initial_state, initial_normalizer, **options):
+def _check(q, k, v, *, initial_state, initial_normalizer, **options) -> None:
     """The reference's argument checks and errors, on zero-stride stand-ins for q, k, v (no copy)."""
     stand_in = [np.broadcast_to(np.zeros((), np.float64), tuple(x.shape)) for x in (q, k, v)]
     host = [None if x is None else arrays.to_numpy(x).astype(np.float64) for x in (initial_state, initial_normalizer)]
     reference_linear.validate(*stand_in, initial_state=host[0], initial_normalizer=host[1], **options)
-    return initial_state, initial_normalizer
+
+
+def _initial(given, shape, dtype, device):
+    """The carried-in sum, or zeros when none is given (clause ``linear.state``)."""
+    return torch.zeros(shape, dtype=dtype, device=device) if given is None else given.to(dtype)
 
 
 def _phi(x: torch.Tensor, name: str) -> torch.Tensor:
