@@ -5,6 +5,11 @@ masks are one ``mask_mod`` turned into a ``BlockMask`` (fully masked blocks are 
 kernel); softcap, bias and ALiBi are one ``score_mod``, applied by Flex after its scale. The LSE
 comes from ``return_lse=True``. The compiled kernel is always used: the recompile limit is raised
 so that Dynamo never falls back to eager execution, which would test a different implementation.
+
+Variants: ``flex`` compiles for static shapes (one compile per shape: what the benchmark times);
+``flex:dynamic`` compiles with ``dynamic=True`` (the same FlexAttention template with symbolic
+sizes, one compile per structure rather than per shape: what a conformance run on the GPU can
+afford, since Hypothesis draws a new shape for nearly every example).
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_masks as masks
-from attnspec.contract import Backend, Unsupported
+from attnspec.contract import Backend, BackendError, Unsupported
 
 torch._dynamo.config.cache_size_limit = 100_000
 if hasattr(torch._dynamo.config, "recompile_limit"):
     torch._dynamo.config.recompile_limit = 100_000
-_FLEX = torch.compile(flex_attention, dynamic=False)
+_FLEX = {None: torch.compile(flex_attention, dynamic=False), "dynamic": torch.compile(flex_attention, dynamic=True)}
 
 
 class FlexBackend(Backend):
@@ -29,8 +34,13 @@ class FlexBackend(Backend):
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, variant: str | None = None):
         super().__init__(arrays.default_device(device))
+        if variant not in _FLEX:
+            raise BackendError(f"flex backend variant must be 'dynamic' or none; got {variant!r}")
+        self._flex = _FLEX[variant]
+        if variant:
+            self.name = f"flex:{variant}"
         if self.device == "cpu":  # Inductor's CPU FlexAttention has no return_lse (PyTorch 2.13)
             self.clauses = tuple(c for c in self.clauses if c != "sdpa.lse")
 
@@ -50,7 +60,7 @@ class FlexBackend(Backend):
                                lengths[1] - lengths[0])
         try:
             block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens)
-            result = _FLEX(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+            result = self._flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                            enable_gqa=h_q != k.shape[1], return_lse=q.is_cuda)
             out, lse = result if q.is_cuda else (result, None)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
@@ -62,6 +72,9 @@ class FlexBackend(Backend):
 
 
 _BLOCK_MASKS: dict = {}  # rules without tensors are the same BlockMask every call: build it once
+#: up to this many (query, key) pairs the BlockMask is built by evaluating ``mask_mod`` eagerly, which
+#: gives the same BlockMask as the compiled builder without a compile per test shape
+_EAGER_MASK_PAIRS = 2**22
 
 
 def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
@@ -78,8 +91,9 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
         return _BLOCK_MASKS[key]
     mask_mod = _mask_mod(q_l, kv_l, causal, window, None if mask is None else mask.expand(b, h_q, n_q, n_k),
                          per_batch, n_k - n_q)
+    batch, heads = b if per_batch else 1, h_q if mask is not None else 1
     block = create_block_mask(mask_mod, b if per_batch else None, h_q if mask is not None else None, n_q, n_k,
-                              device=q.device, _compile=True)
+                              device=q.device, _compile=batch * heads * n_q * n_k > _EAGER_MASK_PAIRS)
     if key is not None:
         _BLOCK_MASKS[key] = block
     return block

@@ -54,6 +54,7 @@ def matrix() -> list[dict]:
             cases += [_fwd(16384 // n, h, n, d, c) for c in (None, "bottom_right")]
     cases += [_fwd(4, 16, 4000, 128, c) for c in (None, "bottom_right")]  # N not a multiple of 128
     cases += [_fwd(1, 16, 16384, 128, "bottom_right", "window", (left, 0)) for left in (511, 2047)]
+    cases += [_fwd(16384 // 4096, 2048 // d, 4096, d, None, "tiles") for d in (64, 128)]
     return cases + [_dec(8, 32, 8, n, 128) for n in (8192, 32768, 131072)]
 
 
@@ -169,7 +170,22 @@ def forward_calls(case, be, device, dtype) -> dict:
     for name in ("torch", "flex"):
         if name in be:
             calls[name] = (lambda backend=be[name]: backend.sdpa(q, k, v, **opts), flops)
+    if case["section"] == "tiles":  # the torch backend's key tile, and its steps run eagerly
+        for name, backend in tile_variants(device).items():
+            calls[name] = (lambda backend=backend: backend.sdpa(q, k, v, **opts), flops)
     return calls
+
+
+TILES = (512, 1024, 4096)
+
+
+def tile_variants(device) -> dict:
+    variants = {}
+    for block_k in TILES:
+        variants[f"torch block_k={block_k}"] = backend = load_backend("torch", device=device)
+        backend.block_k = block_k
+    variants["torch:eager"] = load_backend("torch:eager", device=device)
+    return variants
 
 
 def decode_calls(case, be, device, dtype) -> dict:
@@ -244,6 +260,8 @@ SECTIONS = {  # title, note under it
                 "`torch-sdpa`: the adapter's bottom-right CausalBias."),
     "window": ("Sliding window", "`sdpa-default` is SDPA is_causal=True on the same shape, which has no window "
                "fast path (TFLOP/s over all causal pairs); `torch-sdpa`: the adapter's dense window mask."),
+    "tiles": ("Key tile of the torch backend", "`torch` at its default key tile, then other tiles; "
+              "`torch:eager`: the same steps without torch.compile."),
     "decode": ("Decode", "`sdpa-default`: SDPA enable_gqa=True, no mask. GB/s: K and V read once; "
                "'of copy': fraction of the copy rate."),
 }
@@ -253,7 +271,8 @@ def markdown(doc) -> str:
     env = doc["environment"]
     lines = ["# Forward and decode benchmark", "",
              f"{env['date']} | {env['device']} | torch {env['torch']} | triton {env['triton']} | "
-             f"CUDA {env['cuda']} | timer {env['timer']} | copy rate {_num(env['copy_rate_GBps'])} GB/s", ""]
+             f"CUDA {env['cuda']} | timer {env['timer']} | copy rate {_num(env['copy_rate_GBps'])} GB/s | "
+             f"`torch` is {env.get('torch_backend')}", ""]
     for section, (title, note) in SECTIONS.items():
         rows = [r for r in doc["cases"] if r["section"] == section]
         if not rows:
@@ -314,7 +333,7 @@ def flex_pass(doc, clock, device, dtype, deadline, save) -> None:
     except Exception as exc:
         be, error = None, _first_line(exc)
     for seed, row in enumerate(doc["cases"]):
-        if row["section"] == "decode" or not row.get("results"):
+        if row["section"] in ("decode", "tiles") or not row.get("results"):
             continue
         if be is None:
             row["results"]["flex"] = {"error": error}
@@ -341,8 +360,10 @@ def main(argv=None) -> None:
     clock = Clock(device, use_triton=not args.smoke)
     be = {name: load_backend(name, device=device) for name in ("torch-sdpa", "torch")}
     env = environment(device, dtype, clock, args.smoke)
+    env["torch_backend"] = {"name": be["torch"].name, "block_k": be["torch"].block_k}
     torch.ones(64, 64, device=device) @ torch.ones(64, 64, device=device)  # BLAS handle kept out of first calls
-    cases = [_fwd(1, 2, 2048, 16, "bottom_right"), _dec(2, 4, 2, 300, 16)] if args.smoke else matrix()
+    cases = ([_fwd(1, 2, 2048, 16, "bottom_right"), _fwd(1, 2, 256, 16, None, "tiles"), _dec(2, 4, 2, 300, 16)]
+             if args.smoke else matrix())
     doc = {"environment": env, "cases": [dict(c, status="pending") for c in cases]}
     stem = args.out / ("bench-forward-smoke" if args.smoke else "bench-forward")
 

@@ -1,7 +1,9 @@
 """``torch``: the tiled flash algorithm in PyTorch operations, on ``cpu`` and ``cuda`` from one code.
 
 The readable bridge between the NumPy reference and raw kernels: :mod:`.kernel` holds the
-algorithm; this module adapts it to the backend contract.
+algorithm, :mod:`.steps` the elementwise work of a tile; this module adapts them to the backend
+contract. Variants: ``torch:eager`` runs the steps as eager PyTorch operations (the default on the
+CPU), ``torch:compiled`` through ``torch.compile`` (the default on CUDA, where Triton is present).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import torch
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
 from attnspec.backends.torch_tiled import linear as chunked_linear
+from attnspec.backends.torch_tiled.steps import Steps
+from attnspec.contract import BackendError
 from attnspec.contract import Backend, Unsupported
 from attnspec.reference import _checks
 from attnspec.reference.flash import check_decode_options
@@ -30,10 +34,16 @@ class TorchBackend(Backend):
     #: key tile for ``sdpa``; the query rows of a tile are all processed together
     block_k = 128
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, variant: str | None = None):
         super().__init__(arrays.default_device(device))
+        if variant not in (None, "eager", "compiled"):
+            raise BackendError(f"torch backend variant must be 'eager' or 'compiled'; got {variant!r}")
+        compiled = variant == "compiled" or (variant is None and self.device.startswith("cuda") and _has_triton())
+        self.steps = Steps(compiled)
+        if compiled:
+            self.name = "torch:compiled"
         if self.device.startswith("cuda"):
-            self.block_k = 512  # fewer, larger steps: launch overhead dominates small tiles on a GPU
+            self.block_k = 2048  # fewer, larger steps: per-tile passes over the state and launches dominate small tiles
             self.dtypes = ("float32", "float16", "bfloat16")  # float64 runs on CUDA, but slowly: not claimed
 
     def to_native(self, array):
@@ -46,18 +56,18 @@ class TorchBackend(Backend):
         return arrays.peak_memory(fn, self.device)
 
     def sdpa(self, q, k, v, *, return_lse=False, **options):
-        out, lse = kernel.forward(kernel.prepare(q, k, v, **options), block_k=self.block_k)
+        out, lse = kernel.forward(kernel.prepare(q, k, v, steps=self.steps, **options), block_k=self.block_k)
         return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
 
     def flash_forward(self, q, k, v, *, block_q, block_k, **options):
         block_q = _checks.integer("block_q", block_q, low=1)
         block_k = _checks.integer("block_k", block_k, low=1)
-        out, lse = kernel.forward(kernel.prepare(q, k, v, **options), block_q=block_q, block_k=block_k)
+        out, lse = kernel.forward(kernel.prepare(q, k, v, steps=self.steps, **options), block_q=block_q, block_k=block_k)
         return out.to(q.dtype), lse
 
     def split_kv(self, q, k, v, *, num_splits, **options):
         num_splits = _checks.integer("num_splits", num_splits, low=1)
-        out, lse = kernel.split_kv(kernel.prepare(q, k, v, **options), num_splits, self.block_k)
+        out, lse = kernel.split_kv(kernel.prepare(q, k, v, steps=self.steps, **options), num_splits, self.block_k)
         return out.to(q.dtype), lse
 
     def merge_partials(self, outs, lses):
@@ -66,12 +76,12 @@ class TorchBackend(Backend):
 
     def decode(self, q, k_cache, v_cache, *, cache_lens, num_splits=1, **options):
         check_decode_options(options)
-        problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, **options)
+        problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, steps=self.steps, **options)
         out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
         return out.to(q.dtype), lse
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
-        problem = kernel.prepare(q, k, v, scale=scale)
+        problem = kernel.prepare(q, k, v, scale=scale, steps=self.steps)
         pat = self._block_sparse(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
         out, lse = kernel.block_sparse(problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"])
@@ -92,3 +102,11 @@ class TorchBackend(Backend):
 
     def linear_attention(self, q, k, v, **options):
         return chunked_linear.linear_attention(q, k, v, **options)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401  (torch.compile's CUDA code generator)
+    except ImportError:
+        return False
+    return True

@@ -6,7 +6,8 @@ causal, window and padding rules let see that tile is computed (tiles outside ar
 masked); within a tile the score block is at most ``block_q x block_k`` per head, so memory is
 linear in the sequence length. Scores, the running maximum, the denominator and the accumulator
 are kept in float32 (float64 for float64 inputs); probabilities are cast to the value dtype
-before ``P @ V``, as FlashAttention does.
+before ``P @ V``, as FlashAttention does. The elementwise work between the two products of a tile
+is in :mod:`.steps`, eager or compiled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from attnspec.backends.torch_tiled.steps import EAGER, Steps
 from attnspec.reference import _checks
 from attnspec.reference.sdpa import _check_causal, _check_window
 
@@ -38,6 +40,7 @@ class Problem:
     acc: torch.dtype
     layout: torch.Tensor | None = None  # block-sparse layout (H_l, ceil(N_k / block_q), ceil(N_k / block_k))
     layout_blocks: tuple[int, int] = (1, 1)  # its (block_q, block_k), over positions
+    steps: Steps = EAGER
 
     @property
     def shape(self):
@@ -46,7 +49,7 @@ class Problem:
 
 
 def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-            alibi_slopes=None, q_lens=None, kv_lens=None) -> Problem:
+            alibi_slopes=None, q_lens=None, kv_lens=None, steps: Steps = EAGER) -> Problem:
     """Check the arguments (the same errors as the reference) and group the query heads."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -71,7 +74,7 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
         mask=None if mask is None else mask.to(torch.bool).expand(full),
         bias=None if bias is None else bias.expand(full),
         softcap=_checks.positive_float("softcap", softcap, allow_none=True),
-        slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc)
+        slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc, steps=steps)
 
 
 def row_range(p: Problem, c0: int, c1: int) -> tuple[int, int]:
@@ -103,10 +106,24 @@ def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_r
     for c0 in range(start, stop, block_k):
         c1 = min(c0 + block_k, stop)
         lo, hi = row_range(p, c0, c1)
-        for r0 in range(lo, hi, block_q or max(hi - lo, 1)):
-            r1 = min(hi, r0 + (block_q or hi - lo))
+        for r0, r1 in _row_blocks(p, lo, hi, c1, block_q):
             _update(p, r0, r1, c0, c1, m, total, acc)
     return _finish(p, m, total, acc)
+
+
+def _row_blocks(p: Problem, lo: int, hi: int, c1: int, block_q: int | None) -> list[tuple[int, int]]:
+    """The row blocks of one key tile: ``block_q`` rows each; without ``block_q``, the rows on the
+    causal diagonal apart from the rows below it, so that only the former build a mask (``_update``
+    decides whether a block needs one)."""
+    if block_q:
+        return [(r0, min(hi, r0 + block_q)) for r0 in range(lo, hi, block_q)]
+    diagonal_end = lo
+    if p.causal == "top_left":
+        diagonal_end = c1 - 1
+    elif p.causal == "bottom_right":
+        diagonal_end = c1 - 1 - int(min(p.kv_lens - p.q_lens, default=0))
+    cut = min(max(diagonal_end, lo), hi)
+    return [(r0, r1) for r0, r1 in ((lo, cut), (cut, hi)) if r0 < r1]
 
 
 def block_sparse(p: Problem, layout: np.ndarray, block_q: int, block_k: int):
@@ -149,7 +166,7 @@ def _indices(p: Problem, r0, r1, c0, c1):
 def _fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
     """True if every (row, key) pair of the tile is visible in every batch item: no mask needed."""
     offsets = p.kv_lens - p.q_lens
-    if p.mask is not None or p.layout is not None or c1 > p.kv_lens.min(initial=0) or r1 > p.q_lens.min(initial=0):
+    if p.mask is not None or p.layout is not None or c1 > min(p.kv_lens, default=0) or r1 > min(p.q_lens, default=0):
         return False
     if p.causal == "top_left" and c1 - 1 > r0:
         return False
@@ -192,9 +209,21 @@ def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     return vis
 
 
-def _scores(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
-    """Scores ``(B, H_kv, G, rows, cols)`` after scale, softcap, bias and ALiBi, in the accumulator dtype."""
-    s = grouped_matmul(p.q[:, :, :, r0:r1], p.k[:, :, c0:c1].transpose(-1, -2), p.acc) * p.scale
+def _modified(p: Problem) -> bool:
+    return p.softcap is not None or p.bias is not None or p.slopes is not None
+
+
+def _scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
+    """``(s, scale)``: scores ``(B, H_kv, G, rows, cols)`` in the accumulator dtype, to be multiplied by ``scale``.
+
+    With softcap, bias or ALiBi (which act on scaled scores), or when ``scaled``, they come scaled and
+    modified, with ``scale = 1``; otherwise the product is returned as is and the scale is left to
+    the softmax step, which fuses it.
+    """
+    s = grouped_matmul(p.q[:, :, :, r0:r1], p.k[:, :, c0:c1].transpose(-1, -2), p.acc)
+    if not (scaled or _modified(p)):
+        return s, p.scale
+    s = s * p.scale
     if p.softcap is not None:
         s = torch.tanh(s / p.softcap) * p.softcap
     if p.bias is not None:
@@ -203,27 +232,26 @@ def _scores(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     if p.slopes is not None:
         i, j, offsets = _indices(p, r0, r1, c0, c1)
         s = s - p.slopes * (i + offsets - j).abs()[:, None, None].to(p.acc)
-    return s
+    return s, 1.0
 
 
 def _update(p: Problem, r0, r1, c0, c1, m, total, acc) -> None:
     """One online-softmax step for rows ``[r0, r1)`` and keys ``[c0, c1)``, in place."""
-    s = _scores(p, r0, r1, c0, c1)
-    if not _fully_visible(p, r0, r1, c0, c1):
-        s = s.masked_fill(~_visible(p, r0, r1, c0, c1), -math.inf)
-    m_old = m[..., r0:r1]
-    m_new = torch.maximum(m_old, s.amax(dim=-1))
-    shift = torch.where(m_new == -math.inf, torch.zeros_like(m_new), m_new)
-    rescale = torch.exp(m_old - shift)
-    e = torch.exp(s - shift[..., None])
-    total[..., r0:r1] = total[..., r0:r1] * rescale + e.sum(dim=-1)
+    s, scale = _scores(p, r0, r1, c0, c1)
+    visible = None if _fully_visible(p, r0, r1, c0, c1) else _visible(p, r0, r1, c0, c1)
+    v = _values(p, c0, c1)
+    e, top, row_sum = p.steps.tile_softmax(s, scale, visible, v.dtype)
+    weighted = grouped_matmul(e, v, p.acc)
+    p.steps.combine(acc[..., r0:r1, :], m[..., r0:r1], total[..., r0:r1], weighted, top, row_sum)
+
+
+def _values(p: Problem, c0, c1) -> torch.Tensor:
+    """``V[:, :, c0:c1]``, zeroed past ``kv_lens``: keys there are never read, even multiplied by 0."""
     v = p.v[:, :, c0:c1]
-    if (p.kv_lens < c1).any():  # keys past kv_lens are never read, even multiplied by 0
+    if (p.kv_lens < c1).any():
         key_ok = torch.arange(c0, c1, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
         v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
-    weighted = grouped_matmul(e.to(v.dtype), v, p.acc)
-    acc[..., r0:r1, :] = acc[..., r0:r1, :] * rescale[..., None] + weighted
-    m[..., r0:r1] = m_new
+    return v
 
 
 def grouped_matmul(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -234,12 +262,15 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.
     upcasting the operands.
     """
     bsz, heads, group, n, x = a.shape
-    a3, b3 = a.reshape(bsz * heads, group * n, x), b.reshape(bsz * heads, x, b.shape[-1])
-    if a.dtype in (torch.float16, torch.bfloat16):
-        out = torch.bmm(a3, b3, out_dtype=acc) if a.is_cuda else torch.bmm(a3.to(acc), b3.to(acc))
-    else:
-        out = torch.bmm(a3, b3).to(acc)
+    out = _bmm(a.reshape(bsz * heads, group * n, x), b.reshape(bsz * heads, x, b.shape[-1]), acc)
     return out.view(bsz, heads, group, n, b.shape[-1])
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``torch.bmm`` accumulated and returned in ``acc``."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return torch.bmm(a, b, out_dtype=acc) if a.is_cuda else torch.bmm(a.to(acc), b.to(acc))
+    return torch.bmm(a, b).to(acc)
 
 
 def _finish(p: Problem, m, total, acc):
@@ -281,31 +312,41 @@ def split_kv(p: Problem, num_splits: int, block_k: int = 128):
 def _split_kv_parallel(p: Problem, num_splits: int):
     """Flash-decoding for few query rows: every split's partial softmax in one batched pass.
 
-    The score block is ``(G * N_q) x N_k`` per KV head, linear in the cache length; K and V are read
-    once. Keys past ``kv_lens`` are zeroed in V only when some batch item has padding.
+    Scores are laid out ``(B * H_kv * S, G * N_q, chunk)`` so that split ``s`` of a KV head is one
+    product of the batch: with ``N_k`` a multiple of ``S`` and no score modifier, K and V are read
+    in place as ``(B * H_kv * S, chunk, D)`` views, once each; otherwise the scores and V are padded
+    to ``S * chunk`` keys. The score block is linear in the cache length.
     """
     b, h_kv, g, n_q, n_k, d_v = p.shape
     chunk = max(1, math.ceil(n_k / num_splits))
-    pad = num_splits * chunk - n_k
-    s = _scores(p, 0, n_q, 0, n_k)
+    pad, rows, batch = num_splits * chunk - n_k, g * n_q, b * h_kv * num_splits
+    if pad == 0 and not _modified(p):
+        q = p.q.reshape(b, h_kv, 1, rows, -1).expand(-1, -1, num_splits, -1, -1).reshape(batch, rows, -1)
+        s, scale = _bmm(q, p.k.reshape(batch, chunk, -1).transpose(1, 2), p.acc), p.scale
+    else:
+        s, scale = _scores(p, 0, n_q, 0, n_k, scaled=True)
+        s = _split_layout(torch.nn.functional.pad(s, (0, pad), value=-math.inf), num_splits)
+    visible = None
     if not _fully_visible(p, 0, n_q, 0, n_k):
-        s = s.masked_fill(~_visible(p, 0, n_q, 0, n_k), -math.inf)
-    s = torch.nn.functional.pad(s, (0, pad), value=-math.inf).view(b, h_kv, g, n_q, num_splits, chunk)
-    top = s.amax(dim=-1)
-    shift = torch.where(top == -math.inf, torch.zeros_like(top), top)
-    e = torch.exp(s - shift[..., None])
-    total = e.sum(dim=-1)
-    v = p.v
-    if (p.kv_lens < n_k).any():
-        key_ok = torch.arange(n_k, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
-        v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
-    splits = b * h_kv * num_splits  # every (batch, KV head, split) is one product of the batch
-    v = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(splits, 1, chunk, d_v)
-    weights = e.permute(0, 1, 4, 2, 3, 5).reshape(splits, 1, 1, g * n_q, chunk).to(p.v.dtype)
-    pv = grouped_matmul(weights, v, p.acc).view(b, h_kv, num_splits, g, n_q, d_v).permute(2, 0, 1, 3, 4, 5)  # (S, B, H_kv, G, N_q, D_v)
-    total, shift = total.permute(4, 0, 1, 2, 3), shift.permute(4, 0, 1, 2, 3)  # (S, B, H_kv, G, N_q)
-    has_key = total > 0
-    outs = torch.where(has_key[..., None], pv / torch.where(has_key, total, 1)[..., None], 0.0)
-    lses = torch.where(has_key, shift + torch.log(torch.where(has_key, total, 1)), -math.inf)
+        visible = _visible(p, 0, n_q, 0, n_k).expand(b, h_kv, g, n_q, n_k)
+        visible = _split_layout(torch.nn.functional.pad(visible, (0, pad), value=False), num_splits)
+    v = torch.nn.functional.pad(_values(p, 0, n_k), (0, 0, 0, pad)) if pad else _values(p, 0, n_k)
+    e, top, row_sum = p.steps.tile_softmax(s, scale, visible, v.dtype)
+    pv = _bmm(e, v.reshape(batch, chunk, d_v), p.acc)
+
+    def by_split(x):  # (B * H_kv * S, G * N_q, ...) -> (S, B, H_kv, G, N_q, ...)
+        return x.reshape(b, h_kv, num_splits, g, n_q, *x.shape[2:]).movedim(2, 0)
+
+    pv, top, row_sum = by_split(pv), by_split(top), by_split(row_sum)
+    has_key = row_sum > 0
+    outs = torch.where(has_key[..., None], pv / torch.where(has_key, row_sum, 1)[..., None], 0.0)
+    lses = torch.where(has_key, top + torch.log(torch.where(has_key, row_sum, 1)), -math.inf)
     out, lse = merge(outs, lses)
     return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
+
+
+def _split_layout(x: torch.Tensor, num_splits: int) -> torch.Tensor:
+    """``(B, H_kv, G, N_q, S * chunk)`` -> ``(B * H_kv * S, G * N_q, chunk)`` (a copy)."""
+    b, h_kv, g, n_q, n = x.shape
+    x = x.reshape(b, h_kv, g, n_q, num_splits, n // num_splits).permute(0, 1, 4, 2, 3, 5)
+    return x.reshape(b * h_kv * num_splits, g * n_q, n // num_splits)

@@ -1,0 +1,107 @@
+"""The torch backend's own parts: compiled steps equal eager ones, tile planning, variants, scripts."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from attnspec import load_backend  # noqa: E402
+from attnspec.backends.torch_tiled import kernel  # noqa: E402
+from attnspec.backends.torch_tiled.steps import Steps, combine, tile_softmax  # noqa: E402
+from attnspec.contract import BackendError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return Steps(compiled=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 1, 3, 5, 7), (1, 2, 1, 64, 64), (2, 3, 2, 0, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_compiled_tile_softmax_equals_eager(compiled, shape, masked):
+    gen = torch.Generator().manual_seed(sum(shape))
+    s = torch.randn(shape, generator=gen) * 4
+    visible = None
+    if masked:  # broadcast over heads, as the kernel passes it; some rows see nothing
+        visible = torch.rand(shape[0], 1, 1, *shape[3:], generator=gen) > 0.5
+    got = compiled.tile_softmax(s, 0.37, visible, torch.bfloat16)
+    want = tile_softmax(s, 0.37, visible, torch.bfloat16)
+    for g, w, name in zip(got, want, ("e", "top", "row_sum")):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        torch.testing.assert_close(g.float(), w.float(), rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
+
+
+def test_compiled_combine_writes_only_its_rows(compiled):
+    """The running state is updated in place through row-slice views, as ``_update`` passes it."""
+    gen = torch.Generator().manual_seed(0)
+    b, h, g, n, d, r0, r1 = 2, 2, 3, 9, 4, 2, 6
+    states = []
+    for _ in range(2):
+        m = torch.full((b, h, g, n), -math.inf)
+        m[..., 0] = 1.0
+        states.append((torch.zeros(b, h, g, n, d), m, torch.zeros(b, h, g, n)))
+    weighted = torch.randn(b, h, g, r1 - r0, d, generator=gen)
+    top = torch.randn(b, h, g, r1 - r0, generator=gen)
+    top[0, 0, 0, 0] = -math.inf  # a row with no visible key in this tile
+    row_sum = torch.rand(b, h, g, r1 - r0, generator=gen)
+    for steps, (acc, m, total) in zip((compiled, Steps(compiled=False)), states):
+        steps.combine(acc[..., r0:r1, :], m[..., r0:r1], total[..., r0:r1], weighted, top, row_sum)
+    for got, want in zip(*states):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    acc, m, total = states[0]
+    assert (acc[..., :r0, :] == 0).all() and (acc[..., r1:, :] == 0).all(), "rows outside the slice changed"
+
+
+def test_unmasked_tiles_need_no_mask():
+    """Regression: every tile was once masked, because the shortest length was taken as min(lens, 0)."""
+    q = k = v = torch.zeros(2, 2, 64, 8)
+    assert kernel._fully_visible(kernel.prepare(q, k, v), 0, 64, 0, 32)
+    padded = kernel.prepare(q, k, v, kv_lens=torch.tensor([64, 40]))
+    assert kernel._fully_visible(padded, 0, 64, 0, 40) and not kernel._fully_visible(padded, 0, 64, 0, 41)
+
+
+@pytest.mark.parametrize("causal, lens, want", [
+    (None, None, [(0, 64)]),
+    ("top_left", None, [(0, 31), (31, 64)]),  # rows >= 31 see keys 0..31 entirely
+    ("bottom_right", (64, 48), [(0, 47), (47, 64)]),  # item 1 has 48 keys: offset -16, rows >= 31 + 16
+])
+def test_row_blocks_split_off_the_diagonal(causal, lens, want):
+    q = k = v = torch.zeros(2, 1, 64, 8)
+    p = kernel.prepare(q, k, v, causal=causal, kv_lens=None if lens is None else torch.tensor(lens))
+    assert kernel._row_blocks(p, 0, 64, 32, None) == want
+    assert kernel._row_blocks(p, 0, 64, 32, 16) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+
+
+@pytest.mark.parametrize("spec", ["torch:fast", "flex:static"])
+def test_unknown_variants_are_named(spec):
+    with pytest.raises(BackendError, match="variant"):
+        load_backend(spec, device="cpu")
+
+
+def test_variants_pick_the_steps():
+    assert load_backend("torch:compiled", device="cpu").steps.compiled
+    eager = load_backend("torch:eager", device="cpu")
+    assert not eager.steps.compiled and eager.name == "torch"
+
+
+def test_benchmark_smoke_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"), str(tmp_path), "--smoke",
+                           "--no-flex"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "bench-forward-smoke.json").read_text())
+    sections = {row["section"] for row in doc["cases"]}
+    assert sections == {"forward", "tiles", "decode"}
+    tiles = next(row for row in doc["cases"] if row["section"] == "tiles")["results"]
+    assert {"torch", "torch:eager"} <= set(tiles) and all("ms" in r for r in tiles.values()), tiles
+    assert np.isfinite([r["ms"] for r in tiles.values()]).all()
