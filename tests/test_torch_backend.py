@@ -105,3 +105,7 @@ def test_benchmark_smoke_runs(tmp_path):
     tiles = next(row for row in doc["cases"] if row["section"] == "tiles")["results"]
     assert {"torch", "torch:eager"} <= set(tiles) and all("ms" in r for r in tiles.values()), tiles
     assert np.isfinite([r["ms"] for r in tiles.values()]).all()
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"),
+                    str(tmp_path / "bench-forward-smoke.json"), "--render"], check=True, timeout=120)
+    rendered = json.loads((tmp_path / "bench-forward-smoke.json").read_text())
+    assert rendered["cases"] == doc["cases"] and "peak_memory_exponent_all_n" in rendered["targets"]
