@@ -315,7 +315,7 @@ def _target_lines(t) -> list[str]:
             + verdict(t["best_decode_frac_copy"], 0.8, t["decode_met"]),
             "- Peak memory vs N (D=128, non-causal; B*N is fixed, so peak/B is fitted): exponent "
             + (f"{exp:.2f} over N = {[n for n, _ in t['peak_memory_points'] if n >= n0]} (N >= the key tile "
-               f"{n0}; linear ~1, quadratic ~2); {t.get('peak_memory_exponent_all_n') or 0:.2f} over every N"
+               f"{n0}; linear ~1, quadratic ~2); {_num(t.get('peak_memory_exponent_all_n'), 2)} over every N"
                if exp is not None else "n/a (fewer than 2 points)"), ""]
 
 

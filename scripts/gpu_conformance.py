@@ -52,7 +52,7 @@ def environment() -> dict:
     return env
 
 
-INTERRUPT_GRACE = 45.0  # seconds a run has to finish its current test and write its report
+INTERRUPT_GRACE = 45.0  # at most this share of a run's budget is kept for writing its report after Ctrl-C
 
 
 def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
@@ -61,14 +61,16 @@ def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
     cmd = [sys.executable, "-m", "pytest", "conformance", f"--backend={backend}", "--device=cuda",
            f"--report={report}", "-q", "-p", "no:cacheprovider", "--tb=short", "-p", "no:warnings", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    grace = min(INTERRUPT_GRACE, budget / 4)
     try:
-        stdout, stderr = proc.communicate(timeout=max(budget - INTERRUPT_GRACE, 1))
+        stdout, stderr = proc.communicate(timeout=max(budget - grace, 1))
         status = proc.returncode
     except subprocess.TimeoutExpired:
-        # Ctrl-C: pytest stops after the running test and still writes the report of what ran
+        # Ctrl-C: pytest stops inside the running test (left out of the report) and writes the
+        # report of the tests that finished
         proc.send_signal(signal.SIGINT)
         try:
-            stdout, stderr = proc.communicate(timeout=INTERRUPT_GRACE)
+            stdout, stderr = proc.communicate(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             stdout, stderr = proc.communicate()

@@ -46,11 +46,11 @@ def test_compiled_combine_writes_only_its_rows(compiled):
     """The running state is updated in place through row-slice views, as ``_update`` passes it."""
     gen = torch.Generator().manual_seed(0)
     b, h, g, n, d, r0, r1 = 2, 2, 3, 9, 4, 2, 6
-    states = []
-    for _ in range(2):
-        m = torch.full((b, h, g, n), -math.inf)
-        m[..., 0] = 1.0
-        states.append((torch.zeros(b, h, g, n, d), m, torch.zeros(b, h, g, n)))
+    start = (torch.randn(b, h, g, n, d, generator=gen), torch.randn(b, h, g, n, generator=gen) * 3,
+             torch.rand(b, h, g, n, generator=gen) + 0.5)  # a running state that earlier tiles left
+    start[1][0, 0, 0, r0 + 1] = -math.inf  # a row that has seen no key yet
+    start[0][0, 0, 0, r0 + 1], start[2][0, 0, 0, r0 + 1] = 0.0, 0.0
+    states = [tuple(x.clone() for x in start) for _ in range(2)]
     weighted = torch.randn(b, h, g, r1 - r0, d, generator=gen)
     top = torch.randn(b, h, g, r1 - r0, generator=gen)
     top[0, 0, 0, 0] = -math.inf  # a row with no visible key in this tile
@@ -59,8 +59,11 @@ def test_compiled_combine_writes_only_its_rows(compiled):
         steps.combine(acc[..., r0:r1, :], m[..., r0:r1], total[..., r0:r1], weighted, top, row_sum)
     for got, want in zip(*states):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    acc, m, total = states[0]
-    assert (acc[..., :r0, :] == 0).all() and (acc[..., r1:, :] == 0).all(), "rows outside the slice changed"
+    for got, before in zip(states[0], start):
+        rows = (slice(None),) * 3  # (B, H_kv, G, rows, ...)
+        assert torch.equal(got[rows + (slice(0, r0),)], before[rows + (slice(0, r0),)]), "rows before the slice changed"
+        assert torch.equal(got[rows + (slice(r1, None),)], before[rows + (slice(r1, None),)]), "rows after it changed"
+        assert not torch.equal(got[rows + (slice(r0, r1),)], before[rows + (slice(r0, r1),)]), "the slice was not written"
 
 
 def test_unmasked_tiles_need_no_mask():
@@ -92,7 +95,36 @@ def test_unknown_variants_are_named(spec):
 def test_variants_pick_the_steps():
     assert load_backend("torch:compiled", device="cpu").steps.compiled
     eager = load_backend("torch:eager", device="cpu")
-    assert not eager.steps.compiled and eager.name == "torch"
+    assert not eager.steps.compiled and eager.name == "torch:eager"
+    assert load_backend("torch", device="cpu").name == "torch"  # the CPU default: eager
+
+
+@pytest.mark.parametrize("call", ["causal_padded_gqa", "flash_blocks", "decode_split", "decode_padded_split"])
+def test_compiled_backend_equals_eager(call):
+    """The compiled steps through the whole kernel: views written in place, masks, splits."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, h, n, 8, generator=gen) for h, n in ((4, 37), (2, 37), (2, 37)))
+    lens = torch.tensor([37, 21])
+    calls = {
+        "causal_padded_gqa": lambda be: be.sdpa(q, k, v, causal="bottom_right", q_lens=lens, kv_lens=lens,
+                                                return_lse=True),
+        "flash_blocks": lambda be: be.flash_forward(q, k, v, block_q=5, block_k=7, causal="top_left"),
+        "decode_split": lambda be: be.decode(q[:, :, :1], k[:, :, :36], v[:, :, :36],
+                                             cache_lens=torch.tensor([36, 36]), num_splits=4),
+        "decode_padded_split": lambda be: be.decode(q[:, :, :2], k, v, cache_lens=lens, num_splits=3),
+    }
+    eager, compiled = (calls[call](load_backend(f"torch:{x}", device="cpu")) for x in ("eager", "compiled"))
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 0, 4), (0, 1, 1, 4)], ids=["no_query", "no_batch"])
+def test_split_kv_of_nothing(shape):
+    """Regression: the split-layout reshapes once inferred a size from 0 elements."""
+    be = load_backend("torch", device="cpu")
+    q, kv = torch.zeros(shape), torch.zeros(shape[0], 1, 3, 4)
+    out, lse = be.split_kv(q, kv, kv, num_splits=1)
+    assert out.shape == shape and lse.shape == shape[:3]
 
 
 def test_benchmark_smoke_runs(tmp_path):

@@ -40,8 +40,8 @@ class TorchBackend(Backend):
             raise BackendError(f"torch backend variant must be 'eager' or 'compiled'; got {variant!r}")
         compiled = variant == "compiled" or (variant is None and self.device.startswith("cuda") and _has_triton())
         self.steps = Steps(compiled)
-        if compiled:
-            self.name = "torch:compiled"
+        if compiled or variant:  # the report names what ran: torch:compiled, or torch:eager when asked for
+            self.name = f"torch:{'compiled' if compiled else 'eager'}"
         if self.device.startswith("cuda"):
             self.block_k = 2048  # fewer, larger steps: per-tile passes over the state and launches dominate small tiles
             self.dtypes = ("float32", "float16", "bfloat16")  # float64 runs on CUDA, but slowly: not claimed

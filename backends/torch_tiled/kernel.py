@@ -313,16 +313,19 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     """Flash-decoding for few query rows: every split's partial softmax in one batched pass.
 
     Scores are laid out ``(B * H_kv * S, G * N_q, chunk)`` so that split ``s`` of a KV head is one
-    product of the batch: with ``N_k`` a multiple of ``S`` and no score modifier, K and V are read
-    in place as ``(B * H_kv * S, chunk, D)`` views, once each; otherwise the scores and V are padded
-    to ``S * chunk`` keys. The score block is linear in the cache length.
+    product of the batch: with ``N_k`` a multiple of ``S`` and no score modifier, K is read in place
+    as a ``(B * H_kv * S, chunk, D)`` view (the few query rows are repeated per split); otherwise
+    the scores and V are padded to ``S * chunk`` keys. V is a view too, unless some cache is shorter
+    than ``N_k``: then it is copied with the keys past ``kv_lens`` zeroed. The score block is
+    linear in the cache length.
     """
     b, h_kv, g, n_q, n_k, d_v = p.shape
+    d = p.q.shape[-1]  # sizes spelled out: a reshape cannot infer -1 when B or N_q is 0
     chunk = max(1, math.ceil(n_k / num_splits))
     pad, rows, batch = num_splits * chunk - n_k, g * n_q, b * h_kv * num_splits
     if pad == 0 and not _modified(p):
-        q = p.q.reshape(b, h_kv, 1, rows, -1).expand(-1, -1, num_splits, -1, -1).reshape(batch, rows, -1)
-        s, scale = _bmm(q, p.k.reshape(batch, chunk, -1).transpose(1, 2), p.acc), p.scale
+        q = p.q.reshape(b, h_kv, 1, rows, d).expand(-1, -1, num_splits, -1, -1).reshape(batch, rows, d)
+        s, scale = _bmm(q, p.k.reshape(batch, chunk, d).transpose(1, 2), p.acc), p.scale
     else:
         s, scale = _scores(p, 0, n_q, 0, n_k, scaled=True)
         s = _split_layout(torch.nn.functional.pad(s, (0, pad), value=-math.inf), num_splits)

@@ -54,10 +54,13 @@ class Steps:
     The compiled functions see canonical shapes (scores ``(rows, keys)``, state ``(heads, rows,
     ...)``), detached so that Dynamo guards on no view base, with sizes marked ``symbolic``:
     ``"dynamic"`` (one compile per dtype, masking and pattern of sizes 0 and 1) or ``"unbacked"``
-    (one compile for all sizes, but no size hints for Inductor's choice of block sizes).
+    (no recompile for sizes, only for storage offsets 0 and 1 and stride patterns; but no size
+    hints for Inductor's choice of block sizes).
     """
 
     def __init__(self, compiled: bool, symbolic: str = "unbacked"):
+        if symbolic not in ("unbacked", "dynamic"):
+            raise ValueError(f"symbolic must be 'unbacked' or 'dynamic'; got {symbolic!r}")
         self.compiled, self.symbolic = compiled, symbolic
         if compiled:
             # one graph per dtype, masking and stride pattern: about a dozen in a conformance run, over
