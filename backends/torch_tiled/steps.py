@@ -4,9 +4,10 @@ Everything between the two matrix products of a tile lives here: scaling, maskin
 maximum, ``exp`` and row sums (:func:`tile_softmax`), and folding a tile's partial result into the
 running state (:func:`combine`). Eager PyTorch runs each of these operations as its own pass over
 the ``rows x block_k`` score tile in device memory; on CUDA the backend compiles the two functions
-with ``torch.compile`` so that each becomes one fused kernel: the score tile is then read once and
-the probabilities written once (a fused flash kernel keeps them in registers instead, which no
-composition of PyTorch operations can). The compiled and eager versions are the same code, and the
+with ``torch.compile``, which fuses them into one to three kernels (Inductor's choice): the score
+tile is then read once to three times and the probabilities written once. A fused flash kernel
+keeps them in registers instead, which no composition of PyTorch operations can
+(``docs/results/*-profile-torch-*`` shows where the time goes). The compiled and eager versions are the same code, and the
 conformance suite runs whichever the backend uses.
 """
 
