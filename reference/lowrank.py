@@ -53,12 +53,18 @@ def _projection(name: str, p, h_kv: int, n: int) -> np.ndarray:
     return p
 
 
+def _same_positions(q, k, v, what: str):
+    """The checked arrays of a self-attention call: queries and keys at the same ``N`` positions."""
+    p = prepare(q, k, v)
+    if p.n_q != p.n_k:
+        raise ValueError(f"q and k must cover the same {what} (N_q = N); got q of shape {p.q.shape}, "
+                         f"k of shape {p.k.shape}")
+    return p
+
+
 def xl_attention(q, k, v, *, mem_k, mem_v, scale=None):
     """Clause ``xl.memory``: ``sdpa(q, [mem_k; k], [mem_v; v], causal="bottom_right", scale=scale)``."""
-    seg = prepare(q, k, v)
-    if seg.n_q != seg.n_k:
-        raise ValueError(f"q and k must cover the same segment (N_q = N); got q of shape {seg.q.shape}, "
-                         f"k of shape {seg.k.shape}")
+    seg = _same_positions(q, k, v, "segment")
     mem_k = check.float_array("mem_k", mem_k, ndim=4)
     mem_v = check.float_array("mem_v", mem_v, ndim=4)
     b, h_kv, _, d_qk = seg.k.shape
@@ -75,10 +81,7 @@ def xl_attention(q, k, v, *, mem_k, mem_v, scale=None):
 
 def xl_recurrent(q, k, v, *, segment_len: int, mem_len: int, scale=None):
     """Clause ``xl.recurrence``: segments of ``segment_len``, each over the last ``mem_len`` cached keys/values."""
-    whole = prepare(q, k, v)
-    if whole.n_q != whole.n_k:
-        raise ValueError(f"q and k must cover the same sequence (N_q = N); got q of shape {whole.q.shape}, "
-                         f"k of shape {whole.k.shape}")
+    whole = _same_positions(q, k, v, "sequence")
     segment_len = check.integer("segment_len", segment_len, low=1)
     mem_len = check.integer("mem_len", mem_len, low=0)
     n = whole.n_q

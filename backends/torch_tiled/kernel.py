@@ -273,11 +273,17 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return torch.bmm(a, b).to(acc)
 
 
+def _normalize(weighted, shift, total):
+    """``(weighted / total, shift + log(total))``; a row with ``total = 0`` (no visible key) gives 0 and -inf."""
+    has_key = total > 0
+    out = torch.where(has_key[..., None], weighted / torch.where(has_key, total, 1)[..., None], 0.0)
+    lse = torch.where(has_key, shift + torch.log(torch.where(has_key, total, 1)), -math.inf)
+    return out, lse
+
+
 def _finish(p: Problem, m, total, acc):
     b, h_kv, g, n_q, _, d_v = p.shape
-    has_key = total > 0
-    out = torch.where(has_key[..., None], acc / torch.where(has_key, total, 1)[..., None], 0.0)
-    lse = torch.where(has_key, m + torch.log(torch.where(has_key, total, 1)), -math.inf)
+    out, lse = _normalize(acc, m, total)
     return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
 
 
@@ -286,12 +292,8 @@ def merge(outs: torch.Tensor, lses: torch.Tensor):
     top = lses.amax(dim=0)
     shift = torch.where(top == -math.inf, torch.zeros_like(top), top)
     weights = torch.exp(lses - shift)
-    total = weights.sum(dim=0)
-    has_key = total > 0
     weighted = torch.where(weights[..., None] > 0, weights[..., None] * outs, 0.0).sum(dim=0)
-    out = torch.where(has_key[..., None], weighted / torch.where(has_key, total, 1)[..., None], 0.0)
-    lse = torch.where(has_key, shift + torch.log(torch.where(has_key, total, 1)), -math.inf)
-    return out, lse
+    return _normalize(weighted, shift, weights.sum(dim=0))
 
 
 #: At most this many query rows per KV head (G * N_q) take the parallel split-KV path.
@@ -340,11 +342,7 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     def by_split(x):  # (B * H_kv * S, G * N_q, ...) -> (S, B, H_kv, G, N_q, ...)
         return x.reshape(b, h_kv, num_splits, g, n_q, *x.shape[2:]).movedim(2, 0)
 
-    pv, top, row_sum = by_split(pv), by_split(top), by_split(row_sum)
-    has_key = row_sum > 0
-    outs = torch.where(has_key[..., None], pv / torch.where(has_key, row_sum, 1)[..., None], 0.0)
-    lses = torch.where(has_key, top + torch.log(torch.where(has_key, row_sum, 1)), -math.inf)
-    out, lse = merge(outs, lses)
+    out, lse = merge(*_normalize(by_split(pv), by_split(top), by_split(row_sum)))
     return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
 
 
