@@ -100,6 +100,9 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
 
 
 def _mask_mod(q_lens, kv_lens, causal, window, mask, per_batch: bool, offset: int):
+    # window sides go in as tensors: Dynamo would specialise (recompile) on each captured int
+    lo, hi = (torch.tensor(side, device=q_lens.device) for side in window) if window is not None else (None, None)
+
     def aligned_offset(b):
         return kv_lens[b] - q_lens[b] if per_batch else offset
 
@@ -112,9 +115,9 @@ def _mask_mod(q_lens, kv_lens, causal, window, mask, per_batch: bool, offset: in
             ok = ok & (kv_idx <= q_idx + off)
         if window is not None:
             if window[0] >= 0:
-                ok = ok & (kv_idx >= q_idx + off - window[0])
+                ok = ok & (kv_idx >= q_idx + off - lo)
             if window[1] >= 0:
-                ok = ok & (kv_idx <= q_idx + off + window[1])
+                ok = ok & (kv_idx <= q_idx + off + hi)
         if mask is not None:
             ok = ok & mask[b, h, q_idx, kv_idx]
         return ok
@@ -126,9 +129,11 @@ def _score_mod(softcap, bias, slopes, offsets):
     if softcap is None and bias is None and slopes is None:
         return None
 
+    cap = None if softcap is None else torch.tensor(softcap, dtype=torch.float32, device=offsets.device)
+
     def score_mod(score, b, h, q_idx, kv_idx):
-        if softcap is not None:
-            score = torch.tanh(score / softcap) * softcap
+        if softcap is not None:  # as a tensor: a captured float would be specialised (a compile per value)
+            score = torch.tanh(score / cap) * cap
         if bias is not None:
             score = score + bias[b, h, q_idx, kv_idx]
         if slopes is not None:

@@ -47,6 +47,9 @@ def pytest_addoption(parser):
                     help="dtype(s) to check, repeatable or comma-separated (default: all the backend declares)")
     group.addoption("--clauses", default="", help="only tests of these clauses, comma-separated globs (e.g. 'sdpa.causal.*')")
     group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
+    group.addoption("--shapes", choices=("all", "menu"), default="all",
+                    help="'menu': draw sizes from a short fixed menu, for backends that compile once per shape "
+                         "(pinned examples keep their shapes); default 'all'")
 
 
 def pytest_configure(config):
@@ -68,7 +71,8 @@ def _target(config) -> target.Target:
             backend = load_backend(spec, device=config.getoption("device"))
         except BackendError as exc:
             raise pytest.UsageError(f"attnspec: {exc}") from None
-        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend))
+        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend),
+                                       shape_menu=config.getoption("shapes") == "menu")
     return target.CURRENT
 
 
@@ -85,7 +89,8 @@ def pytest_report_header(config):
     if config.getoption("backend"):
         t = _target(config)
         return (f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
-                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {settings._current_profile}")
+                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {settings._current_profile}"
+                + ("; shapes from the menu" if t.shape_menu else ""))
     return None
 
 
@@ -138,7 +143,7 @@ def backend(request):
 def check(request, dtype) -> Checker:
     t = _target(request.config)
     command = (f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
-               f"--hypothesis-profile={settings._current_profile}")
+               f"--hypothesis-profile={settings._current_profile}" + (" --shapes=menu" if t.shape_menu else ""))
     return Checker(clause=clause_ids(request.node)[0], backend=t.backend.name, device=t.backend.device,
                    dtype=dtype, reproduce=command)
 

@@ -80,7 +80,8 @@ def write_json(path: str, target, results: dict) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "numpy": np.__version__, "hypothesis": hypothesis.__version__,
-                        "hypothesis_profile": hypothesis.settings._current_profile, **_frameworks()},
+                        "hypothesis_profile": hypothesis.settings._current_profile,
+                        "shapes": "menu" if target.shape_menu else "all", **_frameworks()},
         "clauses": per_clause(target, results),
         "tests": results,
     }

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from attnspec.conformance.cases import SdpaCase
-from attnspec.conformance.strategies import HEADS, declares, lengths
+from attnspec.conformance.strategies import declares, head_pairs, lengths
 from attnspec.conformance.target import current
 from attnspec.reference import patterns
 
@@ -124,7 +124,7 @@ def _document_ids(lengths: tuple, labels: str) -> np.ndarray:
 def sparse_cases(draw, pattern: str, *, max_len: int = 96, shorter_queries: bool = False) -> SparseCase:
     """A case of ``pattern`` with shapes biased to kernel edges; ``shorter_queries``: ``N_q < N_k``."""
     gqa = declares("sdpa.gqa")
-    h_q, h_kv = draw(st.sampled_from([p for p in HEADS if gqa or p[0] == p[1]]))
+    h_q, h_kv = draw(head_pairs(gqa))
     n_k = draw(lengths(max_len).filter(lambda n: n >= 2) if shorter_queries else lengths(max_len))
     n_q = draw(st.integers(1, n_k - 1) if shorter_queries else st.one_of(st.just(n_k), st.integers(1, n_k)))
     top = current().backend.max_head_dim or max(HEAD_DIMS)

@@ -5,6 +5,10 @@ Lengths include 1, 2, 3, primes and tile sizes +-1; head dims that are not power
 masked by padding, window or causal offset; zero-length sequences in a batch. The backend's
 declared limits (``max_head_dim``, ``max_seq_len``) and clauses are read at draw time, so a
 backend is only given cases within what it declares.
+
+``--shapes=menu`` draws whole shapes from a short menu instead (``MENU_SHAPES``; other strategies'
+lengths from ``MENU_LENGTHS``): for a backend that compiles once per shape (static FlexAttention),
+where a new shape per example costs seconds. The pinned ``@example`` cases keep their own shapes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ WINDOW_SIDES = (-1, 0, 1, 2, 3, 7, 16, 63)
 SOFTCAPS = (0.5, 5.0, 30.0, 50.0)
 #: Keep each case's score matrix small enough that three float64 evaluations stay fast.
 MAX_SCORES = 2 * 6 * 129 * 129
+#: ``--shapes=menu``: (batch, H_q, H_kv, N_q, N_k, D_qk, D_v). Single elements; N_q below, equal to
+#: and above N_k; one 128-wide block and a partial one; odd and unequal head dims; batch 2 (per-batch
+#: lengths); GQA ratio 3 (H_kv = H_q where GQA is not drawn).
+MENU_SHAPES = ((1, 1, 1, 1, 1, 8, 8), (2, 3, 3, 17, 17, 80, 80), (1, 6, 2, 5, 17, 64, 16),
+               (2, 6, 2, 17, 5, 8, 80), (1, 6, 2, 17, 129, 80, 80), (2, 3, 3, 129, 17, 8, 8))
+MENU_LENGTHS = (1, 17, 129)
 
 
 def _limit(value: int | None, default: int) -> int:
@@ -36,6 +46,8 @@ def lengths(max_len: int | None = None) -> st.SearchStrategy[int]:
 
 def _lengths(max_len: int | None) -> st.SearchStrategy[int]:
     top = _limit(current().backend.max_seq_len, _limit(max_len, max(LENGTHS)))
+    if current().shape_menu:
+        return st.sampled_from([n for n in MENU_LENGTHS if n <= top] or [top])
     picks = [n for n in LENGTHS if n <= top]
     return st.one_of(st.sampled_from(picks), st.integers(1, min(top, 70)))
 
@@ -47,6 +59,33 @@ def head_dims() -> st.SearchStrategy[int]:
 def _head_dims() -> st.SearchStrategy[int]:
     top = _limit(current().backend.max_head_dim, max(HEAD_DIMS))
     return st.sampled_from([d for d in HEAD_DIMS if d <= top])
+
+
+def head_pairs(gqa: bool) -> st.SearchStrategy[tuple[int, int]]:
+    """(H_q, H_kv) pairs; with ``gqa`` False only H_q == H_kv."""
+    return st.sampled_from([p for p in HEADS if gqa or p[0] == p[1]])
+
+
+def _menu_shapes(gqa: bool, max_len: int | None) -> st.SearchStrategy[tuple[int, ...]]:
+    backend = current().backend
+    top_n = _limit(backend.max_seq_len, _limit(max_len, max(LENGTHS)))
+    top_d = _limit(backend.max_head_dim, max(HEAD_DIMS))
+    shapes = [(b, h_q, h_kv if gqa else h_q, min(n_q, top_n), min(n_k, top_n), min(d_qk, top_d), min(d_v, top_d))
+              for b, h_q, h_kv, n_q, n_k, d_qk, d_v in MENU_SHAPES]
+    return st.sampled_from(sorted(set(shapes), key=shapes.index))
+
+
+@st.composite
+def _shapes(draw, gqa: bool, max_len: int | None) -> tuple[int, ...]:
+    """(batch, H_q, H_kv, N_q, N_k, D_qk, D_v)."""
+    if current().shape_menu:
+        return draw(_menu_shapes(gqa, max_len))
+    h_q, h_kv = draw(head_pairs(gqa))
+    n_q, n_k = draw(lengths(max_len)), draw(lengths(max_len))
+    d_qk = draw(head_dims())
+    d_v = draw(st.one_of(st.just(d_qk), head_dims()))
+    batch = draw(st.integers(1, 2)) if n_q * n_k * h_q <= MAX_SCORES // 2 else 1
+    return batch, h_q, h_kv, n_q, n_k, d_qk, d_v
 
 
 def declares(clause_id: str) -> bool:
@@ -74,11 +113,7 @@ def sdpa_cases(draw, *, causal: str | None = None, window: bool = False, mask: b
     """
     if gqa is None:
         gqa = declares("sdpa.gqa")
-    h_q, h_kv = draw(st.sampled_from([p for p in HEADS if gqa or p[0] == p[1]]))
-    n_q, n_k = draw(lengths(max_len)), draw(lengths(max_len))
-    d_qk = draw(head_dims())
-    d_v = draw(st.one_of(st.just(d_qk), head_dims()))
-    batch = draw(st.integers(1, 2)) if n_q * n_k * h_q <= MAX_SCORES // 2 else 1
+    batch, h_q, h_kv, n_q, n_k, d_qk, d_v = draw(_shapes(gqa, max_len))
     case = SdpaCase(batch=batch, h_q=h_q, h_kv=h_kv, n_q=n_q, n_k=n_k, d_qk=d_qk, d_v=d_v,
                     seed=draw(st.integers(0, 2**32 - 1)), magnitude=draw(st.sampled_from(magnitudes)),
                     causal=causal)

@@ -22,6 +22,7 @@ class Target:
     dtypes: tuple[str, ...]
     declines: dict = field(default_factory=lambda: defaultdict(list))
     test_id: str = ""
+    shape_menu: bool = False  # --shapes=menu: sizes from a short menu (strategies.MENU_*)
 
 
 CURRENT: Target | None = None

@@ -7,7 +7,8 @@ import sys
 
 
 def _merge_parts(runs: list[dict]) -> list[dict]:
-    """Runs of one backend split by --clauses become one column: each clause from the part that ran it."""
+    """Parts of one backend's run (split by --clauses, or resumed after an interruption) become one
+    column: each clause's counts summed over the parts that ran its tests."""
     merged: dict[str, dict] = {}
     for r in runs:
         if r["backend"] not in merged:
@@ -18,8 +19,24 @@ def _merge_parts(runs: list[dict]) -> list[dict]:
         into["exit"] = f"{into['exit']}+{r['exit']}"
         for clause, row in r["report"]["clauses"].items():
             if row["tests"]:
-                into["report"]["clauses"][clause] = row
+                into["report"]["clauses"][clause] = _merge_rows(into["report"]["clauses"].get(clause), row)
     return list(merged.values())
+
+
+def _merge_rows(first: dict | None, second: dict) -> dict:
+    if not first or not first["tests"] or first["status"] == "unsupported":
+        return second
+    row = {key: first[key] + second[key] for key in ("passed", "failed", "skipped", "tests", "failures", "skips")}
+    row["status"] = ("failed" if row["failed"] else "passed" if row["passed"] else
+                     "declined" if row["skipped"] else "not run")
+    return row
+
+
+def _sampling(report: dict) -> str:
+    """The Hypothesis profile, and whether shapes came from the suite's menu (older reports: unknown)."""
+    env = report.get("environment", {})
+    menu = ", shapes from the menu" if env.get("shapes") == "menu" else ""
+    return f", profile {env['hypothesis_profile']}{menu}" if "hypothesis_profile" in env else ""
 
 
 def conformance_table(document: dict) -> str:
@@ -39,7 +56,7 @@ def conformance_table(document: dict) -> str:
             cells.append(f"{status} ({row['passed']}/{row['passed'] + row['failed']})" if status in ("passed", "failed") else status)
         lines.append(f"| `{clause}` | " + " | ".join(cells) + " |")
     lines += ["", "Runs: " + "; ".join(f"{r['backend']} exit {r['exit']} in {r['seconds']} s, dtypes "
-                                       f"{', '.join(r['report']['dtypes'])}" for r in runs), ""]
+                                       f"{', '.join(r['report']['dtypes'])}{_sampling(r['report'])}" for r in runs), ""]
     missing = [r for r in document["runs"] if "report" not in r]
     for r in missing:
         lines.append(f"- {r['backend']}: no report (exit {r['exit']}).")

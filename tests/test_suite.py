@@ -104,3 +104,19 @@ def test_torch_sdpa_adapter_runs_on_the_cpu(suite):
                                  "--clauses=sdpa,sdpa.scale,sdpa.gqa,sdpa.causal.*")
     assert code == 0, output[-3000:]
     assert report["clauses"]["sdpa.causal.bottom_right"]["status"] == "passed"
+
+
+def test_shape_menu_is_recorded_in_the_report_and_the_reproducer(suite, tmp_path):
+    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
+        import attnspec
+        from attnspec.reference import sdpa
+        class Kernel(attnspec.Backend):
+            name = "off-by-scale"
+            clauses = ("sdpa", "sdpa.scale")
+            dtypes = ("float64",)
+            def sdpa(self, q, k, v, scale=None, **options):
+                return sdpa(q, k, v, scale=(scale or q.shape[-1] ** -0.5) * 1.5, **options)
+    """)
+    code, report, output = suite(spec, "--clauses=sdpa.scale", "--shapes=menu")
+    assert code == 1 and report["environment"]["shapes"] == "menu"
+    assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa.scale"]["failures"][0]["message"]

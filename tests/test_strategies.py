@@ -1,0 +1,44 @@
+"""The case strategies themselves: ``--shapes=menu`` keeps every drawn shape on the menu."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.conformance import strategies, target
+from attnspec.conformance.strategies import MENU_SHAPES, sdpa_cases
+
+
+def _shape(case) -> tuple[int, ...]:
+    return case.batch, case.h_q, case.h_kv, case.n_q, case.n_k, case.d_qk, case.d_v
+
+
+def _drawn_shapes(monkeypatch, *, menu: bool, **kwargs) -> set:
+    monkeypatch.setattr(target, "CURRENT", target.Target(NumpyBackend(), "numpy", ("float64",), shape_menu=menu))
+    seen = set()
+
+    @settings(max_examples=150, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(case=sdpa_cases(extras=True, **kwargs))
+    def draw(case):
+        seen.add(_shape(case))
+
+    draw()
+    return seen
+
+
+def test_menu_draws_whole_shapes_from_the_menu(monkeypatch):
+    seen = _drawn_shapes(monkeypatch, menu=True)
+    assert seen <= set(MENU_SHAPES) and len(seen) == len(MENU_SHAPES)
+
+
+def test_without_the_menu_shapes_vary_freely(monkeypatch):
+    assert len(_drawn_shapes(monkeypatch, menu=False) - set(MENU_SHAPES)) > 20
+
+
+@pytest.mark.parametrize("max_len", [1, 24])
+def test_menu_respects_length_limits_and_mha_only_backends(monkeypatch, max_len):
+    seen = _drawn_shapes(monkeypatch, menu=True, gqa=False, max_len=max_len)
+    assert all(n_q <= max_len and n_k <= max_len and h_q == h_kv for _, h_q, h_kv, n_q, n_k, _, _ in seen), seen
+    assert len(seen) == len({(b, h, min(nq, max_len), min(nk, max_len), dq, dv)
+                             for b, h, _, nq, nk, dq, dv in strategies.MENU_SHAPES})
