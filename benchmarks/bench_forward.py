@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from attnspec import load_backend
+from attnspec.backends.torch_tiled.kernel import grouped_matmul
 
 try:
     import triton
@@ -171,6 +172,8 @@ def forward_calls(case, be, device, dtype) -> dict:
     for name in ("torch", "flex"):
         if name in be:
             calls[name] = (lambda backend=be[name]: backend.sdpa(q, k, v, **opts), flops)
+    if case["section"] == "forward" and "torch" in be:
+        calls[FLOOR] = (lambda: scores_floor(q, k, opts["causal"], be["torch"].block_k), flops)
     if case["section"] == "tiles":  # the torch backend's key tile, and its steps run eagerly
         for name, backend in tile_variants(device).items():
             calls[name] = (lambda backend=backend: backend.sdpa(q, k, v, **opts), flops)
@@ -178,6 +181,22 @@ def forward_calls(case, be, device, dtype) -> dict:
 
 
 TILES = (512, 1024, 4096)
+#: not a backend: a lower bound on any attention that writes its scores to device memory
+FLOOR = "floor: QK^T only"
+
+
+def scores_floor(q, k, causal, block_k):
+    """Only the first product of an unfused tiled attention: each key tile's float32 scores for the
+    rows that see it (rows >= the tile's first key when causal), written once and never read. The
+    softmax, ``P @ V`` and every further pass over the scores come on top, so an implementation that
+    keeps float32 scores in device memory (any composition of PyTorch operations that does not call
+    a fused attention kernel) cannot be faster than this; a ratio to SDPA below a target here means
+    that no such implementation can meet it."""
+    out = None
+    for c0 in range(0, q.shape[2], block_k):
+        rows = q[:, :, None, c0 if causal else 0:]
+        out = grouped_matmul(rows, k[:, :, c0:c0 + block_k].transpose(-1, -2), torch.float32)  # the backend's product
+    return out
 
 
 def tile_variants(device) -> dict:
@@ -244,6 +263,8 @@ def targets(rows, block_k: int = 0) -> dict:
     done = [r for r in rows if r.get("results")]
     fwd = [(r["results"]["torch"]["ratio_vs_sdpa"], label(r)) for r in done
            if r["section"] == "forward" and r["n"] >= 2048 and "ratio_vs_sdpa" in r["results"].get("torch", {})]
+    floor = [(r["results"][FLOOR]["ratio_vs_sdpa"], label(r)) for r in done
+             if r["section"] == "forward" and r["n"] >= 2048 and "ratio_vs_sdpa" in r["results"].get(FLOOR, {})]
     dec = [(res["frac_copy"], f"{label(r)} {name}") for r in done if r["section"] == "decode"
            for name, res in r["results"].items() if name.startswith("torch") and "frac_copy" in res]
     # B*N is fixed, so peak/B (one sequence's share) is what grows with N: ~1 linear, ~2 quadratic
@@ -253,6 +274,7 @@ def targets(rows, block_k: int = 0) -> dict:
     # below the key tile a score tile is N wide, so the growth is quadratic there by construction
     beyond_tile = [(n, peak) for n, peak in mem if n >= block_k]
     return {"min_ratio_n_ge_2048": min(fwd) if fwd else None, "ratio_met": bool(fwd) and min(fwd)[0] >= 0.35,
+            "floor_ratio_n_ge_2048": (min(floor), max(floor)) if floor else None,
             "best_decode_frac_copy": max(dec) if dec else None, "decode_met": bool(dec) and max(dec)[0] >= 0.8,
             "peak_memory_exponent": _exponent(beyond_tile), "peak_memory_exponent_all_n": _exponent(mem),
             "peak_memory_points": mem, "peak_memory_fit_from_n": block_k}
@@ -264,7 +286,8 @@ def _num(x, digits=3) -> str:
 
 SECTIONS = {  # title, note under it
     "forward": ("Forward", "`sdpa-default`: is_causal=True for causal rows (= bottom-right, N_q = N_k); "
-                "`torch-sdpa`: the adapter's bottom-right CausalBias."),
+                "`torch-sdpa`: the adapter's bottom-right CausalBias; `" + FLOOR + "`: not attention, only "
+                "its first product per key tile (float32 scores written once), a bound for unfused implementations."),
     "window": ("Sliding window", "`sdpa-default` is SDPA is_causal=True on the same shape, which has no window "
                "fast path (TFLOP/s over all causal pairs); `torch-sdpa`: the adapter's dense window mask."),
     "tiles": ("Key tile of the torch backend", "`torch` at its default key tile, then other tiles; "
@@ -311,6 +334,10 @@ def _target_lines(t) -> list[str]:
     return ["## Targets (torch backend)", "",
             "- Minimum speed ratio vs SDPA default, forward rows with N >= 2048: "
             + verdict(t["min_ratio_n_ge_2048"], 0.35, t["ratio_met"]),
+            "- The same rows, `" + FLOOR + "` (the first product alone, a bound for any unfused implementation): "
+            + (f"{t['floor_ratio_n_ge_2048'][0][0]:.3f} ({t['floor_ratio_n_ge_2048'][0][1]}) to "
+               f"{t['floor_ratio_n_ge_2048'][1][0]:.3f} ({t['floor_ratio_n_ge_2048'][1][1]})"
+               if t.get("floor_ratio_n_ge_2048") else "n/a"),
             "- Best decode rate as a fraction of the copy rate: "
             + verdict(t["best_decode_frac_copy"], 0.8, t["decode_met"]),
             "- Peak memory vs N (D=128, non-causal; B*N is fixed, so peak/B is fitted): exponent "

@@ -342,7 +342,10 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     def by_split(x):  # (B * H_kv * S, G * N_q, ...) -> (S, B, H_kv, G, N_q, ...)
         return x.reshape(b, h_kv, num_splits, g, n_q, *x.shape[2:]).movedim(2, 0)
 
-    out, lse = merge(*_normalize(by_split(pv), by_split(top), by_split(row_sum)))
+    if num_splits == 1:  # one partial is the result: no merge (a dozen small kernels per decode step)
+        out, lse = _normalize(pv, top, row_sum)
+    else:
+        out, lse = merge(*_normalize(by_split(pv), by_split(top), by_split(row_sum)))
     return out.reshape(b, h_kv * g, n_q, d_v), lse.reshape(b, h_kv * g, n_q)
 
 

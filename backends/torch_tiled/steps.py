@@ -28,10 +28,14 @@ def tile_softmax(s: torch.Tensor, scale: float, visible: torch.Tensor | None, dt
     s = s * scale
     if visible is not None:
         s = s.masked_fill(~visible, -math.inf)
-    top = s.amax(dim=-1)
-    shift = torch.where(top == -math.inf, torch.zeros_like(top), top)  # exp(-inf - 0) = 0, not NaN
-    e = torch.exp(s - shift[..., None])
-    return e.to(dtype), top, e.sum(dim=-1)
+    # max, subtract, exp, sum with keepdim: the form Inductor turns into one online-softmax pass over
+    # the scores (max and sum together) on CUDA, instead of one pass for each
+    top = s.amax(dim=-1, keepdim=True)
+    e = torch.exp(s - top)
+    row_sum = e.sum(dim=-1, keepdim=True)
+    empty = top == -math.inf  # no visible key: -inf - (-inf) made NaN above; such a row weighs 0
+    e = torch.where(empty, 0.0, e)
+    return e.to(dtype), top.squeeze(-1), torch.where(empty, 0.0, row_sum).squeeze(-1)
 
 
 def combine(acc: torch.Tensor, m: torch.Tensor, total: torch.Tensor, weighted: torch.Tensor,
@@ -52,8 +56,8 @@ def combine(acc: torch.Tensor, m: torch.Tensor, total: torch.Tensor, weighted: t
 class Steps:
     """The step functions a backend instance uses: eager, or compiled into fused kernels.
 
-    The compiled functions see canonical shapes (scores ``(rows, keys)``, state ``(heads, rows,
-    ...)``), detached so that Dynamo guards on no view base, with sizes marked ``symbolic``:
+    The compiled functions see canonical shapes (scores ``(B, H_kv, G, rows, keys)``, with the
+    visibility mask a broadcast view of that shape, never copied; state ``(heads, rows, ...)``), detached so that Dynamo guards on no view base, with sizes marked ``symbolic``:
     ``"dynamic"`` (one compile per dtype, masking and pattern of sizes 0 and 1) or ``"unbacked"``
     (no recompile for sizes, only for storage offsets 0 and 1 and stride patterns; but no size
     hints for Inductor's choice of block sizes).
@@ -74,11 +78,11 @@ class Steps:
         """:func:`tile_softmax` over the last axis of ``s`` (any leading shape)."""
         if not self.compiled:
             return tile_softmax(s, scale, visible, dtype)
-        flat = s.reshape(-1, s.shape[-1])
+        full = s.reshape(*(1,) * (5 - s.dim()), *s.shape)
         if visible is not None:
-            visible = visible.expand(s.shape).reshape(flat.shape)
-        flat, visible = _symbolic(self.symbolic, flat, visible)
-        e, top, row_sum = self._tile_softmax(flat, scale, visible, dtype)
+            visible = visible.reshape(*(1,) * (5 - visible.dim()), *visible.shape).expand(full.shape)
+        full, visible = _symbolic(self.symbolic, full, visible)
+        e, top, row_sum = self._tile_softmax(full, scale, visible, dtype)
         return e.view(s.shape), top.view(s.shape[:-1]), row_sum.view(s.shape[:-1])
 
     def combine(self, acc, m, total, weighted, top, row_sum) -> None:
