@@ -7,7 +7,8 @@ Backends come from ``load_backend``, so the timed code paths are the conformance
 OUT_DIR/bench-forward.json and .md, rewritten after each case so that a timeout keeps what was
 measured. Medians of ``triton.testing.do_bench`` (CUDA events and an L2 flush without triton);
 first call and peak memory apart; ratio = SDPA-default time / backend time, in the same run.
-FlexAttention runs in a second pass: its per-shape compile is slow and may fail. ``--smoke``: two
+The floor (``scores_floor``) and FlexAttention (its per-shape compile is slow and may fail)
+run in later passes, after every backend of the first. ``--smoke``: two
 tiny CPU cases that only check the script end to end, written as bench-forward-smoke.*.
 """
 
@@ -172,8 +173,8 @@ def forward_calls(case, be, device, dtype) -> dict:
     for name in ("torch", "flex"):
         if name in be:
             calls[name] = (lambda backend=be[name]: backend.sdpa(q, k, v, **opts), flops)
-    if case["section"] == "forward" and "torch" in be:
-        calls[FLOOR] = (lambda: scores_floor(q, k, opts["causal"], be["torch"].block_k), flops)
+    if case["section"] == "forward" and FLOOR in be:  # be[FLOOR]: the torch backend's key tile
+        calls[FLOOR] = (lambda: scores_floor(q, k, opts["causal"], be[FLOOR]), flops)
     if case["section"] == "tiles":  # the torch backend's key tile, and its steps run eagerly
         for name, backend in tile_variants(device).items():
             calls[name] = (lambda backend=backend: backend.sdpa(q, k, v, **opts), flops)
@@ -230,6 +231,8 @@ def decode_calls(case, be, device, dtype) -> dict:
 
 
 def run_case(row, be, clock, copy_gbps, device, dtype, seed) -> dict:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # each case starts from an empty allocator cache, whatever ran before
     torch.manual_seed(seed)  # the flex pass redraws the very tensors the first pass used
     decode = row["section"] == "decode"
     calls = (decode_calls if decode else forward_calls)(row, be, device, dtype)
@@ -390,24 +393,31 @@ def copy_rate_gbps(clock: Clock, device, dtype, smoke: bool) -> float:
     return 2 * src.numel() * src.element_size() / clock.median_ms(lambda: dst.copy_(src), est_ms=1.0) / 1e6
 
 
-def flex_pass(doc, clock, device, dtype, deadline, save) -> None:
-    """FlexAttention last, on the same tensors as the first pass (same seed per case)."""
-    try:
-        be = {"flex": load_backend("flex", device=device)}
-    except Exception as exc:
-        be, error = None, _first_line(exc)
+def later_pass(doc, be, clock, device, dtype, deadline, save, error=None) -> None:
+    """The entries of ``be`` (``{name: backend}``) after the first pass, on the same tensors (same seed
+    per case): FlexAttention (its per-shape compile is slow and may fail) and the floor, so that
+    neither disturbs what the first pass measures."""
+    name = next(iter(be)) if be else "flex"
     for seed, row in enumerate(doc["cases"]):
         if row["section"] in ("decode", "tiles") or not row.get("results"):
             continue
-        if be is None:
-            row["results"]["flex"] = {"error": error}
+        if error:
+            row["results"][name] = {"error": error}
         elif time.monotonic() > deadline:
-            row["results"]["flex"] = {"status": "skipped: time budget"}
+            row["results"][name] = {"status": "skipped: time budget"}
         else:
             row["results"].update(run_case(row, be, clock, None, device, dtype, seed))
             derive(row)
-            print(f"flex {label(row)}: {row['results']['flex']}")
+            print(f"{name} {label(row)}: {row['results'].get(name)}")
         save()
+
+
+def flex_pass(doc, clock, device, dtype, deadline, save) -> None:
+    try:
+        be, error = {"flex": load_backend("flex", device=device)}, None
+    except Exception as exc:  # no FlexAttention in this PyTorch, or it cannot load: recorded per row
+        be, error = {}, _first_line(exc)
+    later_pass(doc, be, clock, device, dtype, deadline, save, error=error)
 
 
 def main(argv=None) -> None:
@@ -448,6 +458,7 @@ def main(argv=None) -> None:
             derive(row)
             print(f"{label(row)}: " + ", ".join(f"{k} {_num(r.get('ms'))} ms" for k, r in row["results"].items()))
         save()
+    later_pass(doc, {FLOOR: be["torch"].block_k}, clock, device, dtype, deadline, save)
     if not args.no_flex:
         flex_pass(doc, clock, device, dtype, deadline, save)
     save()
