@@ -298,7 +298,8 @@ def _num(x, digits=3) -> str:
 SECTIONS = {  # title, note under it
     "forward": ("Forward", "`sdpa-default`: is_causal=True for causal rows (= bottom-right, N_q = N_k); "
                 "`torch-sdpa`: the adapter's bottom-right CausalBias; `" + FLOOR + "`: not attention, only "
-                "its first product per key tile (float32 scores written once), a bound for unfused implementations."),
+                "its first product per key tile, float32 scores written once and read once (their row maximum; "
+                "causal rows by key tiles of 256): a bound for unfused implementations."),
     "window": ("Sliding window", "`sdpa-default` is SDPA is_causal=True on the same shape, which has no window "
                "fast path (TFLOP/s over all causal pairs); `torch-sdpa`: the adapter's dense window mask."),
     "tiles": ("Key tile of the torch backend", "`torch` at its default key tile, then other tiles; "

@@ -74,6 +74,8 @@ class TorchBackend(Backend):
         return out.to(outs.dtype), lse
 
     def decode(self, q, k_cache, v_cache, *, cache_lens, num_splits=1, **options):
+        """Lengths are read on the host (checked, and used to skip and mask): ``cache_lens`` on the
+        GPU costs a synchronisation per call; a serving loop that knows them on the host passes them so."""
         check_decode_options(options)
         problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, steps=self.steps, **options)
         out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
