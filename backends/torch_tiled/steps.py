@@ -4,11 +4,13 @@ Everything between the two matrix products of a tile lives here: scaling, maskin
 maximum, ``exp`` and row sums (:func:`tile_softmax`), and folding a tile's partial result into the
 running state (:func:`combine`). Eager PyTorch runs each of these operations as its own pass over
 the ``rows x block_k`` score tile in device memory; on CUDA the backend compiles the two functions
-with ``torch.compile``, which fuses them into one to three kernels (Inductor's choice): the score
-tile is then read once to three times and the probabilities written once. A fused flash kernel
-keeps them in registers instead, which no composition of PyTorch operations can
-(``docs/results/*-profile-torch-*`` shows where the time goes). The compiled and eager versions are the same code, and the
-conformance suite runs whichever the backend uses.
+with ``torch.compile``: the softmax of a tile becomes, where Inductor does not split the reduction,
+one kernel (its online softmax: row maximum and sum in one pass, then exp and the cast) that reads
+the score tile twice and writes the probabilities once. A fused flash kernel keeps them in registers
+instead, which no composition of PyTorch operations can (``docs/results/*-profile-torch-*`` shows
+where the time goes; the benchmark's ``floor`` rows what writing and reading the scores alone
+costs). The compiled and eager versions are the same code, and the conformance suite runs
+whichever the backend uses.
 """
 
 from __future__ import annotations
