@@ -6,10 +6,10 @@ kernel); softcap, bias and ALiBi are one ``score_mod``, applied by Flex after it
 comes from ``return_lse=True``. The compiled kernel is always used: the recompile limit is raised
 so that Dynamo never falls back to eager execution, which would test a different implementation.
 
-Variants: ``flex`` compiles for static shapes (one compile per shape: what the benchmark times);
-``flex:dynamic`` compiles with ``dynamic=True`` (the same FlexAttention template with symbolic
-sizes, one compile per structure rather than per shape: what a conformance run on the GPU can
-afford, since Hypothesis draws a new shape for nearly every example).
+Variants: ``flex`` compiles for static shapes (one compile per shape, seconds each: what the
+benchmark times, and what the GPU conformance run checks, with ``--shapes=menu`` and xdist workers);
+``flex:dynamic`` compiles with ``dynamic=True`` (one compile per structure rather than per shape; on
+PyTorch 2.11 it fails to compile causal masks: ``docs/results/2026-11-22-conformance-flex-dynamic-h100.md``).
 """
 
 from __future__ import annotations

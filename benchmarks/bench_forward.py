@@ -182,23 +182,27 @@ def forward_calls(case, be, device, dtype) -> dict:
 
 
 TILES = (512, 1024, 4096)
-#: not a backend: a lower bound on any attention that keeps its scores in device memory
+#: not a backend: a lower bound on this kind of tiled attention with float32 scores in device memory
 FLOOR = "floor: QK^T + one read"
 FLOOR_CAUSAL_TILE = 256  # causal rows: narrow key tiles, so that about the visible triangle is computed
 
 
 def scores_floor(q, k, causal, block_k):
-    """The least an unfused tiled attention does: each key tile's float32 scores, for the rows that
-    see the tile (rows >= its first key when causal, with key tiles of ``FLOOR_CAUSAL_TILE``),
-    written once and read once (their row maximum). The exp, the row sums, writing P and ``P @ V``
-    come on top, so an implementation that keeps float32 scores in device memory (any composition of
-    PyTorch operations that calls no fused attention kernel) is slower than this; a ratio to SDPA
-    below a target here means that no such implementation can meet it.
+    """The least the ``torch`` backend's kind of algorithm does: each key tile's float32 scores, for
+    the rows that see the tile (rows >= its first key when causal, with key tiles of
+    ``FLOOR_CAUSAL_TILE``), written to device memory once and read once (their row maximum). The
+    exp, the row sums, writing P and ``P @ V`` come on top, so a tiled implementation that keeps
+    float32 scores in device memory is slower than this: a ratio to SDPA below a target here means
+    that no such implementation can meet it. (Scores rounded to 16 bits, or chunks small enough to
+    stay in L2, would move less; they are outside what this bounds.)
     """
+    b, h_q, n_q, d = q.shape
+    h_kv = k.shape[1]
+    q = q.reshape(b, h_kv, h_q // h_kv, n_q, d)  # grouped as the backend groups GQA heads
     tile = FLOOR_CAUSAL_TILE if causal else block_k
     top = None
-    for c0 in range(0, q.shape[2], tile):
-        rows = q[:, :, None, c0 if causal else 0:]
+    for c0 in range(0, k.shape[2], tile):
+        rows = q[:, :, :, c0 if causal else 0:]
         top = grouped_matmul(rows, k[:, :, c0:c0 + tile].transpose(-1, -2), torch.float32).amax(-1)
     return top
 
@@ -299,7 +303,7 @@ SECTIONS = {  # title, note under it
     "forward": ("Forward", "`sdpa-default`: is_causal=True for causal rows (= bottom-right, N_q = N_k); "
                 "`torch-sdpa`: the adapter's bottom-right CausalBias; `" + FLOOR + "`: not attention, only "
                 "its first product per key tile, float32 scores written once and read once (their row maximum; "
-                "causal rows by key tiles of 256): a bound for unfused implementations."),
+                "causal rows by key tiles of 256): a bound for tiled implementations that keep float32 scores in memory."),
     "window": ("Sliding window", "`sdpa-default` is SDPA is_causal=True on the same shape, which has no window "
                "fast path (TFLOP/s over all causal pairs); `torch-sdpa`: the adapter's dense window mask."),
     "tiles": ("Key tile of the torch backend", "`torch` at its default key tile, then other tiles; "
@@ -346,7 +350,7 @@ def _target_lines(t) -> list[str]:
     return ["## Targets (torch backend)", "",
             "- Minimum speed ratio vs SDPA default, forward rows with N >= 2048: "
             + verdict(t["min_ratio_n_ge_2048"], 0.35, t["ratio_met"]),
-            "- The same rows, `" + FLOOR + "` (scores written and read once: a bound for any unfused implementation): "
+            "- The same rows, `" + FLOOR + "` (float32 scores written and read once: a bound for tiled implementations that keep them in memory): "
             + (f"{t['floor_ratio_n_ge_2048'][0][0]:.3f} ({t['floor_ratio_n_ge_2048'][0][1]}) to "
                f"{t['floor_ratio_n_ge_2048'][1][0]:.3f} ({t['floor_ratio_n_ge_2048'][1][1]})"
                if t.get("floor_ratio_n_ge_2048") else "n/a"),

@@ -108,7 +108,8 @@ def main() -> None:
     if args.resume:
         document = json.loads(args.resume.read_text())
         document.setdefault("resumed", []).append(environment())
-    runs = [(b, e, w) for b, e, w in RUNS if not only or b in only]
+    finished = {r["backend"] for r in document["runs"] if r["exit"] in (0, 1)}  # ran to the end: nothing to resume
+    runs = [(b, e, w) for b, e, w in RUNS if (not only or b in only) and b not in finished]
     for index, (backend, extra, weight) in enumerate(runs):
         left = sum(w for _, _, w in runs[index:])  # a slow run cannot starve the rest
         done = [f"--deselect={t}" for r in document["runs"] if r["backend"] == backend

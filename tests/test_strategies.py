@@ -42,3 +42,19 @@ def test_menu_respects_length_limits_and_mha_only_backends(monkeypatch, max_len)
     assert all(n_q <= max_len and n_k <= max_len and h_q == h_kv for _, h_q, h_kv, n_q, n_k, _, _ in seen), seen
     assert len(seen) == len({(b, h, min(nq, max_len), min(nk, max_len), dq, dv)
                              for b, h, _, nq, nk, dq, dv in strategies.MENU_SHAPES})
+
+
+def test_menu_lengths_are_clamped_to_a_short_backend(monkeypatch):
+    """Regression: with max_seq_len 16 the menu kept only length 1, so a test needing 2 drew nothing."""
+    backend = NumpyBackend()
+    backend.max_seq_len = 16
+    monkeypatch.setattr(target, "CURRENT", target.Target(backend, "numpy", ("float64",), shape_menu=True))
+    seen = set()
+
+    @settings(max_examples=50, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(n=strategies.lengths(40).filter(lambda n: n >= 2))
+    def draw(n):
+        seen.add(n)
+
+    draw()
+    assert seen == {16}

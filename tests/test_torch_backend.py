@@ -42,6 +42,16 @@ def test_compiled_tile_softmax_equals_eager(compiled, shape, masked):
         torch.testing.assert_close(g.float(), w.float(), rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
 
 
+def test_tile_softmax_rows_without_a_finite_score():
+    """A row whose scores are all -inf (a -inf bias, no mask) weighs nothing: e = 0, top = -inf,
+    row sum 0; its neighbour is an ordinary softmax. (-inf - -inf is NaN inside: fixed up.)"""
+    s = torch.tensor([[-math.inf, -math.inf, -math.inf], [0.0, 1.0, -math.inf]])
+    e, top, row_sum = tile_softmax(s, 1.0, None, torch.float32)
+    assert e[0].eq(0).all() and top[0] == -math.inf and row_sum[0] == 0
+    torch.testing.assert_close(e[1], torch.tensor([math.exp(-1), 1.0, 0.0]))
+    assert top[1] == 1.0 and row_sum[1] == pytest.approx(1 + math.exp(-1))
+
+
 def test_compiled_combine_writes_only_its_rows(compiled):
     """The running state is updated in place through row-slice views, as ``_update`` passes it."""
     gen = torch.Generator().manual_seed(0)
@@ -99,7 +109,8 @@ def test_variants_pick_the_steps():
     assert load_backend("torch", device="cpu").name == "torch"  # the CPU default: eager
 
 
-@pytest.mark.parametrize("call", ["causal_padded_gqa", "flash_blocks", "decode_split", "decode_padded_split"])
+@pytest.mark.parametrize("call", ["causal_padded_gqa", "flash_blocks", "decode_split", "decode_padded_split",
+                                  "decode_one_split"])
 def test_compiled_backend_equals_eager(call):
     """The compiled steps through the whole kernel: views written in place, masks, splits."""
     gen = torch.Generator().manual_seed(1)
@@ -112,6 +123,7 @@ def test_compiled_backend_equals_eager(call):
         "decode_split": lambda be: be.decode(q[:, :, :1], k[:, :, :36], v[:, :, :36],
                                              cache_lens=torch.tensor([36, 36]), num_splits=4),
         "decode_padded_split": lambda be: be.decode(q[:, :, :2], k, v, cache_lens=lens, num_splits=3),
+        "decode_one_split": lambda be: be.decode(q[:, :, :1], k, v, cache_lens=lens, num_splits=1),
     }
     eager, compiled = (calls[call](load_backend(f"torch:{x}", device="cpu")) for x in ("eager", "compiled"))
     for got, want in zip(compiled, eager):
