@@ -107,29 +107,8 @@ def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_r
         c1 = min(c0 + block_k, stop)
         lo, hi = row_range(p, c0, c1)
         for r0, r1 in _row_blocks(p, lo, hi, c1, block_q):
-            for tile in _diagonal_tiles(p, r0, r1, c0, c1, split=block_q is None):
-                _update(p, *tile, m, total, acc)
+            _update(p, r0, r1, c0, c1, m, total, acc)
     return _finish(p, m, total, acc)
-
-
-#: a causal diagonal block is cut into this many narrower key tiles (see ``_diagonal_tiles``)
-DIAGONAL_SPLIT = 8
-
-
-def _diagonal_tiles(p: Problem, r0: int, r1: int, c0: int, c1: int, split: bool):
-    """``(r0, r1, c0, c1)`` blocks covering the visible pairs of one block: the block itself, or, for
-    a masked causal block, its keys in ``DIAGONAL_SPLIT`` narrower tiles, each with only the rows that
-    see it (and those split off its own diagonal again), so that about the visible triangle is
-    computed rather than the whole square."""
-    width = max(1, (c1 - c0) // DIAGONAL_SPLIT)
-    if not split or p.causal is None or c1 - c0 <= width or _fully_visible(p, r0, r1, c0, c1):
-        yield r0, r1, c0, c1
-        return
-    for d0 in range(c0, c1, width):
-        d1 = min(d0 + width, c1)
-        lo, hi = row_range(p, d0, d1)
-        for s0, s1 in _row_blocks(p, max(lo, r0), min(hi, r1), d1, None):
-            yield s0, s1, d0, d1
 
 
 def _row_blocks(p: Problem, lo: int, hi: int, c1: int, block_q: int | None) -> list[tuple[int, int]]:
