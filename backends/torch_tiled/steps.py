@@ -59,7 +59,8 @@ class Steps:
     """The step functions a backend instance uses: eager, or compiled into fused kernels.
 
     The compiled functions see canonical shapes (scores ``(B, H_kv, G, rows, keys)``, with the
-    visibility mask a broadcast view of that shape, never copied; state ``(heads, rows, ...)``), detached so that Dynamo guards on no view base, with sizes marked ``symbolic``:
+    visibility mask a broadcast view of that shape, never copied; state ``(heads, rows, ...)``),
+    detached so that Dynamo guards on no view base, with sizes marked ``symbolic``:
     ``"dynamic"`` (one compile per dtype, masking and pattern of sizes 0 and 1) or ``"unbacked"``
     (no recompile for sizes, only for storage offsets 0 and 1 and stride patterns; but no size
     hints for Inductor's choice of block sizes).
