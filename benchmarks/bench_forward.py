@@ -343,22 +343,24 @@ def markdown(doc) -> str:
 
 
 def _target_lines(t) -> list[str]:
+    def at(found):  # a (value, row) pair
+        return f"{found[0]:.3f} at {found[1]}"
+
     def verdict(found, target, met):
-        return f"{found[0]:.3f} at {found[1]} (target >= {target}: {'met' if met else 'not met'})" if found else "n/a"
+        return f"{at(found)} (target >= {target}: {'met' if met else 'not met'})" if found else "n/a"
+
+    floor, device_lens = t.get("floor_ratio_n_ge_2048"), t.get("best_decode_frac_copy_lens_on_device")
 
     exp, n0 = t["peak_memory_exponent"], t.get("peak_memory_fit_from_n", 0)
     return ["## Targets (torch backend)", "",
             "- Minimum speed ratio vs SDPA default, forward rows with N >= 2048: "
             + verdict(t["min_ratio_n_ge_2048"], 0.35, t["ratio_met"]),
             "- The same rows, `" + FLOOR + "` (float32 scores written and read once: a bound for tiled implementations that keep them in memory): "
-            + (f"{t['floor_ratio_n_ge_2048'][0][0]:.3f} ({t['floor_ratio_n_ge_2048'][0][1]}) to "
-               f"{t['floor_ratio_n_ge_2048'][1][0]:.3f} ({t['floor_ratio_n_ge_2048'][1][1]})"
-               if t.get("floor_ratio_n_ge_2048") else "n/a"),
+            + (f"{at(floor[0])} to {at(floor[1])}" if floor else "n/a"),
             "- Best decode rate as a fraction of the copy rate: "
             + verdict(t["best_decode_frac_copy"], 0.8, t["decode_met"]),
             "- The same with `cache_lens` on the device (a host synchronisation per call): "
-            + (f"{t['best_decode_frac_copy_lens_on_device'][0]:.3f} at {t['best_decode_frac_copy_lens_on_device'][1]}"
-               if t.get("best_decode_frac_copy_lens_on_device") else "n/a"),
+            + (at(device_lens) if device_lens else "n/a"),
             "- Peak memory vs N (D=128, non-causal; B*N is fixed, so peak/B is fitted): exponent "
             + (f"{exp:.2f} over N = {[n for n, _ in t['peak_memory_points'] if n >= n0]} (N >= the key tile "
                f"{n0}; linear ~1, quadratic ~2); {_num(t.get('peak_memory_exponent_all_n'), 2)} over every N"
@@ -398,11 +400,10 @@ def copy_rate_gbps(clock: Clock, device, dtype, smoke: bool) -> float:
     return 2 * src.numel() * src.element_size() / clock.median_ms(lambda: dst.copy_(src), est_ms=1.0) / 1e6
 
 
-def later_pass(doc, be, clock, device, dtype, deadline, save, error=None) -> None:
-    """The entries of ``be`` (``{name: backend}``) after the first pass, on the same tensors (same seed
-    per case): FlexAttention (its per-shape compile is slow and may fail) and the floor, so that
-    neither disturbs what the first pass measures."""
-    name = next(iter(be)) if be else "flex"
+def later_pass(doc, name, backend, clock, device, dtype, deadline, save, error=None) -> None:
+    """``name`` (``backend`` as ``forward_calls`` takes it, or ``error`` where it could not load) after
+    the first pass, on the same tensors (same seed per case): FlexAttention (its per-shape compile is
+    slow and may fail) and the floor, so that neither disturbs what the first pass measures."""
     for seed, row in enumerate(doc["cases"]):
         if row["section"] in ("decode", "tiles") or not row.get("results"):
             continue
@@ -411,7 +412,7 @@ def later_pass(doc, be, clock, device, dtype, deadline, save, error=None) -> Non
         elif time.monotonic() > deadline:
             row["results"][name] = {"status": "skipped: time budget"}
         else:
-            row["results"].update(run_case(row, be, clock, None, device, dtype, seed))
+            row["results"].update(run_case(row, {name: backend}, clock, None, device, dtype, seed))
             derive(row)
             print(f"{name} {label(row)}: {row['results'].get(name)}")
         save()
@@ -419,10 +420,10 @@ def later_pass(doc, be, clock, device, dtype, deadline, save, error=None) -> Non
 
 def flex_pass(doc, clock, device, dtype, deadline, save) -> None:
     try:
-        be, error = {"flex": load_backend("flex", device=device)}, None
+        backend, error = load_backend("flex", device=device), None
     except Exception as exc:  # no FlexAttention in this PyTorch, or it cannot load: recorded per row
-        be, error = {}, _first_line(exc)
-    later_pass(doc, be, clock, device, dtype, deadline, save, error=error)
+        backend, error = None, _first_line(exc)
+    later_pass(doc, "flex", backend, clock, device, dtype, deadline, save, error=error)
 
 
 def main(argv=None) -> None:
@@ -463,7 +464,7 @@ def main(argv=None) -> None:
             derive(row)
             print(f"{label(row)}: " + ", ".join(f"{k} {_num(r.get('ms'))} ms" for k, r in row["results"].items()))
         save()
-    later_pass(doc, {FLOOR: be["torch"].block_k}, clock, device, dtype, deadline, save)
+    later_pass(doc, FLOOR, be["torch"].block_k, clock, device, dtype, deadline, save)
     if not args.no_flex:
         flex_pass(doc, clock, device, dtype, deadline, save)
     save()

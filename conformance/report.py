@@ -30,22 +30,20 @@ def outcome(clause_ids: tuple[str, ...], rep, declines) -> dict:
     return result
 
 
+def status_of(passed: int, failed: int, skipped: int) -> str:
+    """A declared clause's status from its tests' outcomes: any failure fails it; else any pass
+    passes it; tests that all skipped were declined by the backend."""
+    return "failed" if failed else "passed" if passed else "declined" if skipped else "not run"
+
+
 def per_clause(target, results: dict) -> dict:
     """clause ID -> {status, passed, failed, skipped, tests, failures}, in catalog order."""
     table = {}
     for clause_id in sorted(CATALOG):
         mine = {node: r for node, r in results.items() if r["clauses"][0] == clause_id}
         counts = Counter(r["outcome"] for r in mine.values())
-        if clause_id not in target.backend.declared:
-            status = "unsupported"
-        elif counts["failed"]:
-            status = "failed"
-        elif counts["passed"]:
-            status = "passed"
-        elif counts["skipped"]:
-            status = "declined"
-        else:
-            status = "not run"
+        status = ("unsupported" if clause_id not in target.backend.declared
+                  else status_of(counts["passed"], counts["failed"], counts["skipped"]))
         table[clause_id] = {
             "status": status, "passed": counts["passed"], "failed": counts["failed"],
             "skipped": counts["skipped"], "tests": sorted(mine),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from attnspec.conformance.report import status_of
+
 
 def _merge_parts(runs: list[dict]) -> list[dict]:
     """Parts of one backend's run (split by --clauses, or resumed after an interruption) become one
@@ -27,8 +29,7 @@ def _merge_rows(first: dict | None, second: dict) -> dict:
     if not first or not first["tests"] or first["status"] == "unsupported":
         return second
     row = {key: first[key] + second[key] for key in ("passed", "failed", "skipped", "tests", "failures", "skips")}
-    row["status"] = ("failed" if row["failed"] else "passed" if row["passed"] else
-                     "declined" if row["skipped"] else "not run")
+    row["status"] = status_of(row["passed"], row["failed"], row["skipped"])
     return row
 
 

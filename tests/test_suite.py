@@ -57,20 +57,23 @@ def test_declined_cases_are_reported_not_failed(suite, tmp_path):
     assert report["clauses"]["sdpa"]["status"] == "passed"
 
 
+NAN_AT_64 = """
+    import attnspec, numpy as np
+    from attnspec.reference import sdpa
+    class Kernel(attnspec.Backend):
+        name = "nan-at-64"
+        clauses = ("sdpa",)
+        dtypes = ("float32",)
+        def sdpa(self, q, k, v, **options):
+            out = sdpa(q, k, v, **options).astype(q.dtype)
+            if k.shape[2] > 64:
+                out[..., -1, :] = np.nan  # a bug on the partial tile
+            return out
+"""
+
+
 def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
-    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
-        import attnspec, numpy as np
-        from attnspec.reference import sdpa
-        class Kernel(attnspec.Backend):
-            name = "nan-at-64"
-            clauses = ("sdpa",)
-            dtypes = ("float32",)
-            def sdpa(self, q, k, v, **options):
-                out = sdpa(q, k, v, **options).astype(q.dtype)
-                if k.shape[2] > 64:
-                    out[..., -1, :] = np.nan  # a bug on the partial tile
-                return out
-    """)
+    spec = "--backend=%s:Kernel" % write_module(tmp_path, NAN_AT_64)
     code, report, output = suite(spec, "--clauses=sdpa", "--tb=short")
     assert code == 1
     message = report["clauses"]["sdpa"]["failures"][0]["message"]
@@ -107,16 +110,7 @@ def test_torch_sdpa_adapter_runs_on_the_cpu(suite):
 
 
 def test_shape_menu_is_recorded_in_the_report_and_the_reproducer(suite, tmp_path):
-    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
-        import attnspec
-        from attnspec.reference import sdpa
-        class Kernel(attnspec.Backend):
-            name = "off-by-scale"
-            clauses = ("sdpa", "sdpa.scale")
-            dtypes = ("float64",)
-            def sdpa(self, q, k, v, scale=None, **options):
-                return sdpa(q, k, v, scale=(scale or q.shape[-1] ** -0.5) * 1.5, **options)
-    """)
-    code, report, output = suite(spec, "--clauses=sdpa.scale", "--shapes=menu")
+    code, report, output = suite("--backend=%s:Kernel" % write_module(tmp_path, NAN_AT_64), "--clauses=sdpa",
+                                 "--shapes=menu")
     assert code == 1 and report["environment"]["shapes"] == "menu"
-    assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa.scale"]["failures"][0]["message"]
+    assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa"]["failures"][0]["message"]

@@ -335,7 +335,9 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     if not _fully_visible(p, 0, n_q, 0, n_k):
         visible = _visible(p, 0, n_q, 0, n_k).expand(b, h_kv, g, n_q, n_k)
         visible = _split_layout(torch.nn.functional.pad(visible, (0, pad), value=False), num_splits)
-    v = torch.nn.functional.pad(_values(p, 0, n_k), (0, 0, 0, pad)) if pad else _values(p, 0, n_k)
+    v = _values(p, 0, n_k)
+    if pad:
+        v = torch.nn.functional.pad(v, (0, 0, 0, pad))
     e, top, row_sum = p.steps.tile_softmax(s, scale, visible, v.dtype)
     pv = _bmm(e, v.reshape(batch, chunk, d_v), p.acc)
 
