@@ -7,8 +7,8 @@ partials and packed-GQA decode in one kernel), :mod:`.merge` (the LSE merge), :m
 
 On ``--device=cpu`` the backend sets ``TRITON_INTERPRET=1`` before the kernels are defined, so the
 very kernels the GPU compiles run, slowly, in NumPy; its name in reports is then
-``triton:interpreter``. One process runs the kernels one way: asking for the other device after
-the kernels were loaded is an error (start a new process).
+``triton:interpreter``. One process runs Triton one way: asking for the other device once Triton
+is imported is an error that says what to set (start a new process).
 
 Products of float32 inputs are IEEE float32 (no TF32); 16-bit inputs are multiplied on tensor
 cores with float32 accumulation, and the probabilities are rounded to the value dtype before
@@ -29,8 +29,6 @@ from attnspec.reference import _checks
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
-_KERNELS = "attnspec.backends.triton.attention"
-
 SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
                 "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
 
@@ -50,7 +48,7 @@ class TritonBackend(Backend):
         _select_mode(interpret)
         if interpret:
             self.name = "triton:interpreter"
-        from attnspec.backends.triton import launch
+        from . import launch
 
         self._launch = launch
 
@@ -140,12 +138,17 @@ def _tile(block: int) -> int:
 
 
 def _select_mode(interpret: bool) -> None:
-    """Set ``TRITON_INTERPRET`` before the kernels are defined (``triton.jit`` reads it then)."""
-    wanted = "1" if interpret else "0"
-    if _KERNELS in sys.modules:
-        if os.environ.get("TRITON_INTERPRET", "0") != wanted:
-            raise BackendError("the Triton kernels were loaded for "
-                               f"{'the GPU' if interpret else 'the interpreter'} in this process; "
-                               "run the other device in a new process")
+    """Set ``TRITON_INTERPRET`` before Triton is imported: ``triton.jit`` reads it when a function is
+    defined, Triton's own library functions (``tl.max``, ``tl.cdiv``) included, so the choice is
+    made once per process."""
+    if "triton" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
         return
-    os.environ["TRITON_INTERPRET"] = wanted
+    import triton.language.standard as library
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(library.cdiv, InterpretedFunction) != interpret:
+        loaded = "the interpreter" if interpret is False else "the GPU"
+        raise BackendError(f"Triton was imported for {loaded} before this backend was loaded; in a new process, "
+                           + ("set TRITON_INTERPRET=1 before Python starts" if interpret else "unset TRITON_INTERPRET")
+                           + " (or load the backend before anything imports triton)")

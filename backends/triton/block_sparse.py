@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnspec.backends.triton.attention import LN2, _attend_block
+from .attention import LN2, _attend_block
 
 
 @triton.jit

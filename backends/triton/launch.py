@@ -14,10 +14,10 @@ import torch
 import triton
 
 from attnspec.backends.torch_tiled.kernel import Problem
-from attnspec.backends.triton import configs
-from attnspec.backends.triton.attention import attention_fwd
-from attnspec.backends.triton.block_sparse import block_sparse_fwd
-from attnspec.backends.triton.merge import merge_partials
+from . import configs
+from .attention import attention_fwd
+from .block_sparse import block_sparse_fwd
+from .merge import merge_partials
 
 CAUSAL_CODES = {None: 0, "top_left": 1, "bottom_right": 2}
 
@@ -41,19 +41,22 @@ def host_lens(p: Problem) -> Lens:
 
 
 def attention(p: Problem, lens: Lens, *, num_splits: int = 1, pack_gqa: bool = False,
-              tile: tuple[int, int] | None = None):
+              tile: tuple[int, int] | None = None, config: configs.Config | None = None):
     """``(out, lse)``: ``out`` ``(B, H_q, N_q, D_v)`` in the input dtype, ``lse`` float32.
 
     ``num_splits > 1`` splits the keys into contiguous ranges (one program column each) and merges
     the float32 partials by their LSE. ``pack_gqa`` puts the query heads of a KV head in the same
-    tile (decode). ``tile`` forces ``(BLOCK_M, BLOCK_N)``; by default it is chosen per shape.
+    tile (decode). ``tile`` forces ``(BLOCK_M, BLOCK_N)``, ``config`` the whole launch
+    configuration (the tuning sweep); by default both come from :func:`.configs.choose`.
     """
     b, h_kv, group, n_q, d_qk = p.q.shape
     n_k, d_v, h_q = p.k.shape[2], p.v.shape[3], h_kv * group
     q = p.q.reshape(b, h_q, n_q, d_qk)
     rows, heads = (group * n_q, h_kv) if pack_gqa else (n_q, h_q)
-    cfg = configs.choose(q, d_qk, d_v, rows=rows, n_k=n_k, tile=tile, split=num_splits > 1)
+    cfg = config or configs.choose(q, d_qk, d_v, rows=rows, n_k=n_k, tile=tile)
+    # Splits of whole key blocks; splits past the last key would hold no key and are not launched.
     split_len = triton.cdiv(triton.cdiv(max(n_k, 1), num_splits), cfg.block_n) * cfg.block_n
+    num_splits = triton.cdiv(max(n_k, 1), split_len)
     if num_splits > 1:
         out = torch.empty((num_splits, b, h_q, n_q, d_v), dtype=torch.float32, device=q.device)
         lse = torch.empty((num_splits, b, h_q, n_q), dtype=torch.float32, device=q.device)
@@ -86,7 +89,7 @@ def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype):
     s, b, h, n, d_v = outs.shape
     out = torch.empty((b, h, n, d_v), dtype=dtype, device=outs.device)
     lse = torch.empty((b, h, n), dtype=torch.float32, device=outs.device)
-    block_m = 16 if configs.interpreted(outs) else 64
+    block_m = configs.INTERPRETER.block_m if configs.interpreted(outs) else 64
     if b * h * n:
         merge_partials[(triton.cdiv(n, block_m), b * h)](
             outs, lses, out, lse, s, h, n, d_v, *outs.stride(), *lses.stride(), *out.stride(), *lse.stride(),

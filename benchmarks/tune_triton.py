@@ -1,0 +1,150 @@
+"""Tuning sweep of the Triton forward kernel: every candidate tile per shape, timed against SDPA.
+
+Usage (on a CUDA machine): ``python benchmarks/tune_triton.py OUT.json [--quick]``. For each
+shape it times SDPA's default kernel and the kernel with each candidate configuration of
+:data:`CANDIDATES` (``triton.testing.do_bench``, median, L2 flushed between runs), checks the
+output against SDPA's, and writes the table of times and ratios: the evidence behind
+``backends/triton/configs.py``. Rows are written as they finish; a rerun skips finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from attnspec.backends.torch_tiled import kernel as torch_kernel
+from attnspec.backends.triton import launch
+from attnspec.backends.triton.configs import Config
+
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages)
+CANDIDATES = [Config(128, 64, 4, 3), Config(128, 64, 8, 3), Config(128, 128, 8, 3), Config(128, 32, 4, 3),
+              Config(64, 64, 4, 3)]
+TOKENS, WIDTH = 16384, 2048  # B * N and H * D held fixed, as in the anchors' tables
+
+
+def shapes(quick: bool):
+    for d in (64, 128):
+        for n in ((2048, 16384) if quick else (2048, 4096, 8192, 16384)):
+            for causal in (False, True):
+                yield dict(d=d, n=n, causal=causal)
+    for d in (80, 96):
+        yield dict(d=d, n=4000, causal=False)
+        yield dict(d=d, n=4000, causal=True)
+
+
+def inputs(d: int, n: int, dtype=torch.bfloat16):
+    b, h = max(1, TOKENS // n), WIDTH // d
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    return [torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
+
+
+def flops(d: int, n: int, causal: bool) -> float:
+    b, h = max(1, TOKENS // n), WIDTH // d
+    return 4 * b * h * n * n * d / (2 if causal else 1)
+
+
+def run_row(row: dict) -> dict:
+    q, k, v = inputs(row["d"], row["n"])
+    causal = row["causal"]
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    sdpa_ms = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), return_mode="median")
+    problem = torch_kernel.prepare(q, k, v, causal="top_left" if causal else None)
+    lens = launch.host_lens(problem)
+    result = dict(row, sdpa_ms=sdpa_ms, sdpa_tflops=flops(row["d"], row["n"], causal) / sdpa_ms / 1e9, configs=[])
+    for cfg in CANDIDATES:
+        try:
+            start = time.perf_counter()
+            out, _ = launch.attention(problem, lens, config=cfg)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - start
+            ms = do_bench(lambda: launch.attention(problem, lens, config=cfg), return_mode="median")
+            err = (out.float() - ref.float()).abs().max().item()
+            result["configs"].append(dict(config=list(cfg.__dict__.values()), ms=ms, ratio=sdpa_ms / ms,
+                                          first_call_s=first, max_abs_err_vs_sdpa=err))
+        except Exception as exc:  # out of shared memory or registers: recorded, not fatal
+            result["configs"].append(dict(config=list(cfg.__dict__.values()), error=f"{type(exc).__name__}: {exc}"[:300]))
+    best = max((c for c in result["configs"] if "ratio" in c), key=lambda c: c["ratio"], default=None)
+    result["best"] = best
+    print(f"D={row['d']} N={row['n']} causal={causal}: sdpa {sdpa_ms:.3f} ms; best {best and best['config']} "
+          f"ratio {best and round(best['ratio'], 3)}", flush=True)
+    return result
+
+
+def decode_rows(quick: bool):
+    """1 query x 32 heads, 8 KV heads, D = 128, against the device-to-device copy rate of the same bytes."""
+    out = []
+    for n in ((8192, 131072) if quick else (8192, 32768, 65536, 131072)):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+        k, v = (torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+        lens = torch.full((1,), n, device="cuda", dtype=torch.int32)
+        kv_bytes = 2 * k.numel() * k.element_size()
+        buf = torch.empty(kv_bytes // 2, device="cuda", dtype=torch.bfloat16)
+        src = torch.empty_like(buf)
+        copy_ms = do_bench(lambda: buf.copy_(src), return_mode="median")
+        copy_rate = 2 * kv_bytes / copy_ms / 1e9  # bytes read and written per second, GB/s
+        ref = F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1))
+        problem = torch_kernel.prepare(q, k, v, causal="bottom_right")
+        row = dict(kind="decode", n=n, copy_gbs=copy_rate, splits=[])
+        for splits in (16, 32, 64, 128):
+            def call():
+                return launch.attention(problem, launch.Lens(None, lens), num_splits=splits, pack_gqa=True)
+            o, _ = call()
+            ms = do_bench(call, return_mode="median")
+            rate = kv_bytes / ms / 1e9
+            row["splits"].append(dict(splits=splits, ms=ms, read_gbs=rate, of_copy=rate / copy_rate,
+                                      max_abs_err_vs_sdpa=(o.float() - ref.float()).abs().max().item()))
+        row["best"] = max(row["splits"], key=lambda r: r["of_copy"])
+        print(f"decode N={n}: copy {copy_rate:.0f} GB/s; best {row['best']}", flush=True)
+        out.append(row)
+    return out
+
+
+def window_rows():
+    """Sliding window (w, 0) at N = 16k, D = 128, against SDPA causal (the work a window saves)."""
+    out = []
+    q, k, v = inputs(128, 16384)
+    causal_ms = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), return_mode="median")
+    for w in (512, 2048):
+        problem = torch_kernel.prepare(q, k, v, causal="bottom_right", window=(w, 0))
+        lens = launch.host_lens(problem)
+        ms = do_bench(lambda: launch.attention(problem, lens), return_mode="median")
+        out.append(dict(kind="window", window=w, ms=ms, sdpa_causal_ms=causal_ms, speedup=causal_ms / ms))
+        print(f"window {w}: {ms:.3f} ms, x{causal_ms / ms:.2f} over SDPA causal", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    doc["environment"] = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                              device=torch.cuda.get_device_name(), torch=torch.__version__,
+                              triton=triton.__version__, cuda=torch.version.cuda, python=sys.version.split()[0])
+    done = {(r["d"], r["n"], r["causal"]) for r in doc["rows"]}
+    for row in shapes(args.quick):
+        if (row["d"], row["n"], row["causal"]) in done:
+            continue
+        doc["rows"].append(run_row(row))
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    if "decode" not in doc:
+        doc["decode"] = decode_rows(args.quick)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    if "window" not in doc:
+        doc["window"] = window_rows()
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
