@@ -20,6 +20,8 @@ class Config:
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False  # the TMA fast path (attention_tma), where the call is eligible
+    warp_specialize: bool = False  # its key loop warp-specialised (non-causal only)
 
 
 INTERPRETER = Config(32, 32, 1, 1)
@@ -52,6 +54,14 @@ def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=No
         block_m, block_n = (64, 32) if wide else (128, 64)
     warps = 8 if block_m * max(d, block_n) >= 128 * 128 and not wide else 4
     return Config(block_m, block_n, warps, 2 if wide else 3)
+
+
+def choose_tma(d: int, causal: bool) -> Config | None:
+    """The TMA fast path's tile for a plain (or causal) 16-bit call on the GPU, or None to use the
+    general kernel."""
+    if d <= 64:
+        return Config(128, 64, 4, 3, tma=True, warp_specialize=not causal)
+    return Config(128, 64, 8, 3, tma=True, warp_specialize=not causal)
 
 
 def _pow2(x: int) -> int:

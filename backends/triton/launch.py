@@ -7,6 +7,7 @@ the same errors as the reference). Broadcast masks and biases reach the kernel a
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import triton
 from attnspec.backends.torch_tiled.kernel import Problem
 from . import configs
 from .attention import attention_fwd
+from .attention_tma import attention_fwd_tma
 from .block_sparse import block_sparse_fwd
 from .merge import merge_partials
 
@@ -52,6 +54,12 @@ def attention(p: Problem, lens: Lens, *, num_splits: int = 1, pack_gqa: bool = F
     b, h_kv, group, n_q, d_qk = p.q.shape
     n_k, d_v, h_q = p.k.shape[2], p.v.shape[3], h_kv * group
     q = p.q.reshape(b, h_q, n_q, d_qk)
+    if config is None and tile is None and num_splits == 1 and not pack_gqa and q.is_cuda and tma_eligible(p, lens):
+        fast = configs.choose_tma(max(d_qk, d_v), p.causal is not None)
+        if fast is not None:
+            return attention_tma(p, fast)
+    if config is not None and config.tma:
+        return attention_tma(p, config)
     rows, heads = (group * n_q, h_kv) if pack_gqa else (n_q, h_q)
     cfg = config or configs.choose(q, d_qk, d_v, rows=rows, n_k=n_k, tile=tile)
     # Splits of whole key blocks; splits past the last key would hold no key and are not launched.
@@ -141,3 +149,33 @@ def block_sparse(p: Problem, layout, block_q: int, block_k: int):
             BLOCK_N=block_n, PER_HEAD=layout.shape[0] > 1, PRECISION=configs.precision(q),
             num_warps=warps, num_stages=stages)
     return out, lse
+
+
+def tma_eligible(p: Problem, lens: Lens) -> bool:
+    """Whether :mod:`.attention_tma` covers the call: plain or causal attention, nothing else."""
+    d_qk, d_v = p.q.shape[-1], p.v.shape[-1]
+    plain = p.mask is None and p.bias is None and p.slopes is None and p.softcap is None and p.window is None
+    return (plain and lens.q is None and lens.kv is None and p.scale > 0 and p.q.dtype in (torch.float16, torch.bfloat16)
+            and d_qk == _pow2(d_qk) and d_v == _pow2(d_v) and d_qk <= 128 and d_v <= 128
+            and all(x.is_contiguous() for x in (p.q, p.k, p.v)))
+
+
+def attention_tma(p: Problem, cfg: configs.Config):
+    """``(out, lse)`` through the TMA kernel (only where :func:`tma_eligible`)."""
+    b, h_kv, group, n_q, d_qk = p.q.shape
+    n_k, d_v, h_q = p.k.shape[2], p.v.shape[3], h_kv * group
+    _descriptor_scratch()
+    out = torch.empty((b, h_q, n_q, d_v), dtype=p.q.dtype, device=p.q.device)
+    lse = torch.empty((b, h_q, n_q), dtype=torch.float32, device=p.q.device)
+    if n_q and b * h_q:
+        attention_fwd_tma[(triton.cdiv(n_q, cfg.block_m), b * h_q)](
+            p.q, p.k, p.v, out, lse, b, h_q, group, n_q, n_k, p.scale, HEAD_DIM=d_qk, HEAD_DIM_V=d_v,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=CAUSAL_CODES[p.causal], WARP_SPECIALIZE=cfg.warp_specialize,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+@functools.cache
+def _descriptor_scratch() -> None:
+    """Device-side tensor descriptors need global scratch memory, taken from PyTorch's allocator (set once)."""
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
