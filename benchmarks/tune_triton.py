@@ -27,8 +27,7 @@ from attnspec.backends.triton.configs import Config
 
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages)
 CANDIDATES = [Config(128, 64, 4, 3), Config(128, 64, 8, 3), Config(128, 128, 8, 3), Config(64, 64, 4, 3),
-              Config(128, 64, 4, 3, tma=True), Config(128, 64, 8, 3, tma=True), Config(128, 128, 8, 3, tma=True),
-              Config(128, 64, 4, 3, tma=True, warp_specialize=True), Config(128, 128, 8, 3, tma=True, warp_specialize=True)]
+              Config(128, 64, 4, 3, tma=True), Config(128, 64, 8, 3, tma=True), Config(128, 128, 8, 3, tma=True)]
 TOKENS, WIDTH = 16384, 2048  # B * N and H * D held fixed, as in the anchors' tables
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)  # constexpr: a kernel may read no other global
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
