@@ -34,7 +34,7 @@ def check_linear(check, dtype, case: LinearCase, form: str, chunk_size=None, *, 
         check.close(result, ref[0], bounds[0], what="out", case=label)
         return result, ref[0]
     if not (isinstance(result, tuple) and len(result) == 3):
-        check._fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
+        check.fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
     for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer")):
         check.close(got, want, bound, what=what, case=label)
     return result[0], ref[0]
@@ -163,7 +163,7 @@ def test_pieces_equal_the_whole(check, dtype, case, data):
     options = dict(**case.options(), form=form, chunk_size=chunk)
     first = call("linear_attention", q[:, :, :t], k[:, :, :t], v[:, :, :t], **options, **state, output_final_state=True)
     if not (isinstance(first, tuple) and len(first) == 3):
-        check._fail("output_final_state=True must return (out, state, normalizer)", case, f"got {type(first).__name__}")
+        check.fail("output_final_state=True must return (out, state, normalizer)", case, f"got {type(first).__name__}")
     second = call("linear_attention", q[:, :, t:], k[:, :, t:], v[:, :, t:], **options,
                   initial_state=first[1], initial_normalizer=first[2])
     ref = linear.linear_attention(q, k, v, **case.options(), **state, output_final_state=True)
@@ -354,10 +354,10 @@ def test_feature_products_are_unbiased(check, dtype):
     z = np.abs(mean - exact) / (sigma / math.sqrt(n) + rounding)
     if not (z <= Z_LIMIT).all():
         worst = int(np.argmax(z))
-        check._fail("the mean feature product is not exp(x.y): the estimator is biased", dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
-                    f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
-                    f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
-                    f"exceeds it with probability {FALSE_FAILURE} over random seeds)")
+        check.fail("the mean feature product is not exp(x.y): the estimator is biased", dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
+                   f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
+                   f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
+                   f"exceeds it with probability {FALSE_FAILURE} over random seeds)")
 
 
 #: Feature counts, independent projections drawn at each (more where they are cheap), and the
@@ -402,8 +402,8 @@ def test_error_falls_like_inverse_sqrt_m(check, dtype, causal):
     falls = [a / b for a, b in zip(errors, errors[1:])]
     if not min(falls) >= MIN_FALL:
         slope = float(np.polyfit(np.log(FEATURE_COUNTS), np.log(errors), 1)[0])
-        check._fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),
-                    f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
-                    f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
-                    f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
-                    f"estimates another kernel stops falling); fitted exponent {slope:.2f}")
+        check.fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),
+                   f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
+                   f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
+                   f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
+                   f"estimates another kernel stops falling); fitted exponent {slope:.2f}")

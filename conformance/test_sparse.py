@@ -46,7 +46,7 @@ def call_sparse(check, case: SparseCase, q, k, v, kwargs: dict):
         return sparse_out(q, k, v, kwargs), None
     result = call("sparse", q, k, v, return_lse=True, **kwargs)
     if not isinstance(result, tuple) or result[1] is None:
-        check._fail("sparse returned no LSE", case, "it was called with return_lse=True")
+        check.fail("sparse returned no LSE", case, "it was called with return_lse=True")
     return result
 
 
@@ -308,7 +308,7 @@ def check_mask_table(check, case: SparseCase) -> None:
     __tracebackhide__ = True
     got = np.asarray(call("sparse_mask", case.pattern, case.n_q, case.n_k, **case.pattern_params()))
     if got.dtype != np.bool_:
-        check._fail("sparse_mask is not boolean", case, f"dtype {got.dtype}")
+        check.fail("sparse_mask is not boolean", case, f"dtype {got.dtype}")
     check.pattern(got, reference_table(case), what="sparse_mask table", case=case)
 
 
