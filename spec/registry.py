@@ -32,6 +32,7 @@ BUILTINS = {
     "torch": "attnspec.backends.torch_tiled:TorchBackend",
     "torch-sdpa": "attnspec.backends.torch_sdpa:TorchSdpaBackend",
     "flex": "attnspec.backends.flex:FlexBackend",
+    "triton": "attnspec.backends.triton:TritonBackend",
 }
 
 

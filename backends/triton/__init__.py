@@ -1,0 +1,151 @@
+"""``triton``: fused attention kernels in Triton, on CUDA, and on the CPU through Triton's interpreter.
+
+Kernels (one module each): :mod:`.attention` (the forward pass of every ``sdpa`` option, split-KV
+partials and packed-GQA decode in one kernel), :mod:`.merge` (the LSE merge), :mod:`.block_sparse`
+(only a layout's active key blocks). :mod:`.launch` checks arguments and launches them;
+:mod:`.configs` holds the tile table.
+
+On ``--device=cpu`` the backend sets ``TRITON_INTERPRET=1`` before the kernels are defined, so the
+very kernels the GPU compiles run, slowly, in NumPy; its name in reports is then
+``triton:interpreter``. One process runs the kernels one way: asking for the other device after
+the kernels were loaded is an error (start a new process).
+
+Products of float32 inputs are IEEE float32 (no TF32); 16-bit inputs are multiplied on tensor
+cores with float32 accumulation, and the probabilities are rounded to the value dtype before
+``P @ V``, as FlashAttention does. float64 is not declared.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends.torch_tiled import kernel as torch_kernel
+from attnspec.contract import Backend, BackendError, Unsupported
+from attnspec.reference import _checks
+from attnspec.reference import sparse as reference_sparse
+from attnspec.reference.flash import check_decode_options
+
+_KERNELS = "attnspec.backends.triton.attention"
+
+SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
+                "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    dtypes = ("float32", "float16", "bfloat16")
+    devices = ("cuda", "cpu")
+    max_head_dim = 256
+
+    def __init__(self, device: str | None = None, variant: str | None = None):
+        super().__init__(arrays.default_device(device))
+        if variant is not None:
+            raise BackendError(f"the triton backend has no variants; got {variant!r}")
+        interpret = not self.device.startswith("cuda")
+        _select_mode(interpret)
+        if interpret:
+            self.name = "triton:interpreter"
+        from attnspec.backends.triton import launch
+
+        self._launch = launch
+
+    def to_native(self, array):
+        return arrays.to_torch(array, self.device)
+
+    def to_numpy(self, value):
+        return arrays.to_numpy(value)
+
+    def peak_memory(self, fn):
+        return arrays.peak_memory(fn, self.device)
+
+    def sdpa(self, q, k, v, *, return_lse=False, **options):
+        out, lse = self._attend(q, k, v, options)
+        return (out, lse) if return_lse else out
+
+    def flash_forward(self, q, k, v, *, block_q, block_k, **options):
+        """The kernel with ``BLOCK_M``/``BLOCK_N`` the powers of two from 16 to 128 nearest above
+        ``block_q``/``block_k`` (a tensor-core tile has at least 16 rows and columns)."""
+        tile = (_tile(_checks.integer("block_q", block_q, low=1)), _tile(_checks.integer("block_k", block_k, low=1)))
+        return self._attend(q, k, v, options, tile=tile)
+
+    def split_kv(self, q, k, v, *, num_splits, **options):
+        return self._attend(q, k, v, options, num_splits=_checks.integer("num_splits", num_splits, low=1))
+
+    def merge_partials(self, outs, lses):
+        if outs.dim() != 5 or lses.shape != outs.shape[:4] or outs.shape[0] < 1:
+            raise ValueError(f"outs must be (S, B, H, N, D_v) with S >= 1 and lses (S, B, H, N); "
+                             f"got {tuple(outs.shape)} and {tuple(lses.shape)}")
+        if torch.isnan(lses).any() or torch.isposinf(lses).any():
+            raise ValueError("lses must be finite or -inf")
+        return self._launch.merge(outs, lses.float(), outs.dtype)
+
+    def decode(self, q, k_cache, v_cache, *, cache_lens, num_splits=1, **options):
+        """Packed-GQA flash-decoding. ``cache_lens`` is read on the device, with no host
+        synchronisation: given on the host it is checked like every length; given on the device it
+        is trusted, clipped to ``[0, N_max]`` by the kernel so that nothing outside the cache is read."""
+        check_decode_options(options)
+        problem = torch_kernel.prepare(q, k_cache, v_cache, causal="bottom_right", **options)
+        lens = self._launch.Lens(None, self._cache_lens(cache_lens, q.shape[0], k_cache.shape[2]))
+        splits = _checks.integer("num_splits", num_splits, low=1)
+        return self._launch.attention(problem, lens, num_splits=splits, pack_gqa=True)
+
+    def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
+        problem = torch_kernel.prepare(q, k, v, scale=scale)
+        self._check_head_dims(problem)
+        pat = _block_sparse(pattern, q.shape[2], k.shape[2], params)
+        reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
+        out, lse = self._launch.block_sparse(problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"])
+        return (out, lse) if return_lse else out
+
+    def sparse_mask(self, pattern, n_q, n_k, **params):
+        pat = _block_sparse(pattern, n_q, n_k, params)
+        layout = torch.as_tensor(pat.params["layout"], device=self.device)
+        return torch_kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
+
+    def _attend(self, q, k, v, options, **launch):
+        problem = torch_kernel.prepare(q, k, v, **options)
+        self._check_head_dims(problem)
+        return self._launch.attention(problem, self._launch.host_lens(problem), **launch)
+
+    def _cache_lens(self, cache_lens, batch: int, capacity: int) -> torch.Tensor:
+        if not torch.is_tensor(cache_lens) or not cache_lens.is_cuda:
+            host = cache_lens.numpy() if torch.is_tensor(cache_lens) else cache_lens
+            cache_lens = torch.as_tensor(_checks.int_array("cache_lens", host, shape=(batch,), low=0, high=capacity))
+        elif cache_lens.shape != (batch,) or cache_lens.dtype.is_floating_point:
+            raise ValueError(f"cache_lens must be an integer array of shape (B,) = ({batch},); "
+                             f"got {cache_lens.dtype} of shape {tuple(cache_lens.shape)}")
+        return cache_lens.to(self.device, torch.int32)
+
+    def _check_head_dims(self, p) -> None:
+        d = max(p.q.shape[-1], p.v.shape[-1])
+        if d > self.max_head_dim:
+            raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")
+
+
+def _block_sparse(pattern, n_q, n_k, params):
+    """The validated block-sparse pattern (host copies of its parameters): the only one this backend runs."""
+    if pattern != "block_sparse":
+        raise Unsupported(f"pattern {pattern!r}: the triton backend implements block_sparse only")
+    host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
+    return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks
+
+
+def _tile(block: int) -> int:
+    return min(128, max(16, 1 << (block - 1).bit_length()))
+
+
+def _select_mode(interpret: bool) -> None:
+    """Set ``TRITON_INTERPRET`` before the kernels are defined (``triton.jit`` reads it then)."""
+    wanted = "1" if interpret else "0"
+    if _KERNELS in sys.modules:
+        if os.environ.get("TRITON_INTERPRET", "0") != wanted:
+            raise BackendError("the Triton kernels were loaded for "
+                               f"{'the GPU' if interpret else 'the interpreter'} in this process; "
+                               "run the other device in a new process")
+        return
+    os.environ["TRITON_INTERPRET"] = wanted

@@ -1,0 +1,233 @@
+"""The fused attention forward kernel: one program per block of query rows of one KV head.
+
+Everything of ``sdpa`` happens in registers between two tensor-core products per key block:
+scale, softcap, bias and ALiBi on the scores; the visibility rules (``q_lens``/``kv_lens``,
+causal top-left or bottom-right, the window, a boolean mask); the online softmax in base 2
+with the scale folded into ``log2(e)``. The LSE is stored in natural log (clause ``sdpa.lse``).
+
+A program's *rows* are ``(query head, query)`` pairs of one KV head: query ``i`` of head
+``h = h_kv * group + r // N_q`` when query heads are packed (decode: the few queries of every
+head in a group share one tile and one read of K/V), or the queries of one head otherwise.
+
+Key blocks are visited in three ranges, worked out once per program from the rules:
+
+    [lo, full_lo)        masked: the window's left edge
+    [full_lo, full_hi)   every pair visible: no mask is built
+    [full_hi, hi)        masked: the causal diagonal, the window's right edge, the last key
+
+Blocks outside ``[lo, hi)`` are never loaded, so keys past ``kv_lens`` are never read. A third
+grid axis splits the keys into contiguous ranges (flash-decoding); each split stores a float32
+partial ``(out, lse)`` that :mod:`.merge` combines.
+
+A row that sees no key keeps ``m = -inf`` and ``l = 0``: its exponentials are taken against 0
+instead of ``-inf`` (no ``inf - inf``), and it is stored as 0 with LSE ``-inf`` (clause
+``sdpa.fully_masked``); a finite stand-in for ``-inf`` would average V instead.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _tanh(x):
+    """tanh to float32 accuracy from ``exp`` alone (the interpreter has no libdevice).
+
+    Near 0 an odd Taylor series (error below 1e-8 relative for ``|x| < 0.5``); elsewhere
+    ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|) <= 0.37``, which has no cancellation there.
+    """
+    x2 = x * x
+    series = x * (1.0 + x2 * (-1.0 / 3 + x2 * (2.0 / 15 + x2 * (-17.0 / 315 + x2 * (62.0 / 2835 + x2 * (
+        -1382.0 / 155925 + x2 * (21844.0 / 6081075 + x2 * (-929569.0 / 638512875))))))))
+    e = tl.exp(-2.0 * tl.abs(x))
+    far = (1.0 - e) / (1.0 + e)
+    return tl.where(tl.abs(x) < 0.5, series, tl.where(x < 0, -far, far))
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr):
+    """``a @ b`` accumulated in float32. ``PRECISION == "bf16-emulated"``: bfloat16 operands multiplied
+    as float32, which is exact for their products (Triton 3.6's interpreter multiplies bfloat16's raw
+    bits instead; the compiled kernel never takes this branch)."""
+    if PRECISION == "bf16-emulated":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _attend_block(acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
+                  stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
+                  stride_bb, stride_bh, stride_bm, stride_bn,
+                  k_start, k_stop, offset, causal_offset, win_left, win_right, scale, softcap,
+                  d_qk, d_v, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                  WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step over keys ``[start_n, start_n + BLOCK_N)``; returns the new state."""
+    j = start_n + offs_n
+    in_range = (j >= k_start) & (j < k_stop)
+    pair_ok = (i[:, None] >= 0) & in_range[None, :]  # rows past the lengths have i = -1: read nothing for them
+    if MASKED:  # keys outside the range are not read: NaN stored there must not reach the output
+        kt = tl.load(K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=in_range[None, :] & (offs_d[:, None] < d_qk), other=0.0)
+        v = tl.load(V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=in_range[:, None] & (offs_dv[None, :] < d_v), other=0.0)
+    else:
+        kt = tl.load(K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=offs_d[:, None] < d_qk, other=0.0)
+        v = tl.load(V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=offs_dv[None, :] < d_v, other=0.0)
+    qk = _dot(q, kt, PRECISION)
+    if HAS_SOFTCAP or HAS_BIAS or HAS_ALIBI:  # modifiers act on scaled scores in natural units
+        s = qk * scale
+        if HAS_SOFTCAP:
+            s = softcap * _tanh(s / softcap)
+        if HAS_BIAS:
+            s += tl.load(BIAS + b * stride_bb + h[:, None] * stride_bh + i[:, None] * stride_bm + j[None, :] * stride_bn,
+                         mask=pair_ok, other=0.0).to(tl.float32)
+        if HAS_ALIBI:
+            s -= slope[:, None] * tl.abs(i[:, None] + offset - j[None, :]).to(tl.float32)
+        s = s * LOG2E
+    else:
+        s = qk * (scale * LOG2E)
+    if MASKED:
+        visible = pair_ok
+        if CAUSAL:
+            visible &= j[None, :] <= i[:, None] + causal_offset
+        if WINDOW:
+            if win_left >= 0:
+                visible &= j[None, :] >= i[:, None] + offset - win_left
+            if win_right >= 0:
+                visible &= j[None, :] <= i[:, None] + offset + win_right
+        if HAS_MASK:
+            visible &= tl.load(MASK + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm
+                               + j[None, :] * stride_mn, mask=pair_ok, other=0) != 0
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: exp2(-inf - 0) = 0
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def attention_fwd(
+    Q, K, V, O, LSE, MASK, BIAS, SLOPES, Q_LENS, KV_LENS,
+    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd, stride_os, stride_ob, stride_oh, stride_om, stride_od,
+    stride_ls, stride_lb, stride_lh, stride_lm, stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_bb, stride_bh, stride_bm, stride_bn, stride_sb, stride_sh,
+    n_heads, n_q, n_k, d_qk, d_v, group, split_len, scale, softcap, win_left, win_right,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_Q_LENS: tl.constexpr, HAS_KV_LENS: tl.constexpr, PACK_GQA: tl.constexpr, REVERSE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid ``(row blocks, B * heads, splits)``; ``heads`` is ``H_kv`` when packing, else ``H_q``.
+
+    ``CAUSAL``: 0 none, 1 top-left, 2 bottom-right. ``REVERSE`` launches the longest causal row
+    blocks first, so that the last wave is short. ``EVEN_D``: both head dims fill their tiles, so
+    the head-dim bounds are compile-time constants and loads are unmasked along them; other head
+    dims share one compiled kernel per tile width.
+    """
+    if EVEN_D:
+        d_qk = BLOCK_D
+        d_v = BLOCK_DV
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if REVERSE else tl.program_id(0)
+    b = tl.program_id(1) // n_heads
+    head = tl.program_id(1) % n_heads
+    split = tl.program_id(2)
+    q_len = tl.load(Q_LENS + b).to(tl.int32) if HAS_Q_LENS else n_q
+    kv_len = tl.load(KV_LENS + b).to(tl.int32) if HAS_KV_LENS else n_k
+    q_len = tl.minimum(q_len, n_q)  # lengths read on the device are trusted only up to the array
+    kv_len = tl.minimum(kv_len, n_k)
+    offset = kv_len - q_len  # bottom-right alignment of causal, window and ALiBi
+
+    r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PACK_GQA:
+        h = head * group + r // n_q
+        i = r % n_q
+        row_ok = r < group * n_q
+    else:
+        h = tl.zeros([BLOCK_M], dtype=tl.int32) + head
+        i = r
+        row_ok = r < n_q
+    row_ok &= i < q_len
+    i = tl.where(row_ok, i, -1)  # rows past the lengths see nothing (and are stored as 0 / -inf)
+    h_kv = head if PACK_GQA else head // group
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+
+    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None] & (offs_d[None, :] < d_qk), other=0.0)
+    slope = tl.load(SLOPES + b * stride_sb + h * stride_sh, mask=row_ok, other=0.0).to(tl.float32) if HAS_ALIBI else 0.0
+    K += b * stride_kb + h_kv * stride_kh
+    V += b * stride_vb + h_kv * stride_vh
+
+    # The key range this block of rows may see, and the part of it where every pair is visible.
+    i_first = tl.min(tl.where(row_ok, i, n_q))
+    i_last = tl.max(i)
+    causal_offset = offset if CAUSAL == 2 else 0
+    k_start = split * split_len
+    k_stop = tl.minimum(k_start + split_len, kv_len)
+    lo = k_start
+    hi = tl.where(i_last >= 0, k_stop, k_start)
+    full_lo = k_start
+    full_hi = k_stop // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(hi, i_last + causal_offset + 1)
+        full_hi = tl.minimum(full_hi, (i_first + causal_offset + 1) // BLOCK_N * BLOCK_N)
+    if WINDOW:
+        if win_left >= 0:
+            lo = tl.maximum(lo, i_first + offset - win_left)
+            full_lo = tl.maximum(full_lo, tl.cdiv(i_last + offset - win_left, BLOCK_N) * BLOCK_N)
+        if win_right >= 0:
+            hi = tl.minimum(hi, i_last + offset + win_right + 1)
+            full_hi = tl.minimum(full_hi, (i_first + offset + win_right + 1) // BLOCK_N * BLOCK_N)
+    lo = lo // BLOCK_N * BLOCK_N
+    hi = tl.maximum(hi, lo)
+    if HAS_MASK:  # an arbitrary mask must be read in every block
+        full_lo = hi
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for start_n in range(lo, full_lo, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
+            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
+            win_left, win_right, scale, softcap, d_qk, d_v, True, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
+            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+    for start_n in range(full_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
+            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
+            win_left, win_right, scale, softcap, d_qk, d_v, False, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
+            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+    for start_n in range(full_hi, hi, BLOCK_N):
+        acc, l_i, m_i = _attend_block(
+            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
+            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
+            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
+            win_left, win_right, scale, softcap, d_qk, d_v, True, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
+            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+
+    has_key = row_ok & (l_i > 0)  # rows past q_lens went through the unmasked blocks too
+    out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
+    h_store = h if PACK_GQA else tl.zeros([BLOCK_M], dtype=tl.int32) + head
+    i_store = r % n_q if PACK_GQA else r
+    store_ok = (r < group * n_q) if PACK_GQA else (r < n_q)
+    O += split * stride_os + b * stride_ob
+    tl.store(O + h_store[:, None] * stride_oh + i_store[:, None] * stride_om + offs_dv[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=store_ok[:, None] & (offs_dv[None, :] < d_v))
+    tl.store(LSE + split * stride_ls + b * stride_lb + h_store * stride_lh + i_store * stride_lm, lse, mask=store_ok)

@@ -1,0 +1,58 @@
+"""Tile shapes per problem: a small table, one entry per (head dim, dtype, kind of call).
+
+On the GPU, BLOCK_M x BLOCK_N score tiles live in registers, K and V tiles in shared memory
+``num_stages`` deep; the table keeps both within an H100's budget. Under the interpreter
+(``TRITON_INTERPRET=1``, the CPU) tiles are 16 x 16 so that the conformance suite's short
+sequences still cross several tiles: the partial last tile, the diagonal band and the skipped
+blocks are the code paths worth checking there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+INTERPRETER = Config(16, 16, 1, 1)
+
+
+def interpreted(x: torch.Tensor) -> bool:
+    """Kernels on CPU tensors run under Triton's interpreter (the backend sets it up for ``cpu``)."""
+    return not x.is_cuda
+
+
+def precision(x: torch.Tensor) -> str:
+    """float32 products in IEEE float32 (the float32 clauses demand it: TF32 keeps 10 mantissa bits);
+    16-bit products on tensor cores, except bfloat16 under the interpreter (see ``attention._dot``)."""
+    if x.dtype == torch.float32:
+        return "ieee"
+    return "bf16-emulated" if x.dtype == torch.bfloat16 and interpreted(x) else "tf32"
+
+
+def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=None, split=False) -> Config:
+    """The tile for one call: ``tile`` (flash_forward's block sizes) if given, else the table's."""
+    if interpreted(q):
+        return Config(*tile) if tile else INTERPRETER
+    d = max(d_qk, d_v)
+    wide = q.dtype == torch.float32 or d > 128  # twice the bytes per element, or twice the width
+    if tile:
+        block_m, block_n = tile
+    elif rows <= 64:  # decode and short prefills: few rows, many keys
+        block_m, block_n = max(16, min(64, _pow2(rows))), 64 if wide else 128
+    else:
+        block_m, block_n = (64, 32) if wide else (128, 64)
+    warps = 8 if block_m * max(d, block_n) >= 128 * 128 and not wide else 4
+    return Config(block_m, block_n, warps, 2 if wide else 3)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
