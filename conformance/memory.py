@@ -7,7 +7,8 @@ four times apart. Linear growth is x4 and an ``N x N`` array gives x16; the limi
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,15 +34,12 @@ def check_linear_memory(check: Checker, op: str, build: Callable[[int], tuple[tu
     backend = current().backend
     if axis == "N" and backend.max_seq_len is not None and backend.max_seq_len < max(sizes):
         decline(f"N = {max(sizes)} is beyond the declared max_seq_len {backend.max_seq_len}")
-    peaks = []
+    peaks: list[int] = []
     for size in sizes:
         args, kwargs, case = build(size)
         native = [_native(backend, a) for a in args]
         native_kwargs = {name: _native(backend, x) for name, x in kwargs.items() if x is not None}
-
-        def run():
-            return getattr(backend, op)(*native, **native_kwargs)
-
+        run = functools.partial(getattr(backend, op), *native, **native_kwargs)
         try:
             if not peaks:
                 run()  # warm-up

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -23,7 +24,7 @@ from attnspec.contract import BackendError
 from attnspec.registry import load_backend
 
 # Function-scoped fixtures here ('check') carry no per-example state, so Hypothesis may reuse them.
-_COMMON = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+_COMMON: dict[str, Any] = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                deadline=None, print_blob=True)
 try:  # extend Hypothesis's own CI profile (derandomised, no database) where it has one
     _CI_BASE = settings.get_profile("ci")

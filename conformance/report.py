@@ -90,7 +90,7 @@ def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> 
 
 def _frameworks() -> dict:
     """Versions of the array frameworks the backend loaded (and the GPU it ran on), if any."""
-    found = {name: getattr(sys.modules[name], "__version__", "?")
+    found: dict[str, str] = {name: getattr(sys.modules[name], "__version__", "?")
              for name in ("torch", "triton", "cupy", "ml_dtypes") if name in sys.modules}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():

@@ -1,5 +1,6 @@
 """Conformance of linear attention and Performer (spec section :mod:`attnspec.linear`)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -10,9 +11,19 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import eps, numpy_dtype, rounded
-from attnspec.conformance.linear_cases import (LinearCase, dims, efficient_bound, features_bound, forms, gram_bound,
-                                               linear_bounds, linear_cases, orthogonal_bound, performer_bound,
-                                               try_call)
+from attnspec.conformance.linear_cases import (
+    LinearCase,
+    dims,
+    efficient_bound,
+    features_bound,
+    forms,
+    gram_bound,
+    linear_bounds,
+    linear_cases,
+    orthogonal_bound,
+    performer_bound,
+    try_call,
+)
 from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.strategies import block_sizes
 from attnspec.conformance.target import decline
@@ -35,7 +46,7 @@ def check_linear(check, dtype, case: LinearCase, form: str, chunk_size=None, *, 
         return result, ref[0]
     if not (isinstance(result, tuple) and len(result) == 3):
         check.fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
-    for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer")):
+    for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer"), strict=True):
         check.close(got, want, bound, what=what, case=label)
     return result[0], ref[0]
 
@@ -392,14 +403,14 @@ def test_error_falls_like_inverse_sqrt_m(check, dtype, causal):
     exact = reference.sdpa(q, k, v, causal="top_left" if causal else None, scale=scale)
     rng = np.random.default_rng(ESTIMATOR_SEED + 1)  # not the case's stream: W independent of q, k
     errors = []
-    for m, count in zip(FEATURE_COUNTS, PROJECTIONS):
+    for m, count in zip(FEATURE_COUNTS, PROJECTIONS, strict=True):
         total = 0.0
         for _ in range(count):
             w = rounded(rng.standard_normal((m, case.d_qk)), dtype)
             out = call("performer", q, k, v, projection=w, causal=causal, scale=scale)
             total += float(np.abs(np.asarray(out, np.float64) - exact).mean())
         errors.append(total / count)
-    falls = [a / b for a, b in zip(errors, errors[1:])]
+    falls = [a / b for a, b in itertools.pairwise(errors)]
     if not min(falls) >= MIN_FALL:
         slope = float(np.polyfit(np.log(FEATURE_COUNTS), np.log(errors), 1)[0])
         check.fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),

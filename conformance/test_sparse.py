@@ -20,8 +20,16 @@ from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import numpy_dtype
 from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import POISON, within_limits
-from attnspec.conformance.sparse_cases import (BUDGETED, EDGES, EMPTY_ROWS, PATTERNS, SparseCase, any_pattern_cases,
-                                               budgeted_params, sparse_cases)
+from attnspec.conformance.sparse_cases import (
+    BUDGETED,
+    EDGES,
+    EMPTY_ROWS,
+    PATTERNS,
+    SparseCase,
+    any_pattern_cases,
+    budgeted_params,
+    sparse_cases,
+)
 from attnspec.conformance.strategies import declares
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import sdpa_bounds
