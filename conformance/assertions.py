@@ -7,6 +7,7 @@ reported under, which backend and dtype run, and how to reproduce the test from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -35,7 +36,8 @@ class Checker:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(repr(self))
 
-    def fail(self, headline: str, case, details: str) -> None:
+    def fail(self, headline: str, case, details: str) -> NoReturn:
+        """Report that the backend broke this test's clause: ``headline``, the case, ``details``."""
         __tracebackhide__ = True
         raise ConformanceError(
             f"[{self.clause}] backend {self.backend!r} ({self.dtype}, {self.device}): {headline}\n"
