@@ -7,6 +7,7 @@ reported under, which backend and dtype run, and how to reproduce the test from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -35,7 +36,8 @@ class Checker:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(repr(self))
 
-    def _fail(self, headline: str, case, details: str) -> None:
+    def fail(self, headline: str, case, details: str) -> NoReturn:
+        """Report that the backend broke this test's clause: ``headline``, the case, ``details``."""
         __tracebackhide__ = True
         raise ConformanceError(
             f"[{self.clause}] backend {self.backend!r} ({self.dtype}, {self.device}): {headline}\n"
@@ -53,17 +55,17 @@ class Checker:
         mismatch |= ~np.isfinite(expected) & (actual != expected)
         if mismatch.any():
             at = _index(np.argwhere(mismatch)[0])
-            self._fail(f"{what} is non-finite where the reference is not (or the reverse)", case,
-                       f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
-                       f"{int(mismatch.sum())} such elements")
+            self.fail(f"{what} is non-finite where the reference is not (or the reverse)", case,
+                      f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
+                      f"{int(mismatch.sum())} such elements")
         with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
             err = np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
         if err.size and err.max() > bound.value:
             at = _index(np.unravel_index(np.argmax(err), err.shape))
-            self._fail(f"{what} differs from the float64 reference", case,
-                       f"worst element: {what}{at} = {actual[at]:.6g}, reference {expected[at]:.6g}, "
-                       f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
-                       f"{err.size} elements out of bound")
+            self.fail(f"{what} differs from the float64 reference", case,
+                      f"worst element: {what}{at} = {actual[at]:.6g}, reference {expected[at]:.6g}, "
+                      f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
+                      f"{err.size} elements out of bound")
 
     def exact(self, actual, expected, *, what: str, case) -> None:
         """Element-wise equality (integers, gathers, exact zeros and -inf)."""
@@ -75,9 +77,9 @@ class Checker:
             wrong &= ~(np.isnan(actual) & np.isnan(expected))
         if wrong.any():
             at = _index(np.argwhere(wrong)[0])
-            self._fail(f"{what} is not exactly as specified", case,
-                       f"first wrong element: {what}{at} = {actual[at]!r}, expected {expected[at]!r}; "
-                       f"{int(wrong.sum())} of {wrong.size} elements wrong")
+            self.fail(f"{what} is not exactly as specified", case,
+                      f"first wrong element: {what}{at} = {actual[at]!r}, expected {expected[at]!r}; "
+                      f"{int(wrong.sum())} of {wrong.size} elements wrong")
 
     def pattern(self, actual: np.ndarray, expected: np.ndarray, *, what: str, case) -> None:
         """Boolean patterns (which keys carry weight) must match exactly."""
@@ -87,16 +89,16 @@ class Checker:
         if wrong.any():
             at = _index(np.argwhere(wrong)[0])
             verb = "gets weight but must be invisible" if actual[at] else "gets no weight but is visible"
-            self._fail(f"{what}: the attention pattern is wrong", case,
-                       f"first wrong (b, h, query, key) = {at}: the key {verb}; "
-                       f"{int(wrong.sum())} of {wrong.size} pairs wrong")
+            self.fail(f"{what}: the attention pattern is wrong", case,
+                      f"first wrong (b, h, query, key) = {at}: the key {verb}; "
+                      f"{int(wrong.sum())} of {wrong.size} pairs wrong")
 
     def differs(self, a, b, *, more_than: float, what: str, case) -> None:
         """``max|a - b| > more_than``: the change must be visible in the result."""
         __tracebackhide__ = True
         diff = float(np.abs(_as_float64(a) - _as_float64(b)).max(initial=0.0))
         if not diff > more_than:
-            self._fail(f"{what} did not change", case, f"largest change {diff:.3g} <= {more_than:.3g}")
+            self.fail(f"{what} did not change", case, f"largest change {diff:.3g} <= {more_than:.3g}")
 
     def rejects(self, fn, *, what: str, case) -> None:
         """``fn()`` must raise an error (an ``Unsupported`` decline does not count)."""
@@ -106,16 +108,16 @@ class Checker:
         try:
             fn()
         except Unsupported as exc:
-            self._fail(f"{what} was declined, but the spec makes it an error", case, f"Unsupported: {exc}")
+            self.fail(f"{what} was declined, but the spec makes it an error", case, f"Unsupported: {exc}")
         except Exception:
             return
-        self._fail(f"{what} was accepted, but the spec makes it an error", case, "no exception was raised")
+        self.fail(f"{what} was accepted, but the spec makes it an error", case, "no exception was raised")
 
     def same_shape(self, actual, expected, *, what: str, case) -> None:
         __tracebackhide__ = True
         if np.shape(actual) != np.shape(expected):
-            self._fail(f"{what} has the wrong shape", case,
-                       f"got {np.shape(actual)}, expected {np.shape(expected)}")
+            self.fail(f"{what} has the wrong shape", case,
+                      f"got {np.shape(actual)}, expected {np.shape(expected)}")
 
 
 def _as_float64(x) -> np.ndarray:

@@ -50,7 +50,7 @@ class SdpaCase:
     def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints falsifying examples this way
         printer.text(repr(self))
 
-    def with_(self, **changes) -> "SdpaCase":
+    def with_(self, **changes) -> SdpaCase:
         return replace(self, **changes)
 
     def inputs(self, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

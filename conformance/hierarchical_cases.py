@@ -14,6 +14,7 @@ exact tie at an NSA selection boundary is drawn again too: ``nsa.select.ties`` h
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import NoReturn
 
 import hypothesis
 import numpy as np
@@ -22,8 +23,15 @@ from hypothesis import strategies as st
 from attnspec import tolerance as policy
 from attnspec.conformance.dtypes import eps, rounded
 from attnspec.conformance.target import current
-from attnspec.conformance.tolerance import (Bound, finite_max, float64_bound, max_error, naive_arithmetic,
-                                            relative_bound, sdpa_bounds)
+from attnspec.conformance.tolerance import (
+    Bound,
+    finite_max,
+    float64_bound,
+    max_error,
+    naive_arithmetic,
+    relative_bound,
+    sdpa_bounds,
+)
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.lsh import LSH
 from attnspec.reference.nsa import NSA
@@ -66,7 +74,7 @@ def _gap(values: np.ndarray) -> np.ndarray:
     return top[..., 0] - below
 
 
-def _give_up(what: str) -> None:
+def _give_up(what: str) -> NoReturn:
     if hypothesis.currently_in_test_context():
         hypothesis.reject()
     raise RuntimeError(f"could not separate {what} within {REDRAWS} draws")

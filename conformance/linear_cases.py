@@ -67,7 +67,7 @@ class LinearCase:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(repr(self))
 
-    def with_(self, **changes) -> "LinearCase":
+    def with_(self, **changes) -> LinearCase:
         return replace(self, **changes)
 
     def options(self) -> dict:
@@ -200,7 +200,7 @@ def _linear_sensitivity(q, k, v, state: dict, options, ref, draws: int = 2) -> t
         p = linear.parallel(jitter(fq, math.sqrt(fq.shape[-1])), jitter(fk, 1.0), jitter(v, grow),
                             jitter(s0, grow), jitter(z0, grow), causal=options["causal"])
         out = linear.finish(p.num, p.den, normalize=options["normalize"], eps=options["eps"])
-        for i, (got, want) in enumerate(zip((out, p.state, p.normalizer), ref)):
+        for i, (got, want) in enumerate(zip((out, p.state, p.normalizer), ref, strict=True)):
             worst[i] = max(worst[i], max_error(got, want))
     return tuple(worst)
 

@@ -7,7 +7,8 @@ four times apart. Linear growth is x4 and an ``N x N`` array gives x16; the limi
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,15 +34,12 @@ def check_linear_memory(check: Checker, op: str, build: Callable[[int], tuple[tu
     backend = current().backend
     if axis == "N" and backend.max_seq_len is not None and backend.max_seq_len < max(sizes):
         decline(f"N = {max(sizes)} is beyond the declared max_seq_len {backend.max_seq_len}")
-    peaks = []
+    peaks: list[int] = []
     for size in sizes:
         args, kwargs, case = build(size)
         native = [_native(backend, a) for a in args]
         native_kwargs = {name: _native(backend, x) for name, x in kwargs.items() if x is not None}
-
-        def run():
-            return getattr(backend, op)(*native, **native_kwargs)
-
+        run = functools.partial(getattr(backend, op), *native, **native_kwargs)
         try:
             if not peaks:
                 run()  # warm-up
@@ -53,10 +51,10 @@ def check_linear_memory(check: Checker, op: str, build: Callable[[int], tuple[tu
         peaks.append(peak)
     growth = peaks[1] / max(peaks[0], 1)
     if not growth < LIMIT:
-        check._fail(f"peak memory grows faster than linearly in {axis}", case,
-                    f"peak {peaks[0]} bytes at {axis} = {sizes[0]}, {peaks[1]} at {axis} = {sizes[1]}: "
-                    f"x{growth:.1f} for x4 in {axis} (linear is x4, an N x N array gives x16; "
-                    f"the limit is x{LIMIT:g})")
+        check.fail(f"peak memory grows faster than linearly in {axis}", case,
+                   f"peak {peaks[0]} bytes at {axis} = {sizes[0]}, {peaks[1]} at {axis} = {sizes[1]}: "
+                   f"x{growth:.1f} for x4 in {axis} (linear is x4, an N x N array gives x16; "
+                   f"the limit is x{LIMIT:g})")
 
 
 def _native(backend, value):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -23,7 +24,7 @@ from attnspec.contract import BackendError
 from attnspec.registry import load_backend
 
 # Function-scoped fixtures here ('check') carry no per-example state, so Hypothesis may reuse them.
-_COMMON = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+_COMMON: dict[str, Any] = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                deadline=None, print_blob=True)
 try:  # extend Hypothesis's own CI profile (derandomised, no database) where it has one
     _CI_BASE = settings.get_profile("ci")
@@ -36,6 +37,11 @@ settings.register_profile("dev", max_examples=12, **_COMMON)
 settings.register_profile("nightly", max_examples=400, **_COMMON)
 # For backends that compile per shape (FlexAttention): derandomised, few examples, pinned ones kept.
 settings.register_profile("quick", _CI_BASE, max_examples=4, **_COMMON)
+
+#: The run's per-test results (node ID -> outcome), filled in the main process.
+RESULTS = pytest.StashKey[dict]()
+#: The Hypothesis profile the run uses, by the name that reproduces it (``--hypothesis-profile=NAME``).
+PROFILE = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser):
@@ -54,10 +60,13 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "clause(*ids): spec clauses a conformance test checks; the first is its own")
-    if not config.getoption("hypothesis_profile", None):
-        settings.load_profile("ci" if os.environ.get("CI") else "dev")
-    config._attnspec_results = {}
-    _CONFIG[:] = [config]
+    profile = config.getoption("hypothesis_profile", None)  # Hypothesis's own plugin has loaded it
+    if not profile:
+        profile = "ci" if os.environ.get("CI") else "dev"
+        settings.load_profile(profile)
+    config.stash[PROFILE] = profile
+    config.stash[RESULTS] = {}
+    config.pluginmanager.register(_Collector(config.stash[RESULTS]), "attnspec-results")
     if config.getoption("backend"):
         _target(config)  # a backend that cannot load is a usage error before any collection
 
@@ -89,7 +98,7 @@ def pytest_report_header(config):
     if config.getoption("backend"):
         t = _target(config)
         return (f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
-                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {settings._current_profile}"
+                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {config.stash[PROFILE]}"
                 + ("; shapes from the menu" if t.shape_menu else ""))
     return None
 
@@ -143,7 +152,7 @@ def backend(request):
 def check(request, dtype) -> Checker:
     t = _target(request.config)
     command = (f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
-               f"--hypothesis-profile={settings._current_profile}" + (" --shapes=menu" if t.shape_menu else ""))
+               f"--hypothesis-profile={request.config.stash[PROFILE]}" + (" --shapes=menu" if t.shape_menu else ""))
     return Checker(clause=clause_ids(request.node)[0], backend=t.backend.name, device=t.backend.device,
                    dtype=dtype, reproduce=command)
 
@@ -171,25 +180,29 @@ def pytest_runtest_makereport(item, call):
     rep.user_properties.append(("attnspec_declines", list(declines or [])))
 
 
-def pytest_runtest_logreport(report):
-    """Runs in the main process (xdist sends reports there): collect the per-clause results."""
-    props = dict(report.user_properties)
-    if "attnspec_clauses" not in props or not _CONFIG:
-        return
-    if report.when == "call" or report.outcome != "passed":
-        _CONFIG[0]._attnspec_results[report.nodeid] = _report.outcome(
-            tuple(props["attnspec_clauses"]), report, props["attnspec_declines"])
+class _Collector:
+    """Collects the per-clause results where the reports arrive: the main process (xdist sends
+    them there). A plugin object, since ``pytest_runtest_logreport`` is not given the config."""
 
+    def __init__(self, results: dict):
+        self.results = results
 
-_CONFIG: list = []  # the session's config, for pytest_runtest_logreport, which is not given it
+    def pytest_runtest_logreport(self, report):
+        props = dict(report.user_properties)
+        if "attnspec_clauses" not in props:
+            return
+        if report.when == "call" or report.outcome != "passed":
+            self.results[report.nodeid] = _report.outcome(
+                tuple(props["attnspec_clauses"]), report, props["attnspec_declines"])
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if target.CURRENT is not None and config._attnspec_results:
-        _report.print_summary(terminalreporter, target.CURRENT, config._attnspec_results)
+    if target.CURRENT is not None and config.stash[RESULTS]:
+        _report.print_summary(terminalreporter, target.CURRENT, config.stash[RESULTS])
 
 
 def pytest_sessionfinish(session):
-    path = session.config.getoption("report")
-    if path and target.CURRENT is not None and not hasattr(session.config, "workerinput"):
-        _report.write_json(path, target.CURRENT, session.config._attnspec_results)
+    config = session.config
+    path = config.getoption("report")
+    if path and target.CURRENT is not None and not hasattr(config, "workerinput"):
+        _report.write_json(path, target.CURRENT, config.stash[RESULTS], hypothesis_profile=config.stash[PROFILE])

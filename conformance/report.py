@@ -69,7 +69,7 @@ def print_summary(terminalreporter, target, results: dict) -> None:
     tr.write_line(", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]))
 
 
-def write_json(path: str, target, results: dict) -> None:
+def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> None:
     document = {
         "attnspec": __version__,
         "spec_version": SPEC_VERSION,
@@ -78,7 +78,7 @@ def write_json(path: str, target, results: dict) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "numpy": np.__version__, "hypothesis": hypothesis.__version__,
-                        "hypothesis_profile": hypothesis.settings._current_profile,
+                        "hypothesis_profile": hypothesis_profile,
                         "shapes": "menu" if target.shape_menu else "all", **_frameworks()},
         "clauses": per_clause(target, results),
         "tests": results,
@@ -90,7 +90,7 @@ def write_json(path: str, target, results: dict) -> None:
 
 def _frameworks() -> dict:
     """Versions of the array frameworks the backend loaded (and the GPU it ran on), if any."""
-    found = {name: getattr(sys.modules[name], "__version__", "?")
+    found: dict[str, str] = {name: getattr(sys.modules[name], "__version__", "?")
              for name in ("torch", "triton", "cupy", "ml_dtypes") if name in sys.modules}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():

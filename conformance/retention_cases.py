@@ -45,7 +45,7 @@ class RetentionCase:
     def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints falsifying examples this way
         printer.text(repr(self))
 
-    def with_(self, **changes) -> "RetentionCase":
+    def with_(self, **changes) -> RetentionCase:
         return replace(self, **changes)
 
     def inputs(self, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

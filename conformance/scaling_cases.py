@@ -9,8 +9,8 @@ that ``N`` alone drives the cost. Add a variant here with every family whose cos
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -60,7 +60,7 @@ class SparseCase:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(repr(self))
 
-    def with_(self, **changes) -> "SparseCase":
+    def with_(self, **changes) -> SparseCase:
         return replace(self, **changes)
 
     @property

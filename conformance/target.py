@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import hypothesis
 import pytest
@@ -34,7 +35,7 @@ def current() -> Target:
     return CURRENT
 
 
-def decline(reason: str) -> None:
+def decline(reason: str) -> NoReturn:
     """Record that the backend refused this case, and move on to the next one."""
     target = current()
     if len(target.declines[target.test_id]) < 20:

@@ -14,8 +14,18 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call
 from attnspec.conformance.dtypes import numpy_dtype, rounded
-from attnspec.conformance.hierarchical_cases import (LshCase, NsaCase, RoutedCase, lsh_bound, lsh_cases, nsa_bound,
-                                                     nsa_cases, routed_bounds, routed_cases, select_call)
+from attnspec.conformance.hierarchical_cases import (
+    LshCase,
+    NsaCase,
+    RoutedCase,
+    lsh_bound,
+    lsh_cases,
+    nsa_bound,
+    nsa_cases,
+    routed_bounds,
+    routed_cases,
+    select_call,
+)
 from attnspec.conformance.probes import POISON
 from attnspec.conformance.tolerance import Bound, sdpa_bounds
 from attnspec.reference import routed as routed_ref

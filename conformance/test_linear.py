@@ -1,5 +1,6 @@
 """Conformance of linear attention and Performer (spec section :mod:`attnspec.linear`)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -10,9 +11,19 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import eps, numpy_dtype, rounded
-from attnspec.conformance.linear_cases import (LinearCase, dims, efficient_bound, features_bound, forms, gram_bound,
-                                               linear_bounds, linear_cases, orthogonal_bound, performer_bound,
-                                               try_call)
+from attnspec.conformance.linear_cases import (
+    LinearCase,
+    dims,
+    efficient_bound,
+    features_bound,
+    forms,
+    gram_bound,
+    linear_bounds,
+    linear_cases,
+    orthogonal_bound,
+    performer_bound,
+    try_call,
+)
 from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.strategies import block_sizes
 from attnspec.conformance.target import decline
@@ -34,8 +45,8 @@ def check_linear(check, dtype, case: LinearCase, form: str, chunk_size=None, *, 
         check.close(result, ref[0], bounds[0], what="out", case=label)
         return result, ref[0]
     if not (isinstance(result, tuple) and len(result) == 3):
-        check._fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
-    for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer")):
+        check.fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
+    for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer"), strict=True):
         check.close(got, want, bound, what=what, case=label)
     return result[0], ref[0]
 
@@ -163,7 +174,7 @@ def test_pieces_equal_the_whole(check, dtype, case, data):
     options = dict(**case.options(), form=form, chunk_size=chunk)
     first = call("linear_attention", q[:, :, :t], k[:, :, :t], v[:, :, :t], **options, **state, output_final_state=True)
     if not (isinstance(first, tuple) and len(first) == 3):
-        check._fail("output_final_state=True must return (out, state, normalizer)", case, f"got {type(first).__name__}")
+        check.fail("output_final_state=True must return (out, state, normalizer)", case, f"got {type(first).__name__}")
     second = call("linear_attention", q[:, :, t:], k[:, :, t:], v[:, :, t:], **options,
                   initial_state=first[1], initial_normalizer=first[2])
     ref = linear.linear_attention(q, k, v, **case.options(), **state, output_final_state=True)
@@ -354,10 +365,10 @@ def test_feature_products_are_unbiased(check, dtype):
     z = np.abs(mean - exact) / (sigma / math.sqrt(n) + rounding)
     if not (z <= Z_LIMIT).all():
         worst = int(np.argmax(z))
-        check._fail("the mean feature product is not exp(x.y): the estimator is biased", dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
-                    f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
-                    f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
-                    f"exceeds it with probability {FALSE_FAILURE} over random seeds)")
+        check.fail("the mean feature product is not exp(x.y): the estimator is biased", dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
+                   f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
+                   f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
+                   f"exceeds it with probability {FALSE_FAILURE} over random seeds)")
 
 
 #: Feature counts, independent projections drawn at each (more where they are cheap), and the
@@ -392,18 +403,18 @@ def test_error_falls_like_inverse_sqrt_m(check, dtype, causal):
     exact = reference.sdpa(q, k, v, causal="top_left" if causal else None, scale=scale)
     rng = np.random.default_rng(ESTIMATOR_SEED + 1)  # not the case's stream: W independent of q, k
     errors = []
-    for m, count in zip(FEATURE_COUNTS, PROJECTIONS):
+    for m, count in zip(FEATURE_COUNTS, PROJECTIONS, strict=True):
         total = 0.0
         for _ in range(count):
             w = rounded(rng.standard_normal((m, case.d_qk)), dtype)
             out = call("performer", q, k, v, projection=w, causal=causal, scale=scale)
             total += float(np.abs(np.asarray(out, np.float64) - exact).mean())
         errors.append(total / count)
-    falls = [a / b for a, b in zip(errors, errors[1:])]
+    falls = [a / b for a, b in itertools.pairwise(errors)]
     if not min(falls) >= MIN_FALL:
         slope = float(np.polyfit(np.log(FEATURE_COUNTS), np.log(errors), 1)[0])
-        check._fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),
-                    f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
-                    f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
-                    f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
-                    f"estimates another kernel stops falling); fitted exponent {slope:.2f}")
+        check.fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),
+                   f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
+                   f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
+                   f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
+                   f"estimates another kernel stops falling); fitted exponent {slope:.2f}")

@@ -13,8 +13,15 @@ from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import within_limits
 from attnspec.conformance.strategies import sdpa_cases
 from attnspec.conformance.target import current, decline
-from attnspec.conformance.tolerance import (Bound, finite_max, float64_bound, max_error, naive_arithmetic,
-                                            relative_bound, sdpa_bounds)
+from attnspec.conformance.tolerance import (
+    Bound,
+    finite_max,
+    float64_bound,
+    max_error,
+    naive_arithmetic,
+    relative_bound,
+    sdpa_bounds,
+)
 from attnspec.reference import lowrank
 from attnspec.reference.sdpa import prepare
 

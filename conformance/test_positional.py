@@ -1,5 +1,7 @@
 """Conformance of the positional encodings (spec section :mod:`attnspec.positional`)."""
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -56,8 +58,8 @@ def test_learned(check, dtype, max_positions, dim, shape, seed):
 def test_learned_rejects_positions_outside_the_table(check, dtype):
     table = rounded(np.ones((4, 2)), dtype)
     for bad in ([0, 4], [-1, 0]):
-        check.rejects(lambda: call_unguarded("learned", table, np.asarray(bad)), what=f"positions {bad} for a 4-row table",
-                      case=dict(max_positions=4, positions=bad))
+        check.rejects(functools.partial(call_unguarded, "learned", table, np.asarray(bad)),
+                      what=f"positions {bad} for a 4-row table", case=dict(max_positions=4, positions=bad))
 
 
 @st.composite

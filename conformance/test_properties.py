@@ -10,13 +10,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from attnspec import reference
 from attnspec import tolerance as policy
 from attnspec.conformance.calls import call_sdpa
 from attnspec.conformance.dtypes import eps
 from attnspec.conformance.probes import POISON, check_arrays, visibility
 from attnspec.conformance.strategies import lengths, sdpa_cases
 from attnspec.conformance.tolerance import Bound, sdpa_bounds
-from attnspec import reference
 
 
 def _unchanged_bound(v, dtype: str) -> Bound:

@@ -23,8 +23,8 @@ def _options(kwargs: dict) -> dict:
 def _call(check, case, q, k, v, kwargs, *, return_state: bool):
     result = call("retention", q, k, v, return_state=return_state or None, **kwargs)
     if return_state and not (isinstance(result, tuple) and len(result) == 2):
-        check._fail("retention(return_state=True) did not return (out, state)", case,
-                    f"got {type(result).__name__}")
+        check.fail("retention(return_state=True) did not return (out, state)", case,
+                   f"got {type(result).__name__}")
     return result
 
 

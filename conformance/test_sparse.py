@@ -20,8 +20,16 @@ from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import numpy_dtype
 from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import POISON, within_limits
-from attnspec.conformance.sparse_cases import (BUDGETED, EDGES, EMPTY_ROWS, PATTERNS, SparseCase, any_pattern_cases,
-                                               budgeted_params, sparse_cases)
+from attnspec.conformance.sparse_cases import (
+    BUDGETED,
+    EDGES,
+    EMPTY_ROWS,
+    PATTERNS,
+    SparseCase,
+    any_pattern_cases,
+    budgeted_params,
+    sparse_cases,
+)
 from attnspec.conformance.strategies import declares
 from attnspec.conformance.target import current, decline
 from attnspec.conformance.tolerance import sdpa_bounds
@@ -46,7 +54,7 @@ def call_sparse(check, case: SparseCase, q, k, v, kwargs: dict):
         return sparse_out(q, k, v, kwargs), None
     result = call("sparse", q, k, v, return_lse=True, **kwargs)
     if not isinstance(result, tuple) or result[1] is None:
-        check._fail("sparse returned no LSE", case, "it was called with return_lse=True")
+        check.fail("sparse returned no LSE", case, "it was called with return_lse=True")
     return result
 
 
@@ -308,7 +316,7 @@ def check_mask_table(check, case: SparseCase) -> None:
     __tracebackhide__ = True
     got = np.asarray(call("sparse_mask", case.pattern, case.n_q, case.n_k, **case.pattern_params()))
     if got.dtype != np.bool_:
-        check._fail("sparse_mask is not boolean", case, f"dtype {got.dtype}")
+        check.fail("sparse_mask is not boolean", case, f"dtype {got.dtype}")
     check.pattern(got, reference_table(case), what="sparse_mask table", case=case)
 
 

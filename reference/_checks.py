@@ -7,6 +7,7 @@ boundary with a message a user can act on, never with an IndexError from deep in
 from __future__ import annotations
 
 import numbers
+from typing import TypeVar
 
 import numpy as np
 
@@ -81,7 +82,10 @@ def finite_float(name: str, x) -> float:
     return float(x)
 
 
-def choice(name: str, x, options: tuple) -> object:
+T = TypeVar("T")
+
+
+def choice(name: str, x, options: tuple[T, ...]) -> T:
     if x not in options:
         raise ValueError(f"{name} must be one of {options}; got {x!r}")
     return x

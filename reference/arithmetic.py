@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,8 @@ class Arithmetic:
     depend on which BLAS library the machine has.
     """
 
-    compute: type = np.float64
-    storage: object = None
+    compute: type[np.floating] = np.float64
+    storage: npt.DTypeLike = None
     sequential: bool = False
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ class LSH:
     scale: float
 
     @classmethod
-    def build(cls, qk, v=None, *, rotations, chunk_len=None, causal=False, scale=None) -> "LSH":
+    def build(cls, qk, v=None, *, rotations, chunk_len=None, causal=False, scale=None) -> LSH:
         values = v if v is not None else np.zeros(np.shape(qk)[:3] + (1,))
         problem = prepare(qk, qk, values, scale=scale)  # shapes, dtypes and scale as sdpa checks them
         d = problem.q.shape[3]

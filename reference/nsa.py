@@ -40,7 +40,7 @@ class NSA:
 
     @classmethod
     def build(cls, q, k, v=None, *, gates=None, cmp_len, cmp_stride, sel_len, top_n, window=None,
-              init_blocks=0, local_blocks=0, compress_k=None, compress_v=None, scale=None) -> "NSA":
+              init_blocks=0, local_blocks=0, compress_k=None, compress_v=None, scale=None) -> NSA:
         """Validate the arguments (TypeError/ValueError naming the argument)."""
         values = v if v is not None else np.zeros(np.shape(k)[:3] + (1,))
         problem = prepare(q, k, values, scale=scale)  # shapes, dtypes, GQA and scale as sdpa checks them

@@ -12,8 +12,8 @@ deterministic cost proxy. :func:`sparse_mask` evaluates the same mask_mod on the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
 
 import numpy as np
 

@@ -72,4 +72,5 @@ def conformance_table(document: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(conformance_table(json.load(open(sys.argv[1]))))
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        print(conformance_table(json.load(fh)))

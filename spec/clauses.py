@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 SPEC_VERSION = "0.1.0"
 
@@ -59,7 +59,7 @@ def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
             raise ValueError(f"clause {clause_id!r} is defined twice")
         section = stub.__module__.rsplit(".", 1)[-1]
         CATALOG[clause_id] = Clause(clause_id, op, section, since, inspect.getdoc(stub) or "")
-        stub.clause_id = clause_id
+        stub.clause_id = clause_id  # type: ignore[attr-defined]
         return stub
 
     return register

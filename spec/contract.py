@@ -24,7 +24,8 @@ fallback: a backend never silently hands a case to another implementation.
 from __future__ import annotations
 
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

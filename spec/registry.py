@@ -79,6 +79,8 @@ def _load_from_file(path: str, attr: str):
         raise BackendError(f"backend file {path!r} does not exist")
     module_name = f"attnspec_user_backend_{file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise BackendError(f"backend file {path!r} is not a Python module (a .py file)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest

@@ -141,7 +141,7 @@ def test_the_three_forms_agree(case, chunk_size):
     want = linear.linear_attention(q, k, v, **options, output_final_state=True)
     for form, c in (("recurrent", None), ("chunked", chunk_size)):
         got = linear.linear_attention(q, k, v, **options, form=form, chunk_size=c, output_final_state=True)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
 
 

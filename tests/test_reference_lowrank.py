@@ -85,7 +85,7 @@ def test_xl_attention_sees_all_memory_and_the_causal_segment():
 def test_xl_band_by_hand():
     # N = 7, L = 3, M = 2: segments {0,1,2} {3,4,5} {6}; memories {} {1,2} {4,5}.
     expected = np.zeros((7, 7), dtype=bool)
-    for i, lo in zip(range(7), (0, 0, 0, 1, 1, 1, 4)):
+    for i, lo in zip(range(7), (0, 0, 0, 1, 1, 1, 4), strict=True):
         expected[i, lo:i + 1] = True
     np.testing.assert_array_equal(xl_band(7, 3, 2), expected)
 

@@ -182,13 +182,15 @@ def test_shaw_matches_the_formula_by_loops():
         close(out[0, h, i], want)
 
 
-def _rope(x=np.zeros((1, 1, 3, 4)), positions=(0, 1, 2), **kw):
-    return rope(x, positions, **kw)
+def _rope(x=None, positions=(0, 1, 2), **kw):
+    return rope(np.zeros((1, 1, 3, 4)) if x is None else x, positions, **kw)
 
 
-def _shaw(q=np.zeros((1, 2, 3, 4)), k=np.zeros((1, 2, 5, 4)), v=np.zeros((1, 2, 5, 6)),
-          rel_k=np.zeros((3, 4)), rel_v=np.zeros((3, 6)), max_relative=1):
-    return shaw(q, k, v, rel_k=rel_k, rel_v=rel_v, max_relative=max_relative)
+def _shaw(**kw):
+    """``shaw`` on zero inputs of fitting shapes, ``kw`` replacing any of them."""
+    args = dict(q=np.zeros((1, 2, 3, 4)), k=np.zeros((1, 2, 5, 4)), v=np.zeros((1, 2, 5, 6)),
+                rel_k=np.zeros((3, 4)), rel_v=np.zeros((3, 6)), max_relative=1) | kw
+    return shaw(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
 VALUE_ERRORS = [  # (call, the argument its message must name)

@@ -6,8 +6,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from attnspec import CATALOG, Backend, BackendError, load_backend
-from attnspec import registry
+from attnspec import CATALOG, Backend, BackendError, load_backend, registry
 from tests.conftest import write_module
 
 

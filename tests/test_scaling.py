@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from attnspec.clauses import CATALOG
 from attnspec.conformance import scaling
 from attnspec.conformance.scaling_cases import VARIANTS
-from attnspec.clauses import CATALOG
 
 LENGTHS = "256,512,1024"
 

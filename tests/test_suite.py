@@ -36,7 +36,7 @@ def test_clause_selection_and_report(suite):
 
 
 def test_declined_cases_are_reported_not_failed(suite, tmp_path):
-    spec = "--backend=%s:Kernel" % write_module(tmp_path, """
+    kernel = write_module(tmp_path, """
         import attnspec
         from attnspec.reference import sdpa
         class Kernel(attnspec.Backend):
@@ -50,7 +50,7 @@ def test_declined_cases_are_reported_not_failed(suite, tmp_path):
                     raise attnspec.Unsupported("head dims above 16")
                 return sdpa(q, k, v, **options)
     """)
-    code, report, output = suite(spec, "--clauses=sdpa,sdpa.softcap")
+    code, report, output = suite(f"--backend={kernel}:Kernel", "--clauses=sdpa,sdpa.softcap")
     assert code == 0, output[-3000:]
     assert report["clauses"]["sdpa.softcap"]["status"] == "declined"
     assert any("no softcap kernel" in s for s in report["clauses"]["sdpa.softcap"]["skips"])
@@ -73,7 +73,7 @@ NAN_AT_64 = """
 
 
 def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
-    spec = "--backend=%s:Kernel" % write_module(tmp_path, NAN_AT_64)
+    spec = f"--backend={write_module(tmp_path, NAN_AT_64)}:Kernel"
     code, report, output = suite(spec, "--clauses=sdpa", "--tb=short")
     assert code == 1
     message = report["clauses"]["sdpa"]["failures"][0]["message"]
@@ -110,7 +110,7 @@ def test_torch_sdpa_adapter_runs_on_the_cpu(suite):
 
 
 def test_shape_menu_is_recorded_in_the_report_and_the_reproducer(suite, tmp_path):
-    code, report, output = suite("--backend=%s:Kernel" % write_module(tmp_path, NAN_AT_64), "--clauses=sdpa",
+    code, report, output = suite(f"--backend={write_module(tmp_path, NAN_AT_64)}:Kernel", "--clauses=sdpa",
                                  "--shapes=menu")
     assert code == 1 and report["environment"]["shapes"] == "menu"
     assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa"]["failures"][0]["message"]

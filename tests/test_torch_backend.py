@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from attnspec import load_backend  # noqa: E402
 from attnspec.backends.torch_tiled import kernel  # noqa: E402
-from attnspec.backends.torch_tiled.steps import Steps, combine, tile_softmax  # noqa: E402
+from attnspec.backends.torch_tiled.steps import Steps, tile_softmax  # noqa: E402
 from attnspec.contract import BackendError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_compiled_tile_softmax_equals_eager(compiled, shape, masked):
         visible = torch.rand(shape[0], 1, 1, *shape[3:], generator=gen) > 0.5
     got = compiled.tile_softmax(s, 0.37, visible, torch.bfloat16)
     want = tile_softmax(s, 0.37, visible, torch.bfloat16)
-    for g, w, name in zip(got, want, ("e", "top", "row_sum")):
+    for g, w, name in zip(got, want, ("e", "top", "row_sum"), strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype, name
         torch.testing.assert_close(g.float(), w.float(), rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
 
@@ -65,11 +65,11 @@ def test_compiled_combine_writes_only_its_rows(compiled):
     top = torch.randn(b, h, g, r1 - r0, generator=gen)
     top[0, 0, 0, 0] = -math.inf  # a row with no visible key in this tile
     row_sum = torch.rand(b, h, g, r1 - r0, generator=gen)
-    for steps, (acc, m, total) in zip((compiled, Steps(compiled=False)), states):
+    for steps, (acc, m, total) in zip((compiled, Steps(compiled=False)), states, strict=True):
         steps.combine(acc[..., r0:r1, :], m[..., r0:r1], total[..., r0:r1], weighted, top, row_sum)
-    for got, want in zip(*states):
+    for got, want in zip(*states, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    for got, before in zip(states[0], start):
+    for got, before in zip(states[0], start, strict=True):
         rows = (slice(None),) * 3  # (B, H_kv, G, rows, ...)
         assert torch.equal(got[rows + (slice(0, r0),)], before[rows + (slice(0, r0),)]), "rows before the slice changed"
         assert torch.equal(got[rows + (slice(r1, None),)], before[rows + (slice(r1, None),)]), "rows after it changed"
@@ -126,7 +126,7 @@ def test_compiled_backend_equals_eager(call):
         "decode_one_split": lambda be: be.decode(q[:, :, :1], k, v, cache_lens=lens, num_splits=1),
     }
     eager, compiled = (calls[call](load_backend(f"torch:{x}", device="cpu")) for x in ("eager", "compiled"))
-    for got, want in zip(compiled, eager):
+    for got, want in zip(compiled, eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 

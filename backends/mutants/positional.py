@@ -8,7 +8,6 @@ from attnspec.backends.numpy_backend import NumpyBackend
 from attnspec.reference import absolute, relative, rope
 
 
-
 class RopeOtherLayoutMutant(NumpyBackend):
     """Half-split RoPE is computed interleaved (GPT-J weights run through a NeoX kernel)."""
 

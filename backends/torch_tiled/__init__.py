@@ -16,8 +16,8 @@ from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import _checks
-from attnspec.reference.flash import check_decode_options
 from attnspec.reference import sparse as reference_sparse
+from attnspec.reference.flash import check_decode_options
 
 SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
                 "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
