@@ -208,13 +208,15 @@ def test_backends_leave_the_global_compile_settings_alone():
     script = textwrap.dedent("""
         import inspect, torch
         import torch._dynamo.config as config
-        before = config.recompile_limit
+        settings = lambda: {name: getattr(config, name, None) for name in ("recompile_limit", "cache_size_limit")}
+        before = settings()
         import attnspec.backends.flex, attnspec.backends.torch_sdpa, attnspec.backends.torch_tiled
-        assert config.recompile_limit == before, "changed at import"
+        assert settings() == before, "changed at import"
         if "recompile_limit" in inspect.signature(torch.compile).parameters:
             from attnspec import load_backend
             load_backend("torch:compiled", device="cpu"), load_backend("flex", device="cpu")
-            assert config.recompile_limit == before, "changed by constructing a backend"
+            assert settings() == before, "changed by constructing a backend"
+            before = config.recompile_limit
             from attnspec.backends._torch_compile import compile_with_limit
             def add_one(x):
                 return x + 1
