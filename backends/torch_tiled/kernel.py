@@ -31,9 +31,14 @@ class Problem:
     k: torch.Tensor  # (B, H_kv, N_k, D_qk)
     v: torch.Tensor  # (B, H_kv, N_k, D_v)
     scale: float
-    # causal, window, mask, softcap, bias, ALiBi slopes (in ``acc``) and the lengths, these as host
-    # copies: tile skipping is decided on the host
-    rules: vis.Rules
+    causal: str | None
+    window: tuple[int, int] | None
+    mask: torch.Tensor | None  # bool, broadcast view (B, H_q, N_q, N_k)
+    bias: torch.Tensor | None  # float, broadcast view (B, H_q, N_q, N_k)
+    softcap: float | None
+    slopes: torch.Tensor | None  # (B, H_kv, G, 1, 1)
+    q_lens: np.ndarray  # host copies: tile skipping is decided on the host
+    kv_lens: np.ndarray
     acc: torch.dtype
     layout: torch.Tensor | None = None  # block-sparse layout (H_l, ceil(N_k / block_q), ceil(N_k / block_k))
     layout_blocks: tuple[int, int] = (1, 1)  # its (block_q, block_k), over positions
@@ -43,6 +48,13 @@ class Problem:
     def shape(self):
         b, h_kv, g, n_q, _ = self.q.shape
         return b, h_kv, g, n_q, self.k.shape[2], self.v.shape[3]
+
+    @cached_property
+    def rules(self) -> vis.Rules:
+        """The options as visibility rules and score modifiers, with the host lengths (to plan tiles)."""
+        b, h_kv, g, n_q, n_k, _ = self.shape
+        return vis.Rules(n_q, n_k, self.causal, *vis.window_sides(self.window), self.q_lens, self.kv_lens, self.mask,
+                         self.softcap, self.bias, None if self.slopes is None else self.slopes.reshape(b, h_kv * g))
 
     @cached_property
     def on_device(self) -> vis.Rules:
@@ -66,15 +78,17 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     lens = [np.full(b, n) if x is None else _checks.int_array(name, x.cpu().numpy(), shape=(b,), low=0, high=n)
             for name, x, n in (("q_lens", q_lens, n_q), ("kv_lens", kv_lens, n_k))]
-    rules = vis.Rules(
-        n_q, n_k, _check_causal(causal), *vis.window_sides(_check_window(window)), q_lens=lens[0], kv_lens=lens[1],
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(q.device, acc).expand(b, h_q).reshape(b, h_kv, group, 1, 1)
+    return Problem(
+        q=q.reshape(b, h_kv, group, n_q, d), k=k, v=v,
+        scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
+        causal=_check_causal(causal), window=_check_window(window),
         mask=None if mask is None else mask.to(torch.bool).expand(full),
-        softcap=_checks.positive_float("softcap", softcap, allow_none=True),
         bias=None if bias is None else bias.expand(full),
-        slopes=None if alibi_slopes is None else alibi_slopes.to(q.device, acc).expand(b, h_q))
-    return Problem(q=q.reshape(b, h_kv, group, n_q, d), k=k, v=v,
-                   scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
-                   rules=rules, acc=acc, steps=steps)
+        softcap=_checks.positive_float("softcap", softcap, allow_none=True),
+        slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc, steps=steps)
 
 
 def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_range: tuple[int, int] | None = None):
@@ -182,7 +196,7 @@ def _update(p: Problem, r0, r1, c0, c1, m, total, acc) -> None:
 def _values(p: Problem, c0, c1) -> torch.Tensor:
     """``V[:, :, c0:c1]``, zeroed past ``kv_lens``: keys there are never read, even multiplied by 0."""
     v = p.v[:, :, c0:c1]
-    if (p.rules.kv_lens < c1).any():
+    if (p.kv_lens < c1).any():
         b = torch.arange(v.shape[0], device=v.device)[:, None]
         key_ok = p.on_device.key_present(b, torch.arange(c0, c1, device=v.device)[None, :])
         v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
@@ -238,7 +252,7 @@ DECODE_ROWS = 64
 def split_kv(p: Problem, num_splits: int, block_k: int = 128):
     """Clause ``flash.split_kv``: partials over ``num_splits`` contiguous key ranges, merged."""
     n_k = p.k.shape[2]
-    if p.q.shape[2] * p.q.shape[3] <= DECODE_ROWS and p.rules.mask is None and p.rules.bias is None:
+    if p.q.shape[2] * p.q.shape[3] <= DECODE_ROWS and p.mask is None and p.bias is None:
         return _split_kv_parallel(p, num_splits)
     chunk = max(1, math.ceil(n_k / num_splits))
     parts = [forward(p, block_k=block_k, key_range=(min(s * chunk, n_k), min((s + 1) * chunk, n_k)))
