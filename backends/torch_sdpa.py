@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnspec.backends import _torch_arrays as arrays
-from attnspec.backends import _torch_masks as masks
+from attnspec.backends import _torch_visibility as vis
 from attnspec.contract import Backend, Unsupported
 
 KERNELS = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
@@ -46,10 +46,10 @@ class TorchSdpaBackend(Backend):
 
     def sdpa(self, q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, alibi_slopes=None,
              q_lens=None, kv_lens=None):
-        visible = masks.visibility(q, k, window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
-        additive = masks.additive(q, k, bias=bias, alibi_slopes=alibi_slopes, q_lens=q_lens, kv_lens=kv_lens)
         kwargs = dict(scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-        if visible is None and additive is None and causal is not None:
+        masked = vis.restricts(window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
+        biased = bias is not None or alibi_slopes is not None
+        if causal is not None and not (masked or biased):  # the API's own causal forms, no dense mask
             if causal == "top_left":
                 kwargs["is_causal"] = True
             else:
@@ -57,13 +57,7 @@ class TorchSdpaBackend(Backend):
 
                 kwargs["attn_mask"] = causal_lower_right(q.shape[2], k.shape[2])
         else:
-            visible = visible if causal is None else masks.visibility(
-                q, k, causal=causal, window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
-            if additive is None:
-                kwargs["attn_mask"] = visible
-            else:
-                kwargs["attn_mask"] = (additive if visible is None else
-                                       additive.masked_fill(~visible, float("-inf"))).to(q.dtype)
+            kwargs["attn_mask"] = _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
         return self._call(q, k, v, kwargs)
 
     def _call(self, q, k, v, kwargs):
@@ -77,3 +71,20 @@ class TorchSdpaBackend(Backend):
             if "No available kernel" in text or "not supported" in text.lower():
                 raise Unsupported(f"{self.name}: {text.splitlines()[0][:200]}") from None
             raise
+
+
+def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens):
+    """The rules on the full grid as one ``attn_mask``, or None: boolean without bias and ALiBi, else
+    float (their sum, ``-inf`` where a key is hidden) in ``q``'s dtype."""
+    (b, h_q, n_q, _), n_k = q.shape, k.shape[2]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    rules = vis.Rules(n_q, n_k, causal, *vis.window_sides(window), *vis.lengths(q, k, q_lens, kv_lens),
+                      mask=None if mask is None else mask.to(q.device, torch.bool),
+                      bias=None if bias is None else bias.to(q.device),
+                      slopes=None if alibi_slopes is None else alibi_slopes.to(q.device, dtype).expand(b, h_q))
+    grid = vis.full_grid(b, h_q, n_q, n_k, q.device)
+    visible = rules.visible(*grid) if vis.restricts(causal, window, mask, q_lens, kv_lens) else None
+    if not rules.modifies:
+        return visible
+    additive = rules.modify(torch.zeros((), dtype=dtype, device=q.device), *grid)
+    return (additive if visible is None else additive.masked_fill(~visible, float("-inf"))).to(q.dtype)

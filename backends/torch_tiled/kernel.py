@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from attnspec.backends import _torch_visibility as vis
 from attnspec.backends.torch_tiled.steps import EAGER, Steps
 from attnspec.reference import _checks
 from attnspec.reference.sdpa import _check_causal, _check_window
@@ -46,6 +48,18 @@ class Problem:
     def shape(self):
         b, h_kv, g, n_q, _ = self.q.shape
         return b, h_kv, g, n_q, self.k.shape[2], self.v.shape[3]
+
+    @cached_property
+    def rules(self) -> vis.Rules:
+        """The options as visibility rules and score modifiers, with the host lengths (to plan tiles)."""
+        b, h_kv, g, n_q, n_k, _ = self.shape
+        return vis.Rules(n_q, n_k, self.causal, *vis.window_sides(self.window), self.q_lens, self.kv_lens, self.mask,
+                         self.softcap, self.bias, None if self.slopes is None else self.slopes.reshape(b, h_kv * g))
+
+    @cached_property
+    def on_device(self) -> vis.Rules:
+        """The rules with the lengths on the device, to evaluate them on tiles (copied once, when first needed)."""
+        return self.rules.to(self.q.device)
 
 
 def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
@@ -77,25 +91,6 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
         slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc, steps=steps)
 
 
-def row_range(p: Problem, c0: int, c1: int) -> tuple[int, int]:
-    """The query rows ``[lo, hi)`` that may see a key in ``[c0, c1)`` in some batch item."""
-    offsets = p.kv_lens - p.q_lens
-    if c0 >= p.kv_lens.max(initial=0):
-        return 0, 0
-    lo, hi = 0, int(p.q_lens.max(initial=0))
-    if p.causal == "top_left":
-        lo = max(lo, c0)
-    elif p.causal == "bottom_right":
-        lo = max(lo, int((c0 - offsets).min()))
-    if p.window is not None:
-        left, right = p.window
-        if right >= 0:
-            lo = max(lo, int((c0 - offsets - right).min()))
-        if left >= 0:
-            hi = min(hi, int((c1 - 1 - offsets + left).max()) + 1)
-    return max(lo, 0), hi
-
-
 def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_range: tuple[int, int] | None = None):
     """``(out, lse)`` over the keys in ``key_range``; out ``(B, H_q, N_q, D_v)`` in the accumulator dtype."""
     b, h_kv, g, n_q, n_k, d_v = p.shape
@@ -105,7 +100,7 @@ def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_r
     acc = torch.zeros((b, h_kv, g, n_q, d_v), dtype=p.acc, device=p.q.device)
     for c0 in range(start, stop, block_k):
         c1 = min(c0 + block_k, stop)
-        lo, hi = row_range(p, c0, c1)
+        lo, hi = vis.row_range(p.rules, c0, c1)
         for r0, r1 in _row_blocks(p, lo, hi, c1, block_q):
             _update(p, r0, r1, c0, c1, m, total, acc)
     return _finish(p, m, total, acc)
@@ -117,12 +112,8 @@ def _row_blocks(p: Problem, lo: int, hi: int, c1: int, block_q: int | None) -> l
     decides whether a block needs one)."""
     if block_q:
         return [(r0, min(hi, r0 + block_q)) for r0 in range(lo, hi, block_q)]
-    diagonal_end = lo
-    if p.causal == "top_left":
-        diagonal_end = c1 - 1
-    elif p.causal == "bottom_right":
-        diagonal_end = c1 - 1 - int(min(p.kv_lens - p.q_lens, default=0))
-    cut = min(max(diagonal_end, lo), hi)
+    diagonal_end = vis.causal_diagonal_end(p.rules, c1)
+    cut = min(max(lo if diagonal_end is None else diagonal_end, lo), hi)
     return [(r0, r1) for r0, r1 in ((lo, cut), (cut, hi)) if r0 < r1]
 
 
@@ -155,62 +146,25 @@ def layout_table(layout: torch.Tensor, block_q: int, block_k: int, n_q: int, n_k
     return layout[:, positions // block_q][:, :, keys // block_k]
 
 
-def _indices(p: Problem, r0, r1, c0, c1):
-    device = p.q.device
-    i = torch.arange(r0, r1, device=device)[:, None]
-    j = torch.arange(c0, c1, device=device)[None, :]
-    offsets = torch.as_tensor(p.kv_lens - p.q_lens, device=device)[:, None, None]
-    return i, j, offsets
+def _tile(p: Problem, r0, r1, c0, c1) -> vis.Tile:
+    b, h_kv, g = p.q.shape[:3]
+    return vis.tile(b, (h_kv, g), range(r0, r1), range(c0, c1), p.q.device)
 
 
 def _fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
     """True if every (row, key) pair of the tile is visible in every batch item: no mask needed."""
-    offsets = p.kv_lens - p.q_lens
-    if p.mask is not None or p.layout is not None or c1 > min(p.kv_lens, default=0) or r1 > min(p.q_lens, default=0):
-        return False
-    if p.causal == "top_left" and c1 - 1 > r0:
-        return False
-    if p.causal == "bottom_right" and c1 - 1 > r0 + offsets.min():
-        return False
-    if p.window is not None:
-        left, right = p.window
-        if left >= 0 and c0 < r1 - 1 + offsets.max() - left:
-            return False
-        if right >= 0 and c1 - 1 > r0 + offsets.min() + right:
-            return False
-    return True
+    return p.layout is None and vis.fully_visible(p.rules, r0, r1, c0, c1)
 
 
 def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     """Boolean ``(B, 1 or H_kv, 1 or G, rows, cols)`` from every visibility rule."""
-    i, j, offsets = _indices(p, r0, r1, c0, c1)
-    q_lens = torch.as_tensor(p.q_lens, device=i.device)[:, None, None]
-    kv_lens = torch.as_tensor(p.kv_lens, device=i.device)[:, None, None]
-    vis = (i < q_lens) & (j < kv_lens)  # (B, rows, cols)
-    if p.causal == "top_left":
-        vis = vis & (j <= i)
-    elif p.causal == "bottom_right":
-        vis = vis & (j <= i + offsets)
-    if p.window is not None:
-        left, right = p.window
-        if left >= 0:
-            vis = vis & (j >= i + offsets - left)
-        if right >= 0:
-            vis = vis & (j <= i + offsets + right)
-    vis = vis[:, None, None]
-    if p.mask is not None:
-        b, h_kv, g = p.q.shape[:3]
-        vis = vis & p.mask[:, :, r0:r1, c0:c1].reshape(b, h_kv, g, r1 - r0, c1 - c0)
+    visible = p.on_device.visible(*_tile(p, r0, r1, c0, c1))
     if p.layout is not None:
         b, h_kv, g, n_q, n_k, _ = p.shape
         tile = layout_table(p.layout, *p.layout_blocks, n_q, n_k, range(r0, r1), range(c0, c1))
         heads = (h_kv, g) if tile.shape[0] > 1 else (1, 1)  # per query head, or one for all
-        vis = vis & tile.reshape(1, *heads, r1 - r0, c1 - c0)
-    return vis
-
-
-def _modified(p: Problem) -> bool:
-    return p.softcap is not None or p.bias is not None or p.slopes is not None
+        visible = visible & tile.reshape(1, *heads, r1 - r0, c1 - c0)
+    return visible
 
 
 def _scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
@@ -221,17 +175,11 @@ def _scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
     the softmax step, which fuses it.
     """
     s = grouped_matmul(p.q[:, :, :, r0:r1], p.k[:, :, c0:c1].transpose(-1, -2), p.acc)
-    if not (scaled or _modified(p)):
+    if not (scaled or p.rules.modifies):
         return s, p.scale
     s = s * p.scale
-    if p.softcap is not None:
-        s = torch.tanh(s / p.softcap) * p.softcap
-    if p.bias is not None:
-        b, h_kv, g = p.q.shape[:3]
-        s = s + p.bias[:, :, r0:r1, c0:c1].reshape(b, h_kv, g, r1 - r0, c1 - c0).to(p.acc)
-    if p.slopes is not None:
-        i, j, offsets = _indices(p, r0, r1, c0, c1)
-        s = s - p.slopes * (i + offsets - j).abs()[:, None, None].to(p.acc)
+    if p.rules.modifies:
+        s = p.on_device.modify(s, *_tile(p, r0, r1, c0, c1))
     return s, 1.0
 
 
@@ -249,7 +197,8 @@ def _values(p: Problem, c0, c1) -> torch.Tensor:
     """``V[:, :, c0:c1]``, zeroed past ``kv_lens``: keys there are never read, even multiplied by 0."""
     v = p.v[:, :, c0:c1]
     if (p.kv_lens < c1).any():
-        key_ok = torch.arange(c0, c1, device=v.device)[None, :] < torch.as_tensor(p.kv_lens, device=v.device)[:, None]
+        b = torch.arange(v.shape[0], device=v.device)[:, None]
+        key_ok = p.on_device.key_present(b, torch.arange(c0, c1, device=v.device)[None, :])
         v = torch.where(key_ok[:, None, :, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
     return v
 
@@ -325,7 +274,7 @@ def _split_kv_parallel(p: Problem, num_splits: int):
     d = p.q.shape[-1]  # sizes spelled out: a reshape cannot infer -1 when B or N_q is 0
     chunk = max(1, math.ceil(n_k / num_splits))
     pad, rows, batch = num_splits * chunk - n_k, g * n_q, b * h_kv * num_splits
-    if pad == 0 and not _modified(p):
+    if pad == 0 and not p.rules.modifies:
         q = p.q.reshape(b, h_kv, 1, rows, d).expand(-1, -1, num_splits, -1, -1).reshape(batch, rows, d)
         s, scale = _bmm(q, p.k.reshape(batch, chunk, d).transpose(1, 2), p.acc), p.scale
     else:

@@ -19,6 +19,11 @@ import math
 
 import torch
 
+from attnspec.backends._torch_compile import compile_with_limit
+
+#: recompiles allowed to each compiled step (Dynamo's default is 8)
+RECOMPILE_LIMIT = 64
+
 
 def tile_softmax(s: torch.Tensor, scale: float, visible: torch.Tensor | None, dtype: torch.dtype):
     """``exp(scale * s - top)`` over the last axis, with ``top`` the row maximum of the visible scores.
@@ -72,10 +77,9 @@ class Steps:
         self.compiled, self.symbolic = compiled, symbolic
         if compiled:
             # one graph per dtype, masking and stride pattern: about a dozen in a conformance run, over
-            # Dynamo's default limit of 8 recompiles per function (raised only, process-wide)
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._tile_softmax = torch.compile(tile_softmax, dynamic=True, fullgraph=True)
-            self._combine = torch.compile(combine, dynamic=True, fullgraph=True)
+            # Dynamo's default limit of 8 recompiles per function
+            self._tile_softmax = compile_with_limit(tile_softmax, RECOMPILE_LIMIT, dynamic=True, fullgraph=True)
+            self._combine = compile_with_limit(combine, RECOMPILE_LIMIT, dynamic=True, fullgraph=True)
 
     def tile_softmax(self, s, scale, visible, dtype):
         """:func:`tile_softmax` over the last axis of ``s`` (any leading shape)."""
