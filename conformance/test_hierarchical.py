@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from attnspec import reference
 from attnspec.conformance.calls import call
 from attnspec.conformance.dtypes import numpy_dtype, rounded
-from attnspec.conformance.hierarchical_cases import (LshCase, NsaCase, RoutedCase, lsh_bound, lsh_cases, nsa_bound,
-                                                     nsa_cases, routed_bounds, routed_cases, select_call)
+from attnspec.conformance.bounds import routed_bounds
+from attnspec.conformance.hand_bounds import lsh_bound, nsa_bound
+from attnspec.conformance.hierarchical_cases import (LshCase, NsaCase, RoutedCase, lsh_cases, nsa_cases, routed_cases,
+                                                     select_call)
 from attnspec.conformance.probes import POISON
 from attnspec.conformance.tolerance import Bound, sdpa_bounds
 from attnspec.reference import routed as routed_ref

@@ -113,20 +113,21 @@ def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], 
 def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference: Callable,
                   sizes: Callable[[], Sequence[float]], exact: Callable | None = None,
                   jitters: Callable[[], Sequence[tuple[np.ndarray, Jitter]]] = tuple,
-                  stored: Callable[[], Sequence[float]] = tuple) -> tuple[Bound, ...]:
+                  extra_sensitivity: Callable[[], Sequence[float]] = tuple) -> tuple[Bound, ...]:
     """The policy's bound for each output ``refs[i]`` of one call (``refs``: the exact outputs).
 
     At 64 bits ``FLOAT64_EPS`` ulps of ``sizes()[i]``. At 16/32 bits ``NAIVE_FACTOR`` times the
     error of ``reference(arithmetic=naive arithmetic)`` (the reference call in the dtype) plus the
     floor on ``scales[i]``, whose sensitivity term is the larger of :func:`sensitivity` of ``exact``
-    to ``jitters()`` and ``stored()[i]``: the exact result's error with operands a kernel may store
-    in the dtype (where the naive run's own rounding of them is one draw of luck).
+    to ``jitters()`` and ``extra_sensitivity()[i]`` where an operation declares one (the exact
+    result's error with operands a kernel may store in the dtype, where the naive run's own
+    rounding of them is one draw of luck; an analytic estimate).
     """
     if dtype == "float64":
         return tuple(float64_bound(size) for size in sizes())
     naive = _outputs(reference(arithmetic=naive_arithmetic(dtype)))
     sens = sensitivity(exact, jitters(), refs) if exact is not None else (0.0,) * len(refs)
-    extra = tuple(stored()) + (0.0,) * len(refs)
+    extra = tuple(extra_sensitivity()) + (0.0,) * len(refs)
     return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e) if e else s)
                  for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra))
 

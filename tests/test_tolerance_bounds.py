@@ -120,8 +120,9 @@ LINEAR_CASES = {
 
 
 def _linear(dtype: str) -> dict:
-    from attnspec.conformance.linear_cases import (LinearCase, efficient_bound, features_bound, gram_bound,
-                                                   linear_bounds, orthogonal_bound, performer_bound)
+    from attnspec.conformance.bounds import efficient_bound, linear_bounds, orthogonal_bound, performer_bound
+    from attnspec.conformance.hand_bounds import features_bound, gram_bound
+    from attnspec.conformance.linear_cases import LinearCase
     from attnspec.conformance.test_linear import _performer_inputs
     from attnspec.reference import linear, performer
     out = {}
@@ -169,7 +170,8 @@ RETENTION_CASES = {
 
 
 def _retention(dtype: str) -> dict:
-    from attnspec.conformance.retention_cases import RetentionCase, retention_bounds
+    from attnspec.conformance.bounds import retention_bounds
+    from attnspec.conformance.retention_cases import RetentionCase
     from attnspec.reference.retention import retention
     out = {}
     for name, fields in RETENTION_CASES.items():
@@ -181,6 +183,8 @@ def _retention(dtype: str) -> dict:
 
 def _hierarchical(dtype: str) -> dict:
     from attnspec.conformance import hierarchical_cases as hc
+    from attnspec.conformance.bounds import routed_bounds
+    from attnspec.conformance.hand_bounds import lsh_bound, nsa_bound, selection_margin
     from attnspec.reference.lsh import LSH
     from attnspec.reference.nsa import NSA
     from attnspec.reference.routed import routed
@@ -192,26 +196,27 @@ def _hierarchical(dtype: str) -> dict:
                        ("linear", hc.NsaCase(n_q=12, n_k=17, seed=3, compress="linear", scale=0.3))):
         q, k, v, kwargs = case.inputs(dtype)
         problem = NSA.build(q, k, v, **kwargs)
-        out[f"nsa/{name}"] = _values(hc.nsa_bound(problem, dtype)) + [float(np.abs(q).sum())]
+        out[f"nsa/{name}"] = _values(nsa_bound(problem, dtype)) + [float(np.abs(q).sum())]
         select = NSA.build(q, k, **hc.select_call(kwargs))
-        out[f"nsa-margin/{name}"] = [hc.selection_margin(select, select.importance(), dtype)]
+        out[f"nsa-margin/{name}"] = [selection_margin(select, select.importance(), dtype)]
     for name, case in (("default", hc.RoutedCase()), ("split-causal", hc.RoutedCase(h_q=2, n_q=9, n_k=12, seed=2,
                                                                                     split=True, causal="top_left")),
                        ("ties", hc.RoutedCase(h_q=3, h_kv=1, seed=4, ties=True, clusters=5, scale=0.3))):
         q, k, v, kwargs = case.inputs(dtype)
         ref_out, ref_lse = routed(q, k, v, **kwargs)
-        out[f"routed/{name}"] = _values(hc.routed_bounds(q, k, v, kwargs, dtype, ref_out, ref_lse))
+        out[f"routed/{name}"] = _values(routed_bounds(q, k, v, kwargs, dtype, ref_out, ref_lse))
         out[f"routed-margin/{name}"] = [hc._routing_gaps(q, kwargs["centroids"], dtype)[1], float(np.abs(q).sum())]
     for name, case in (("default", hc.LshCase()), ("causal", hc.LshCase(batch=2, n=12, n_rounds=3, n_buckets=6,
                                                                         chunk_len=3, causal=True, seed=2, scale=0.5)),
                        ("one-bucket", hc.LshCase(n=8, one_bucket=True, seed=3))):
         qk, v, kwargs = case.inputs(dtype)
-        out[f"lsh/{name}"] = _values(hc.lsh_bound(LSH.build(qk, v, **kwargs), dtype)) + [float(np.abs(qk).sum())]
+        out[f"lsh/{name}"] = _values(lsh_bound(LSH.build(qk, v, **kwargs), dtype)) + [float(np.abs(qk).sum())]
     return out
 
 
 def _linformer(dtype: str) -> dict:
-    from attnspec.conformance.test_lowrank import linformer_bound, projections
+    from attnspec.conformance.bounds import linformer_bound
+    from attnspec.conformance.test_lowrank import projections
     from attnspec.reference import lowrank
     out = {}
     for name, case, k_proj, per_head in (("per-head", SdpaCase(h_q=4, h_kv=2, n_q=9, n_k=33, d_qk=8, d_v=4, seed=1), 7,
