@@ -36,29 +36,31 @@ def linear_bounds(q, k, v, state: dict, options: dict, dtype: str, ref) -> tuple
     map's numerator can cancel: its own propagation size, not ``|out|``). Jitters: query features
     by ``sqrt(F)``, key features by 1, values and the carried state by ``sqrt(N_k)``.
     """
-    s0, z0 = state.get("initial_state"), state.get("initial_normalizer")
-    exact = linear.parts(q, k, v, **options, initial_state=s0, initial_normalizer=z0)
-    phi_q, fk = linear.phi(q, options["feature_map"]), linear.phi(k, options["feature_map"])
-    v64 = np.asarray(v, np.float64)
-    s0 = np.asarray(s0 if s0 is not None else np.zeros(fk.shape[:2] + fk.shape[-1:] + v.shape[-1:]), np.float64)
-    z0 = np.asarray(z0 if z0 is not None else np.zeros(fk.shape[:2] + fk.shape[-1:]), np.float64)
+    causal, n_k, d = options["causal"], k.shape[2], q.shape[3]
+    phi_q, fk, v64 = linear.phi(q, options["feature_map"]), linear.phi(k, options["feature_map"]), np.asarray(v, float)
+    s0, z0 = _carried(state, fk.shape[:2] + fk.shape[-1:], v.shape[-1])
     mag = linear.parallel(np.abs(phi_q) * options["scale"], np.abs(fk), np.abs(v64), np.abs(s0), np.abs(z0),
-                          causal=options["causal"])
-    fq = phi_q * options["scale"]
-    scales = (_linear_out_scale(mag, exact.den, ref[0], options), finite_max(mag.state, 1e-30),
+                          causal=causal)
+    den = linear.parts(q, k, v, **options, **state).den
+    scales = (_linear_out_scale(mag, den, ref[0], options), finite_max(mag.state, 1e-30),
               finite_max(mag.normalizer, 1e-30))
-    n_k, d = k.shape[2], q.shape[3]
 
     def parallel(fq, fk, v, s0, z0):
-        p = linear.parallel(fq, fk, v, s0, z0, causal=options["causal"])
+        p = linear.parallel(fq, fk, v, s0, z0, causal=causal)
         return linear.finish(p.num, p.den, normalize=options["normalize"], eps=options["eps"]), p.state, p.normalizer
 
-    grow = Jitter(math.sqrt(n_k))
+    fq, grow = phi_q * options["scale"], Jitter(math.sqrt(n_k))
     jitters = ((fq, Jitter(math.sqrt(fq.shape[-1]))), (fk, Jitter()), (v64, grow), (s0, grow), (z0, grow))
-    naive = partial(linear.linear_attention, q, k, v, **options, **state, output_final_state=True)
     sizes = (scales[0] * 2 * (n_k + d + 3), scales[1] * (n_k + 2), scales[2] * (n_k + 2))
-    return policy_bounds(dtype, ref, scales, reference=naive, sizes=lambda: sizes, exact=parallel,
-                         jitters=lambda: jitters)
+    naive = partial(linear.linear_attention, q, k, v, **options, **state, output_final_state=True)
+    return policy_bounds(dtype, ref, scales, reference=naive, sizes=lambda: sizes, exact=parallel, jitters=jitters)
+
+
+def _carried(state: dict, features: tuple, d_v: int) -> tuple[np.ndarray, np.ndarray]:
+    """The carried state and normalizer as float64, zero where the call has none."""
+    s0, z0 = state.get("initial_state"), state.get("initial_normalizer")
+    return (np.asarray(np.zeros(features + (d_v,)) if s0 is None else s0, np.float64),
+            np.asarray(np.zeros(features) if z0 is None else z0, np.float64))
 
 
 def _linear_out_scale(mag, den, ref_out, options) -> float:
@@ -80,7 +82,7 @@ def efficient_bound(q, k, v, dtype: str, ref) -> Bound:
                (k64, Jitter(np.abs(k64) + np.abs(k64).max(-2, keepdims=True), absolute=True)),
                (v64, Jitter(math.sqrt(k.shape[2]))))
     return policy_bounds(dtype, (ref,), (vmax,), reference=partial(linear.efficient_attention, q, k, v),
-                         sizes=lambda: (vmax * size,), exact=linear.efficient_attention, jitters=lambda: jitters)[0]
+                         sizes=lambda: (vmax * size,), exact=linear.efficient_attention, jitters=jitters)[0]
 
 
 # Performer: the FAVOR+ estimator's logits (features and the Gram check are in .hand_bounds)
@@ -101,12 +103,9 @@ def performer_bound(q, k, v, w, causal: bool, dtype: str, ref, scale: float | No
     q64, k64, w64 = np.asarray(q, np.float64) * root, np.asarray(k, np.float64) * root, np.asarray(w, np.float64)
     size_q, size_k = logit_size(q64, w), logit_size(k64, w)
     vmax = finite_max(v, 1e-30)
-
-    def jitters():
-        lq, lk = performer.logits(q64, w64, performer.EXACT), performer.logits(k64, w64, performer.EXACT)
-        return ((lq, Jitter(math.sqrt(d) * size_q + 1, absolute=True)),
-                (lk, Jitter(math.sqrt(d) * size_k + 1, absolute=True)), (v, Jitter(math.sqrt(k.shape[2]))))
-
+    lq, lk = performer.logits(q64, w64, performer.EXACT), performer.logits(k64, w64, performer.EXACT)
+    jitters = ((lq, Jitter(math.sqrt(d) * size_q + 1, absolute=True)),
+               (lk, Jitter(math.sqrt(d) * size_k + 1, absolute=True)), (v, Jitter(math.sqrt(k.shape[2]))))
     size = vmax * 2 * (d * (size_q.max() + size_k.max()) + w.shape[0] + k.shape[2] + 4)
     return policy_bounds(dtype, (ref,), (vmax,), sizes=lambda: (size,),
                          reference=partial(performer.performer, q, k, v, projection=w, causal=causal, scale=scale),
@@ -123,7 +122,7 @@ def orthogonal_bound(g, norms, dtype: str, ref) -> Bound:
                          sizes=lambda: (finite_max(n64, 1e-30) * d * float(np.linalg.cond(g64).max()),),
                          reference=partial(performer.orthogonal_projection, g, norms),
                          exact=performer.orthogonal_projection,
-                         jitters=lambda: ((g64, Jitter(math.sqrt(d))), (n64, Jitter())))[0]
+                         jitters=((g64, Jitter(math.sqrt(d))), (n64, Jitter())))[0]
 
 
 # Retention
@@ -149,7 +148,7 @@ def retention_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_state) -> t
     folded = dtype in ("float16", "bfloat16")
     return policy_bounds(dtype, (ref_out, ref_state), (finite_max(ref_out, 1e-30), finite_max(ref_state, 1e-30)),
                          reference=partial(retention, q, k, v, **kwargs, return_state=True),
-                         sizes=lambda: propagation_sizes(problem), jitters=lambda: jitters,
+                         sizes=lambda: propagation_sizes(problem), jitters=jitters,
                          exact=lambda q, k, v, state: block(q, k, v, problem.gammas, problem.scale, state),
                          extra_sensitivity=lambda: (folded_scale_error(problem, ref_out, dtype),) if folded else ())
 
@@ -226,7 +225,7 @@ def linformer_bound(q, k, v, kwargs: dict, dtype: str, ref_out) -> Bound:
 
     jitters = ((q64, Jitter(np.sqrt(d))), (k64, Jitter(np.sqrt(n))), (v64, Jitter(np.sqrt(n + k_proj))))
     return policy_bounds(dtype, (ref_out,), (vmax,), reference=partial(lowrank.linformer, q, k, v, **kwargs),
-                         sizes=size, exact=partial(lowrank.linformer, **kwargs), jitters=lambda: jitters,
+                         sizes=size, exact=partial(lowrank.linformer, **kwargs), jitters=jitters,
                          extra_sensitivity=stored)[0]
 
 

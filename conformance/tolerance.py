@@ -112,23 +112,23 @@ def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], 
 
 def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference: Callable,
                   sizes: Callable[[], Sequence[float]], exact: Callable | None = None,
-                  jitters: Callable[[], Sequence[tuple[np.ndarray, Jitter]]] = tuple,
+                  jitters: Sequence[tuple[np.ndarray, Jitter]] = (),
                   extra_sensitivity: Callable[[], Sequence[float]] = tuple) -> tuple[Bound, ...]:
     """The policy's bound for each output ``refs[i]`` of one call (``refs``: the exact outputs).
 
     At 64 bits ``FLOAT64_EPS`` ulps of ``sizes()[i]``. At 16/32 bits ``NAIVE_FACTOR`` times the
     error of ``reference(arithmetic=naive arithmetic)`` (the reference call in the dtype) plus the
     floor on ``scales[i]``, whose sensitivity term is the larger of :func:`sensitivity` of ``exact``
-    to ``jitters()`` and ``extra_sensitivity()[i]`` where an operation declares one (the exact
+    to ``jitters`` and ``extra_sensitivity()[i]`` where an operation declares one (the exact
     result's error with operands a kernel may store in the dtype, where the naive run's own
     rounding of them is one draw of luck; an analytic estimate).
     """
     if dtype == "float64":
         return tuple(float64_bound(size) for size in sizes())
     naive = _outputs(reference(arithmetic=naive_arithmetic(dtype)))
-    sens = sensitivity(exact, jitters(), refs) if exact is not None else (0.0,) * len(refs)
+    sens = sensitivity(exact, jitters, refs) if exact is not None else (0.0,) * len(refs)
     extra = tuple(extra_sensitivity()) + (0.0,) * len(refs)
-    return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e) if e else s)
+    return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e))
                  for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra))
 
 
@@ -154,13 +154,11 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
         scored = replace(problem, q=q, v=v, score_mods=problem.score_mods + (_scaled_score(score_factor),))
         return attend(scored, range(problem.n_q), range(problem.n_k))
 
-    def jitters():
-        scores = np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k))
-        return ((scores, Jitter()), (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
-                (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))))
-
-    return policy_bounds(dtype, (ref_out, ref_lse), (vmax, lse_scale), reference=partial(sdpa, q, k, v, **options,
-                         return_lse=True), sizes=sizes, exact=exact, jitters=jitters)
+    scores = np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k))
+    jitters = ((scores, Jitter()), (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
+               (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))))
+    return policy_bounds(dtype, (ref_out, ref_lse), (vmax, lse_scale), sizes=sizes, exact=exact, jitters=jitters,
+                         reference=partial(sdpa, q, k, v, **options, return_lse=True))
 
 
 def _scaled_score(factor: np.ndarray):
@@ -191,9 +189,9 @@ def _all_indices(problem):
 
 def mha_bound(x_q, x_kv, weights: dict, options: dict, dtype: str, ref_out) -> Bound:
     """The bound for ``mha``: projections, attention and the output projection; floor ``max|out|``."""
-    sizes = lambda: (_mha_size(x_q, x_kv, weights, options),)  # noqa: E731
     return policy_bounds(dtype, (ref_out,), (finite_max(ref_out, 1e-30),),
-                         reference=partial(multihead.mha, x_q, x_kv, **weights, **options), sizes=sizes)[0]
+                         reference=partial(multihead.mha, x_q, x_kv, **weights, **options),
+                         sizes=lambda: (_mha_size(x_q, x_kv, weights, options),))[0]
 
 
 def _mha_size(x_q, x_kv, weights: dict, options: dict) -> float:
@@ -227,9 +225,9 @@ def shaw_bound(q, k, v, kwargs: dict, dtype: str, ref) -> Bound:
     vmax = finite_max(v, 1e-30) + finite_max(np.asarray(kwargs["rel_v"], np.float64))
 
     def sizes():
-        q_abs, k_abs = np.abs(np.asarray(q, np.float64)), np.abs(np.asarray(k, np.float64))
+        q_abs, k_abs, rel_k = (np.abs(np.asarray(x, np.float64)) for x in (q, k, kwargs["rel_k"]))
         d = q_abs.shape[-1]
-        a = finite_max(q_abs @ np.swapaxes(k_abs, -1, -2)) + finite_max(q_abs @ np.abs(np.asarray(kwargs["rel_k"], np.float64)).T)
+        a = finite_max(q_abs @ np.swapaxes(k_abs, -1, -2)) + finite_max(q_abs @ rel_k.T)
         return (vmax * (d * a / np.sqrt(d) + k_abs.shape[2] + 2 * kwargs["max_relative"] + 2),)
 
     return policy_bounds(dtype, (ref,), (vmax,), reference=partial(relative.shaw, q, k, v, **kwargs), sizes=sizes)[0]

@@ -55,23 +55,14 @@ def _sdpa(dtype: str) -> dict:
 
 
 def _mha(dtype: str) -> dict:
+    from attnspec.conformance.test_multihead import mha_inputs
     from attnspec.conformance.tolerance import mha_bound
     out = {}
     for name, case, d_model, self_attention, options in (
             ("self", SdpaCase(h_q=4, h_kv=2, n_q=5, n_k=5, d_qk=8, d_v=4), 8, True, {}),
             ("cross-causal", SdpaCase(h_q=2, h_kv=1, n_q=3, n_k=7, d_qk=4, d_v=6, seed=3), 24, False,
              {"causal": "bottom_right"})):
-        rng = np.random.default_rng(case.seed)
-        x_q = rounded(rng.standard_normal((case.batch, case.n_q, d_model)), dtype)
-        x_kv = x_q if self_attention else rounded(rng.standard_normal((case.batch, case.n_k, d_model)), dtype)
-        std = 1 / np.sqrt(d_model)
-        weights = {
-            "w_q": rounded(rng.standard_normal((d_model, case.h_q * case.d_qk)) * std, dtype),
-            "w_k": rounded(rng.standard_normal((d_model, case.h_kv * case.d_qk)) * std, dtype),
-            "w_v": rounded(rng.standard_normal((d_model, case.h_kv * case.d_v)) * std, dtype),
-            "w_o": rounded(rng.standard_normal((case.h_q * case.d_v, d_model)) / np.sqrt(case.h_q * case.d_v), dtype),
-            "num_heads": case.h_q, "num_kv_heads": case.h_kv,
-        }
+        x_q, x_kv, weights = mha_inputs(case, dtype, d_model, self_attention)
         ref = reference.mha(x_q, x_kv, **weights, **options)
         out[f"mha/{name}"] = _values(mha_bound(x_q, x_kv, weights, options, dtype, ref))
     return out
@@ -98,7 +89,8 @@ def _positional(dtype: str) -> dict:
     out["alibi/slopes"] = _values(rounding_bound(alibi.alibi_slopes(12), dtype))
     slopes = rounded(alibi.alibi_slopes(3), dtype)
     out["alibi/bias"] = _values(rounding_bound(alibi.alibi_bias(slopes, 4, 9, form="symmetric"), dtype))
-    for max_relative, case in ((2, SdpaCase(n_q=3, n_k=7, d_qk=4, d_v=2)), (200, SdpaCase(batch=2, n_q=5, n_k=5, seed=9))):
+    for max_relative, case in ((2, SdpaCase(n_q=3, n_k=7, d_qk=4, d_v=2)),
+                               (200, SdpaCase(batch=2, n_q=5, n_k=5, seed=9))):
         q, k, v, _ = case.inputs(dtype)
         rng = np.random.default_rng(case.seed + 7)
         rel_k = rounded(rng.standard_normal((2 * max_relative + 1, case.d_qk)), dtype)
