@@ -106,7 +106,7 @@ def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], 
     worst = [0.0] * len(refs)
     for _ in range(draws):
         outs = _outputs(exact(*(jitter.apply(x, rng) for x, jitter in jittered)))
-        worst = [max(w, max_error(out, ref)) for w, out, ref in zip(worst, outs, refs)]
+        worst = [max(w, max_error(out, ref)) for w, out, ref in zip(worst, outs, refs, strict=True)]
     return tuple(worst)
 
 
@@ -127,9 +127,9 @@ def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference
         return tuple(float64_bound(size) for size in sizes())
     naive = _outputs(reference(arithmetic=naive_arithmetic(dtype)))
     sens = sensitivity(exact, jitters, refs) if exact is not None else (0.0,) * len(refs)
-    extra = tuple(extra_sensitivity()) + (0.0,) * len(refs)
+    extra = (tuple(extra_sensitivity()) + (0.0,) * len(refs))[:len(refs)]
     return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e))
-                 for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra))
+                 for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra, strict=True))
 
 
 def _outputs(result) -> tuple:
