@@ -20,8 +20,9 @@ its mask code with a kernel would let one bug hide in both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -115,10 +116,8 @@ class Rules:
 
     def visible(self, b, h, i, j, read: Callable = gather):
         """``mask_mod``: True where query ``i`` may see key ``j`` in batch item ``b``, head ``h``."""
-        if self.q_lens is None:
-            ok = i >= 0
-        else:
-            ok = (i < self.q_lens[b]) & self.key_present(b, j)  # sdpa.padding
+        # sdpa.padding
+        ok = i >= 0 if self.q_lens is None else (i < self.q_lens[b]) & self.key_present(b, j)
         d = self.diagonals(self.offset(b))
         if d.causal is not None:
             ok = ok & (j <= i + d.causal)  # sdpa.causal.*

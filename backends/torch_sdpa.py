@@ -11,6 +11,7 @@ kernel refuses a case ("No available kernel"), the case is declined, not failed.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import sys
 import time
@@ -70,7 +71,7 @@ def run_row(row: dict) -> dict:
             out, _ = launch.attention(problem, lens, config=cfg)
             torch.cuda.synchronize()
             first = time.perf_counter() - start
-            ms = do_bench(lambda: launch.attention(problem, lens, config=cfg), return_mode="median")
+            ms = do_bench(functools.partial(launch.attention, problem, lens, config=cfg), return_mode="median")
             err = (out.float() - ref.float()).abs().max().item()
             result["configs"].append(dict(config=list(cfg.__dict__.values()), ms=ms, ratio=sdpa_ms / ms,
                                           first_call_s=first, max_abs_err_vs_sdpa=err))
@@ -98,14 +99,13 @@ def decode_rows(quick: bool):
         kv_bytes = 2 * k.numel() * k.element_size()
         buf = torch.empty(kv_bytes // 2, device="cuda", dtype=torch.bfloat16)
         src = torch.empty_like(buf)
-        copy_ms = do_bench(lambda: buf.copy_(src), return_mode="median")
+        copy_ms = do_bench(functools.partial(buf.copy_, src), return_mode="median")
         copy_rate = 2 * kv_bytes / copy_ms / 1e9  # bytes read and written per second, GB/s
         ref = F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1))
         problem = torch_kernel.prepare(q, k, v, causal="bottom_right")
         row = dict(kind="decode", n=n, copy_gbs=copy_rate, splits=[])
         for splits in (16, 32, 64, 128):
-            def call():
-                return launch.attention(problem, launch.Lens(None, lens), num_splits=splits, pack_gqa=True)
+            call = functools.partial(launch.attention, problem, launch.Lens(None, lens), num_splits=splits, pack_gqa=True)
             o, _ = call()
             ms = do_bench(call, return_mode="median")
             rate = kv_bytes / ms / 1e9
@@ -128,13 +128,13 @@ def window_rows():
     for w in (512, 2048):
         problem = torch_kernel.prepare(q, k, v, causal="bottom_right", window=(w, 0))
         lens = launch.host_lens(problem)
-        ms = do_bench(lambda: launch.attention(problem, lens), return_mode="median")
+        ms = do_bench(functools.partial(launch.attention, problem, lens), return_mode="median")
 
         def sliding(b, h, i, j, w=w):
             return (j <= i) & (i - j <= w)
 
         block_mask = create_block_mask(sliding, None, None, q.shape[2], k.shape[2], device="cuda")
-        flex_ms = do_bench(lambda: flex(q, k, v, block_mask=block_mask), return_mode="median")
+        flex_ms = do_bench(functools.partial(flex, q, k, v, block_mask=block_mask), return_mode="median")
         out.append(dict(kind="window", window=w, ms=ms, sdpa_causal_ms=causal_ms, flex_ms=flex_ms,
                         speedup=causal_ms / ms, flex_speedup=causal_ms / flex_ms))
         print(f"window {w}: {ms:.3f} ms, x{causal_ms / ms:.2f} over SDPA causal (flex x{causal_ms / flex_ms:.2f})", flush=True)

@@ -1,10 +1,10 @@
-"""Cases, input separation and bounds for the hierarchical and routed families.
+"""Cases, input separation and strategies for the hierarchical and routed families.
 
 A case is a frozen description whose repr is valid Python; :meth:`inputs` makes the arrays from
 its seed, already rounded to the dtype. The discrete decisions (selected blocks, clusters,
 buckets) are made on inputs *separated* for the dtype: wherever the two top-ranked values of a
-decision are closer than twice the tolerance the policy allows for them (3x a naive
-implementation's measured error plus the floor; both sides of a comparison may err), the
+decision are closer than twice the tolerance the policy allows for them (the margins of
+:mod:`.hand_bounds`: 3x a naive implementation's measured error plus the floor), the
 offending row or token is drawn again from the same stream. Exact ties of clusters and buckets
 are left in on purpose: they are decided by the tie rule, which every precision reproduces. An
 exact tie at an NSA selection boundary is drawn again too: ``nsa.select.ties`` has its own cases
@@ -20,24 +20,12 @@ import hypothesis
 import numpy as np
 from hypothesis import strategies as st
 
-from attnspec import tolerance as policy
-from attnspec.conformance.dtypes import eps, rounded
+from attnspec.conformance.dtypes import rounded
+from attnspec.conformance.hand_bounds import bucket_margin, projections, routing_margin, selection_margin, unit
 from attnspec.conformance.target import current
-from attnspec.conformance.tolerance import (
-    Bound,
-    finite_max,
-    float64_bound,
-    max_error,
-    naive_arithmetic,
-    relative_bound,
-    sdpa_bounds,
-)
-from attnspec.reference.arithmetic import EXACT, Arithmetic
-from attnspec.reference.lsh import LSH
+from attnspec.reference.arithmetic import EXACT
 from attnspec.reference.nsa import NSA
 from attnspec.reference.routed import cosines
-from attnspec.reference.routed import problem as routed_problem
-from attnspec.reference.sdpa import sdpa as dense
 
 #: How often a row or token is drawn again before the case is given up (it never is in practice).
 REDRAWS = 40
@@ -58,13 +46,6 @@ class _Case:
 
 def _normal(rng, shape, dtype: str) -> np.ndarray:
     return rounded(rng.standard_normal(shape), dtype)
-
-
-def _margin(naive: np.ndarray, exact: np.ndarray, dtype: str, size: float) -> float:
-    """Twice the tolerance of a ranked quantity: relative to its naive error at 16/32 bits, ulps x ``size`` at 64."""
-    if dtype == "float64":
-        return 2 * float64_bound(size).value
-    return 2 * relative_bound(max_error(naive, exact), finite_max(exact, 1e-30), dtype).value
 
 
 def _gap(values: np.ndarray) -> np.ndarray:
@@ -160,11 +141,6 @@ def selection_gap(problem: NSA, imp: np.ndarray) -> np.ndarray:
         return np.where(contested, last - first_out, np.inf)
 
 
-def selection_margin(problem: NSA, imp: np.ndarray, dtype: str) -> float:
-    naive = problem.importance(naive_arithmetic(dtype)) if dtype != "float64" else imp
-    return _margin(naive, imp, dtype, problem.group * (_cmp_size(problem) + 1))
-
-
 def separate_selection(q, k, kwargs: dict, dtype: str, rng) -> np.ndarray:
     """Redraw the queries of rows whose selection is decided by less than the margin, or by a tie."""
     q = q.copy()
@@ -177,51 +153,6 @@ def separate_selection(q, k, kwargs: dict, dtype: str, rng) -> np.ndarray:
         rows = np.repeat(close, problem.group, axis=1)  # every query head of the group
         q[rows] = _normal(rng, (int(rows.sum()), q.shape[-1]), dtype)
     _give_up("the NSA selection")
-
-
-def _abs_compress(problem: NSA, x: np.ndarray, weights) -> np.ndarray:
-    return problem.compress(np.abs(x), None if weights is None else np.abs(weights))
-
-
-def _reduction(problem: NSA, weights, dim: int) -> int:
-    """Terms summed per compressed element: ``l``, or ``l * D`` for the linear map."""
-    return problem.cmp_len * (dim if weights is not None and weights.ndim == 2 else 1)
-
-
-def _cmp_size(problem: NSA) -> float:
-    """Error propagation of the compressed scores: ``(D + L) * A + N_c + 1`` with ``A`` from absolute values."""
-    k_abs = _abs_compress(problem, problem.k, problem.compress_k)
-    b, h_q, n_q, d = problem.q.shape
-    grouped = np.abs(problem.q).reshape(b, problem.k.shape[1], problem.group, n_q, d)
-    a = problem.scale * finite_max(grouped @ np.swapaxes(k_abs, -1, -2)[:, :, None])
-    return (d + _reduction(problem, problem.compress_k, d)) * a + k_abs.shape[2] + 1
-
-
-def nsa_bound(problem: NSA, dtype: str) -> Bound:
-    """Sum over the branches of ``max|gate|`` times the branch's ``sdpa`` bound, plus the gated sum's rounding.
-
-    The compressed branch is bounded on the summaries a naive kernel would store (compressed in the
-    dtype's naive arithmetic), so its bound includes the compression's rounding; at 64 bits the
-    compression's propagation is added explicitly.
-    """
-    total, scale, parts = 0.0, 0.0, []
-    for c, (q, k, v, options) in enumerate(problem.branches()):
-        ref_out, ref_lse = dense(q, k, v, return_lse=True, **options)
-        if c == 0 and dtype != "float64":
-            arith = naive_arithmetic(dtype)
-            k = problem.compress(problem.k, problem.compress_k, arith)
-            v = problem.compress(problem.v, problem.compress_v, arith)
-        value = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)[0].value
-        if c == 0 and dtype == "float64":
-            v_abs = _abs_compress(problem, problem.v, problem.compress_v)
-            value += float64_bound(finite_max(v, 1e-30) * 2 * _cmp_size(problem)
-                                   + _reduction(problem, problem.compress_v, v.shape[-1]) * finite_max(v_abs)).value
-        gate = finite_max(problem.gates[..., c])
-        total, scale = total + gate * value, scale + gate * finite_max(ref_out)
-        parts.append(f"{gate:.3g} x {value:.3g}")
-    ulps = policy.FLOAT64_EPS * float(np.finfo(np.float64).eps) if dtype == "float64" else policy.FLOOR_EPS * eps(dtype)
-    floor = ulps * scale
-    return Bound(total + floor, f"gated branch bounds {' + '.join(parts)} + rounding of the sum {floor:.3g}")
 
 
 # Routed attention
@@ -262,7 +193,7 @@ class RoutedCase(_Case):
         lead = (self.batch, self.h_q, self.n_q) if queries else (self.batch, self.h_kv, self.n_k)
         x = rng.standard_normal(lead + (self.d_qk,))
         if self.split and self.clusters >= 2:  # keys around centroid 0; odd queries around centroid 1
-            axis = _unit(centroids[0, 0], EXACT)
+            axis = unit(centroids[0, 0], EXACT)
             toward = np.where(queries & (np.arange(lead[-1]) % 2 == 1), -1.0, 1.0)[:, None]
             x = 3 * toward * axis + 0.3 * x
         if self.ties:
@@ -270,24 +201,11 @@ class RoutedCase(_Case):
         return rounded(x, dtype)
 
 
-def _unit(x: np.ndarray, arith: Arithmetic) -> np.ndarray:
-    """``x / |x|`` as a naive kernel computes it: the squared norm, its root and the quotient rounded."""
-    x = x.astype(arith.compute)
-    norm = arith.round(np.sqrt(arith.round(arith.matmul(x[..., None, :], x[..., :, None])[..., 0])))
-    return arith.round(x / np.where(norm > 0, norm, 1))
-
-
-def _naive_cosines(x: np.ndarray, centroids: np.ndarray, arith: Arithmetic) -> np.ndarray:
-    """``cosines`` as a naive kernel computes them, every step rounded to the dtype."""
-    return arith.round(arith.matmul(_unit(x, arith), np.swapaxes(_unit(centroids, arith), -1, -2)[None]))
-
-
 def _routing_gaps(x: np.ndarray, centroids: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
     """Per token and query head ``(B, H_q, N)``: the cosine gap of its assignment, and the margin."""
     x = x.astype(np.float64)
     exact = cosines(x, centroids.astype(np.float64))
-    naive = _naive_cosines(x, centroids, naive_arithmetic(dtype)) if dtype != "float64" else exact
-    return _gap(exact), _margin(naive, exact, dtype, x.shape[-1] + 4)
+    return _gap(exact), routing_margin(x, centroids, exact, dtype)
 
 
 def separate_routing(q, k, centroids, dtype: str, draw) -> tuple[np.ndarray, np.ndarray]:
@@ -303,12 +221,6 @@ def separate_routing(q, k, centroids, dtype: str, draw) -> tuple[np.ndarray, np.
             return q, k
         q[close_q], k[close_k] = draw(True)[close_q], draw(False)[close_k]
     _give_up("the routing")
-
-
-def routed_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_lse) -> tuple[Bound, Bound]:
-    """``sdpa``'s bounds on the equivalent problem: the same-cluster mask (with ``causal``)."""
-    q, k, v, options = routed_problem(q, k, v, **kwargs)
-    return sdpa_bounds(q, k, v, {n: o for n, o in options.items() if o is not None}, dtype, ref_out, ref_lse)
 
 
 # LSH attention
@@ -355,34 +267,16 @@ class LshCase(_Case):
         return rounded(x, dtype)
 
 
-def _projections(x: np.ndarray, rotations: np.ndarray, arith: Arithmetic = EXACT) -> np.ndarray:
-    """``[y, -y]`` of the unit vectors, ``(B, H, R, N, n_buckets)``: what the buckets are the argmax of."""
-    y = arith.round(arith.matmul(_unit(x, arith)[:, :, None], rotations.astype(arith.compute)[None, None]))
-    return np.concatenate([y, -y], axis=-1)
-
-
 def separate_buckets(qk, rotations, dtype: str, draw) -> np.ndarray:
     """Redraw (from ``draw()``) the tokens whose bucket wins by less than the margin in some round."""
     qk = qk.copy()
-    size = (qk.shape[-1] + 4) * finite_max(np.linalg.norm(rotations.astype(np.float64), axis=1))
     for _ in range(REDRAWS):
-        exact = _projections(qk.astype(np.float64), rotations.astype(np.float64))
-        naive = _projections(qk, rotations, naive_arithmetic(dtype)) if dtype != "float64" else exact
-        close = (_gap(exact) <= _margin(naive, exact, dtype, size)).any(axis=2)  # (B, H, N)
+        exact = projections(qk.astype(np.float64), rotations.astype(np.float64))
+        close = (_gap(exact) <= bucket_margin(qk, rotations, exact, dtype)).any(axis=2)  # (B, H, N)
         if not close.any():
             return qk
         qk[close] = draw()[close]
     _give_up("the LSH buckets")
-
-
-def lsh_bound(problem: LSH, dtype: str) -> Bound:
-    """``sdpa``'s bound on the equivalent problem (the union of the rounds' visible sets), with the
-    unit keys a naive kernel stores."""
-    q, k, v, options = problem.equivalent()
-    ref_out, ref_lse = dense(q, k, v, return_lse=True, **options)
-    if dtype != "float64":
-        k = _unit(problem.qk, naive_arithmetic(dtype))
-    return sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)[0]
 
 
 # Strategies: small shapes with the edges (one token, one block, decode rows, GQA groups)

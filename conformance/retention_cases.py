@@ -1,11 +1,8 @@
-"""Retention cases, their strategy, and the tolerance of the retention forms.
+"""Retention cases and their strategy (the bound is :func:`attnspec.conformance.bounds.retention_bounds`).
 
 A :class:`RetentionCase` prints as valid Python and makes its arrays from a seed, already
 rounded to the dtype under test, so a failure reproduces from its message. The decays are host
 values of their own dtype (:func:`gamma_dtype`), never rounded to a 16-bit input dtype.
-The bound follows :mod:`attnspec.tolerance`: at 16/32 bits three times the error of the form
-under test evaluated naively in the dtype, plus a floor; at 64 bits a few ulps of the sum of the
-absolute terms, each weighted by how far rounding can propagate into it.
 """
 
 from __future__ import annotations
@@ -18,8 +15,7 @@ from hypothesis import strategies as st
 from attnspec.conformance.dtypes import rounded
 from attnspec.conformance.strategies import lengths
 from attnspec.conformance.target import current
-from attnspec.conformance.tolerance import Bound, finite_max, float64_bound, max_error, naive_arithmetic, relative_bound
-from attnspec.reference.retention import FORMS, block, decay_powers, prepare, retention
+from attnspec.reference.retention import FORMS
 
 #: Decays at the edges: none kept, underflow within a few steps, the paper's first heads, none lost.
 GAMMAS = (0.0, 1e-3, 0.5, 0.9, 0.96875, 1 - 2.0**-9, 1.0)
@@ -92,92 +88,3 @@ def retention_cases(draw, *, form: str | None = "parallel", initial_state: bool 
                          chunk_size=draw(chunk_sizes(n)) if form == "chunkwise" else None,
                          scale=draw(st.sampled_from([None, 0.3, 1.7])), initial_state=initial_state,
                          seed=draw(st.integers(0, 2**32 - 1)))
-
-
-def retention_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_state) -> tuple[Bound, Bound]:
-    """``(output bound, state bound)`` for ``retention(q, k, v, **kwargs)`` at ``dtype``.
-
-    At 16/32 bits the naive error is that of the form named in ``kwargs`` (a recurrent kernel is
-    held to a naive recurrence, a chunkwise one to naive chunks), relative to ``max|ref|``. The
-    naive run applies ``scale`` to the scores, as the formula does; the clause lets a kernel fold it
-    into ``q`` (flash-linear-attention) or ``k`` (torchscale) instead, which in a 16-bit dtype adds
-    one rounding of the scaled operand, ``q * scale`` or ``k * scale`` stored in the dtype. The
-    naive run does not make that rounding, so the sensitivity term (:func:`rounding_sensitivity`)
-    includes it, evaluated exactly: the exact output on ``q * scale`` (or ``k * scale``) rounded to
-    the dtype, with ``scale = 1``. That is the error of an exact kernel that folds the scale, so a
-    folding kernel is held to its own arithmetic error beside it, never more.
-    """
-    options = {n: kwargs.get(n) for n in ("gammas", "scale", "initial_state")}
-    problem = prepare(q, k, v, **options)
-    if dtype == "float64":
-        out_size, state_size = propagation_sizes(problem)
-        return float64_bound(out_size), float64_bound(state_size)
-    naive_out, naive_state = retention(q, k, v, **kwargs, return_state=True, arithmetic=naive_arithmetic(dtype))
-    out_sens, state_sens = rounding_sensitivity(problem, ref_out, ref_state, dtype)
-    return (relative_bound(max_error(naive_out, ref_out), finite_max(ref_out, 1e-30), dtype, out_sens),
-            relative_bound(max_error(naive_state, ref_state), finite_max(ref_state, 1e-30), dtype, state_sens))
-
-
-def propagation_sizes(problem) -> tuple[float, float]:
-    """The float64 error sizes of the output and the final state: weighted sums of absolute terms.
-
-    Each term ``g^e scale (q_n . k_m) v_m`` of an output, or ``g^e outer(k_m, v_m)`` of the state,
-    carries ``D_k + N + 4`` roundings (its dot product, the sum over positions, scale and decay
-    products) plus ``e (1 + |log g|)`` for its decay: ``e`` products in a recurrence, or the
-    relative error ``e |log g| eps`` of ``exp(e log g)``. The sizes are the largest such weighted
-    sums, evaluated by the parallel form on absolute values with the weights folded into the decay.
-    """
-    d_k, n = problem.q.shape[-1], problem.q.shape[2]
-    base = d_k + n + 4
-
-    def weighted(gammas, e, dtype):
-        e = np.asarray(e, dtype=dtype)
-        log_g = np.abs(np.log(np.where(gammas > 0, gammas, 1.0))).reshape((-1,) + (1,) * e.ndim)
-        return decay_powers(gammas, e, dtype) * (base + e * (1 + log_g))
-
-    out, state = block(np.abs(problem.q), np.abs(problem.k), np.abs(problem.v), problem.gammas,
-                       abs(problem.scale), np.abs(problem.state), powers=weighted)
-    return finite_max(out), finite_max(state)
-
-
-def rounding_sensitivity(problem, ref_out, ref_state, dtype: str, draws: int = 2) -> tuple[float, float]:
-    """How far the exact result moves when rounding perturbs its inputs (as for ``sdpa``).
-
-    ``q`` and the initial state move by a relative ``sqrt(D_k) eps(float32)`` (the dot products),
-    ``k`` by ``eps(float32)`` (the score roundings) and ``v`` by ``sqrt(N + 1) eps(float32)`` (the
-    sums over positions). For a 16-bit dtype the output's sensitivity also covers the scale folded
-    into an operand stored in the dtype (clause ``retention.parallel`` allows it): the exact output
-    with ``q * scale`` rounded to the dtype and ``scale = 1`` (flash-linear-attention), and with
-    ``k * scale`` rounded (torchscale; the initial state is then scaled too, exactly). The state
-    holds unscaled products and is not affected. In float32 that rounding is within the float32
-    terms. Deterministic: the perturbations come from a fixed seed.
-    """
-    rng = np.random.default_rng(2019)
-    unit = float(np.finfo(np.float32).eps)
-    d_k, n = problem.q.shape[-1], problem.q.shape[2]
-
-    def jitter(x, size):
-        return x * (1 + unit * size * rng.uniform(-1, 1, x.shape))
-
-    out_sens = state_sens = 0.0
-    for _ in range(draws):
-        out, state = block(jitter(problem.q, np.sqrt(d_k)), jitter(problem.k, 1.0), jitter(problem.v, np.sqrt(n + 1)),
-                           problem.gammas, problem.scale, jitter(problem.state, np.sqrt(d_k)))
-        out_sens, state_sens = max(out_sens, max_error(out, ref_out)), max(state_sens, max_error(state, ref_state))
-    if dtype in ("float16", "bfloat16"):
-        out_sens = max(out_sens, folded_scale_error(problem, ref_out, dtype))
-    return out_sens, state_sens
-
-
-def folded_scale_error(problem, ref_out, dtype: str) -> float:
-    """The exact output's error with ``scale`` folded into ``q``, or into ``k``, stored in ``dtype``.
-
-    Either is the output of an exact kernel that folds the scale (with ``k`` folded the initial
-    state is scaled too, exactly, since it holds unscaled products); the larger error counts.
-    """
-    def stored(x):
-        return rounded(x * problem.scale, dtype).astype(np.float64)
-
-    p = problem
-    folded = ((stored(p.q), p.k, p.state), (p.q, stored(p.k), p.state * p.scale))
-    return max(max_error(block(q, k, p.v, p.gammas, 1.0, state)[0], ref_out) for q, k, state in folded)

@@ -12,17 +12,16 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from attnspec import reference
+from attnspec.conformance.bounds import routed_bounds
 from attnspec.conformance.calls import call
 from attnspec.conformance.dtypes import numpy_dtype, rounded
+from attnspec.conformance.hand_bounds import lsh_bound, nsa_bound
 from attnspec.conformance.hierarchical_cases import (
     LshCase,
     NsaCase,
     RoutedCase,
-    lsh_bound,
     lsh_cases,
-    nsa_bound,
     nsa_cases,
-    routed_bounds,
     routed_cases,
     select_call,
 )

@@ -9,21 +9,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attnspec import reference
+from attnspec.conformance.bounds import efficient_bound, linear_bounds, orthogonal_bound, performer_bound
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.dtypes import eps, numpy_dtype, rounded
-from attnspec.conformance.linear_cases import (
-    LinearCase,
-    dims,
-    efficient_bound,
-    features_bound,
-    forms,
-    gram_bound,
-    linear_bounds,
-    linear_cases,
-    orthogonal_bound,
-    performer_bound,
-    try_call,
-)
+from attnspec.conformance.hand_bounds import features_bound, gram_bound
+from attnspec.conformance.linear_cases import LinearCase, dims, forms, linear_cases, try_call
 from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.strategies import block_sizes
 from attnspec.conformance.target import decline

@@ -6,6 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from attnspec import reference
+from attnspec.conformance.bounds import linformer_bound
 from attnspec.conformance.calls import call, call_unguarded
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.dtypes import LARGE_MAGNITUDE, numpy_dtype, rounded
@@ -13,17 +14,8 @@ from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import within_limits
 from attnspec.conformance.strategies import sdpa_cases
 from attnspec.conformance.target import current, decline
-from attnspec.conformance.tolerance import (
-    Bound,
-    finite_max,
-    float64_bound,
-    max_error,
-    naive_arithmetic,
-    relative_bound,
-    sdpa_bounds,
-)
+from attnspec.conformance.tolerance import sdpa_bounds
 from attnspec.reference import lowrank
-from attnspec.reference.sdpa import prepare
 
 K_PROJ = (1, 2, 7, 16, 64)
 #: Sequence lengths stay at most 64 (plus up to 64 memory tokens) to keep three float64 passes fast.
@@ -35,50 +27,6 @@ def projections(case: SdpaCase, dtype: str, k_proj: int, per_head: bool):
     rng = np.random.default_rng(case.seed + 1)
     shape = (case.h_kv, k_proj, case.n_k) if per_head else (k_proj, case.n_k)
     return tuple(rounded(rng.standard_normal(shape) / np.sqrt(case.n_k), dtype) for _ in range(2))
-
-
-def linformer_bound(q, k, v, kwargs: dict, dtype: str, ref_out) -> Bound:
-    """The tolerance policy for ``linformer``: dense attention on projected keys and values.
-
-    At 64 bits, with ``K' = |E||K|`` and ``A`` the largest ``|scale| |q_i| . K'_j``: the attention's
-    ``max|F V| (D_qk A + k_proj + 1)``, the score error ``N A`` from projecting the keys (which
-    moves a softmax average by at most twice ``max|F V|`` per unit of score), and ``N max(|F||V|)``
-    from projecting the values, in ulps.
-
-    At 16/32 bits the sensitivity term is the largest of two float32-sized jitters of the inputs
-    and the exact attention on ``E K`` and ``F V`` rounded to the dtype. A kernel MAY store the
-    projected keys and values in the dtype (they are the keys and values of the attention that
-    follows, as ``mha`` stores its projections); the naive run rounds them too, but its rounding
-    is one draw: with large scores the softmax is nearly one-hot and half an ulp of a projected key
-    can change which key wins, so a kernel whose rounding differs in one element may move a row by
-    ``max|F V|`` where the naive run did not. The exact evaluation on the rounded projections
-    measures how far that storage alone moves the result, so the bound admits it whatever the luck.
-    """
-    q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
-    e, f = (np.asarray(kwargs[n], np.float64) for n in ("e", "f"))
-    v_proj = lowrank.project(f, v64)
-    vmax = finite_max(v_proj, 1e-30)
-    n, k_proj, d = k.shape[2], e.shape[-2], q.shape[-1]
-    if dtype == "float64":
-        scale = prepare(q64, k64, v64, scale=kwargs.get("scale")).scale
-        k_abs = np.repeat(lowrank.project(np.abs(e), np.abs(k64)), q.shape[1] // k.shape[1], axis=1)
-        a = abs(scale) * finite_max(np.abs(q64) @ np.swapaxes(k_abs, -1, -2))
-        values = n * finite_max(lowrank.project(np.abs(f), np.abs(v64)))
-        return float64_bound(vmax * (d * a + k_proj + 1 + 2 * n * a) + values)
-    naive = lowrank.linformer(q, k, v, **kwargs, arithmetic=naive_arithmetic(dtype))
-    rng, unit = np.random.default_rng(2019), float(np.finfo(np.float32).eps)
-
-    def jitter(x, size):
-        return x * (1 + unit * size * rng.uniform(-1, 1, x.shape))
-
-    # Sensitivity: the exact result on inputs moved by float32 roundings of the dot products and sums.
-    sensitivity = max(max_error(lowrank.linformer(jitter(q64, np.sqrt(d)), jitter(k64, np.sqrt(n)),
-                                                  jitter(v64, np.sqrt(n + k_proj)), **kwargs), ref_out)
-                      for _ in range(2))
-    k_stored, v_stored = (rounded(lowrank.project(p, x), dtype).astype(np.float64) for p, x in ((e, k64), (f, v64)))
-    stored = reference.sdpa(q64, k_stored, v_stored, scale=kwargs.get("scale"))
-    sensitivity = max(sensitivity, max_error(stored, ref_out))
-    return relative_bound(max_error(naive, ref_out), vmax, dtype, sensitivity)
 
 
 @st.composite

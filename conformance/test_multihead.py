@@ -20,6 +20,15 @@ def test_mha(check, dtype, case, d_model, self_attention):
     """Projections act on the right and split head-major; heads merge back before W_O."""
     if self_attention:
         case = case.with_(n_k=case.n_q)
+    x_q, x_kv, weights = mha_inputs(case, dtype, d_model, self_attention)
+    options = {"causal": "bottom_right"} if declares("sdpa.causal.bottom_right") and case.seed % 2 else {}
+    out = call("mha", x_q, x_kv, **weights, **options)
+    ref = reference.mha(x_q, x_kv, **weights, **options)
+    check.close(out, ref, mha_bound(x_q, x_kv, weights, options, dtype, ref), what="mha out", case=case)
+
+
+def mha_inputs(case: SdpaCase, dtype: str, d_model: int, self_attention: bool) -> tuple:
+    """``(x_q, x_kv, weights)`` in ``dtype``: inputs of ``d_model`` channels, projections of variance ``1 / fan-in``."""
     rng = np.random.default_rng(case.seed)
     x_q = rounded(rng.standard_normal((case.batch, case.n_q, d_model)), dtype)
     x_kv = x_q if self_attention else rounded(rng.standard_normal((case.batch, case.n_k, d_model)), dtype)
@@ -31,7 +40,4 @@ def test_mha(check, dtype, case, d_model, self_attention):
         "w_o": rounded(rng.standard_normal((case.h_q * case.d_v, d_model)) / np.sqrt(case.h_q * case.d_v), dtype),
         "num_heads": case.h_q, "num_kv_heads": case.h_kv,
     }
-    options = {"causal": "bottom_right"} if declares("sdpa.causal.bottom_right") and case.seed % 2 else {}
-    out = call("mha", x_q, x_kv, **weights, **options)
-    ref = reference.mha(x_q, x_kv, **weights, **options)
-    check.close(out, ref, mha_bound(x_q, x_kv, weights, options, dtype, ref), what="mha out", case=case)
+    return x_q, x_kv, weights

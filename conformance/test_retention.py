@@ -5,10 +5,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from attnspec.conformance.bounds import retention_bounds
 from attnspec.conformance.calls import call
 from attnspec.conformance.dtypes import numpy_dtype
 from attnspec.conformance.memory import check_linear_memory
-from attnspec.conformance.retention_cases import RetentionCase, gamma_dtype, retention_bounds, retention_cases
+from attnspec.conformance.retention_cases import RetentionCase, gamma_dtype, retention_cases
 from attnspec.conformance.target import current, decline
 from attnspec.reference.retention import retention, retention_decays
 

@@ -1,14 +1,24 @@
-"""The tolerance policy of :mod:`attnspec.tolerance`, computed for one case.
+"""The tolerance policy of :mod:`attnspec.tolerance`, computed for one call: the engine.
 
-At 16 and 32 bits the bound is relative to a naive implementation in the kernel's precision,
-evaluated by the reference's own formula with an :class:`~attnspec.reference.arithmetic.Arithmetic`
-that rounds every step to the dtype (float32 accumulation). At 64 bits it is a few ulps times
-the error-propagation size of the case.
+:func:`policy_bounds` implements the policy once. At 16 and 32 bits the bound is relative to a
+naive implementation in the kernel's precision, which is the reference itself evaluated with an
+:class:`~attnspec.reference.arithmetic.Arithmetic` that rounds every step to the dtype (float32
+accumulation): every reference function takes ``arithmetic=``. The floor's sensitivity term is
+:func:`sensitivity`: the exact formula on inputs moved by float32-sized random perturbations,
+each input's declared by a :class:`Jitter`. At 64 bits the bound is a few ulps times the
+error-propagation size of the case, which each operation states.
+
+An operation's bound is then a declaration (:func:`sdpa_bounds` here, the other families in
+:mod:`.bounds`): its reference call, the scale of its floor, which inputs get which jitter, and
+its float64 propagation size. The analyses that differ (NSA, LSH, routing margins, the Performer
+features' estimator) are in :mod:`.hand_bounds`, each saying why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -16,9 +26,12 @@ from attnspec import tolerance as policy
 from attnspec.conformance.dtypes import eps, numpy_dtype
 from attnspec.reference import multihead, relative
 from attnspec.reference.arithmetic import Arithmetic
-from attnspec.reference.sdpa import attend, prepare
+from attnspec.reference.sdpa import attend, prepare, sdpa
 
 EPS64 = float(np.finfo(np.float64).eps)
+UNIT32 = float(np.finfo(np.float32).eps)
+#: The seed of the sensitivity's perturbations: the bounds are deterministic.
+SEED = 2019
 
 
 @dataclass(frozen=True)
@@ -59,52 +72,102 @@ def finite_max(x: np.ndarray, at_least: float = 0.0) -> float:
     return float(max(x[np.isfinite(x)].max(initial=0.0), at_least))
 
 
-def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[Bound, Bound]:
-    """``(output bound, LSE bound)`` for ``sdpa(q, k, v, **options)`` at ``dtype``."""
-    vmax = finite_max(v, 1e-30)
-    lse_scale = finite_max(ref_lse, 1.0)
-    problem = prepare(q, k, v, **options)
-    if dtype == "float64":
-        size = _score_size(problem)
-        return float64_bound(vmax * size), float64_bound(size + lse_scale)
-    out, lse = attend(problem, range(problem.n_q), range(problem.n_k), naive_arithmetic(dtype))
-    out_sens, lse_sens = rounding_sensitivity(problem, ref_out, ref_lse)
-    return (relative_bound(max_error(out, ref_out), vmax, dtype, out_sens),
-            relative_bound(max_error(lse, ref_lse), lse_scale, dtype, lse_sens))
+@dataclass(frozen=True)
+class Jitter:
+    """A float32-sized random perturbation of one input, ``u`` uniform in ``[-1, 1]`` per element.
 
-
-def rounding_sensitivity(problem, ref_out, ref_lse, draws: int = 2) -> tuple[float, float]:
-    """How far the exact result moves when float32 rounding perturbs its inputs.
-
-    Every ``q`` element is perturbed by a random relative ``sqrt(D_qk) * eps(float32)``, every
-    final score by ``eps(float32)`` and every ``v`` element by ``sqrt(N_k) * eps(float32)``: the size of the rounding error that a length-D dot
-    product and a length-N_k weighted sum accumulate in float32, with high probability (Higham and
-    Mary, 2019). The exact formula is evaluated on the perturbed inputs in float64, so this measures
-    the case's own conditioning (a saturated softmax hides score errors; a flat one does not),
-    independently of any BLAS library. Deterministic: the perturbations come from a fixed seed.
+    Relative (the default): ``x * (1 + size * eps32 * u)``, with ``size`` the rounding-error size of
+    the reduction that produces or consumes ``x`` (``sqrt(length)``: the probabilistic size of a
+    float32 sum, Higham and Mary 2019). Absolute: ``x + size * eps32 * u``, with ``size`` an array
+    of magnitudes, for an input whose rounding is relative to something other than itself (an
+    exponent's argument after a shift).
     """
-    rng = np.random.default_rng(2019)
-    unit = float(np.finfo(np.float32).eps)
-    q_jitter = unit * np.sqrt(problem.q.shape[-1])
-    v_jitter = unit * np.sqrt(max(problem.n_k, 1))
-    out_sens = lse_sens = 0.0
+
+    size: float | np.ndarray = 1.0
+    absolute: bool = False
+
+    def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        u = rng.uniform(-1, 1, np.shape(x))
+        x = np.asarray(x, np.float64)
+        return x + self.size * UNIT32 * u if self.absolute else x * (1 + self.size * UNIT32 * u)
+
+
+def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], refs: tuple,
+                draws: int = 2) -> tuple[float, ...]:
+    """How far ``exact(*inputs)`` moves from ``refs`` when float32 rounding perturbs its inputs.
+
+    ``jittered`` lists ``exact``'s arguments in order, each with its :class:`Jitter`; the largest
+    error over ``draws`` draws, per output. The exact formula is evaluated in float64 on the
+    perturbed inputs, so this measures the case's own conditioning (a saturated softmax hides score
+    errors; a flat one does not), independently of any BLAS library. Deterministic: the
+    perturbations come from a fixed seed, drawn in the order of ``jittered``.
+    """
+    rng = np.random.default_rng(SEED)
+    worst = [0.0] * len(refs)
     for _ in range(draws):
-        score_jitter = unit * rng.uniform(-1, 1, (problem.batch, problem.h_q, problem.n_q, problem.n_k))
-        perturbed = replace(problem, q=problem.q * (1 + q_jitter * rng.uniform(-1, 1, problem.q.shape)),
-                            v=problem.v * (1 + v_jitter * rng.uniform(-1, 1, problem.v.shape)),
-                            score_mods=problem.score_mods + (_rounded_score(score_jitter),))
-        out, lse = attend(perturbed, range(problem.n_q), range(problem.n_k))
-        out_sens, lse_sens = max(out_sens, max_error(out, ref_out)), max(lse_sens, max_error(lse, ref_lse))
-    return out_sens, lse_sens
+        outs = _outputs(exact(*(jitter.apply(x, rng) for x, jitter in jittered)))
+        worst = [max(w, max_error(out, ref)) for w, out, ref in zip(worst, outs, refs, strict=True)]
+    return tuple(worst)
 
 
-def _rounded_score(jitter: np.ndarray):
-    """A score modifier that perturbs each final score by one float32 rounding (adding bias, scaling)."""
+def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference: Callable,
+                  sizes: Callable[[], Sequence[float]], exact: Callable | None = None,
+                  jitters: Sequence[tuple[np.ndarray, Jitter]] = (),
+                  extra_sensitivity: Callable[[], Sequence[float]] = tuple) -> tuple[Bound, ...]:
+    """The policy's bound for each output ``refs[i]`` of one call (``refs``: the exact outputs).
 
-    def rounded_score(score, b, h, q_idx, kv_idx):
-        return score * (1 + jitter[b, h, q_idx, kv_idx])
+    At 64 bits ``FLOAT64_EPS`` ulps of ``sizes()[i]``. At 16/32 bits ``NAIVE_FACTOR`` times the
+    error of ``reference(arithmetic=naive arithmetic)`` (the reference call in the dtype) plus the
+    floor on ``scales[i]``, whose sensitivity term is the larger of :func:`sensitivity` of ``exact``
+    to ``jitters`` and ``extra_sensitivity()[i]`` where an operation declares one (the exact
+    result's error with operands a kernel may store in the dtype, where the naive run's own
+    rounding of them is one draw of luck; an analytic estimate).
+    """
+    if dtype == "float64":
+        return tuple(float64_bound(size) for size in sizes())
+    naive = _outputs(reference(arithmetic=naive_arithmetic(dtype)))
+    sens = sensitivity(exact, jitters, refs) if exact is not None else (0.0,) * len(refs)
+    extra = (tuple(extra_sensitivity()) + (0.0,) * len(refs))[:len(refs)]
+    return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e))
+                 for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra, strict=True))
 
-    return rounded_score
+
+def _outputs(result) -> tuple:
+    return tuple(result) if isinstance(result, tuple) else (result,)
+
+
+def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[Bound, Bound]:
+    """``(output bound, LSE bound)`` for ``sdpa(q, k, v, **options)`` at ``dtype``.
+
+    Jitters: every final score by ``eps(float32)`` (one rounding after scale, bias, softcap), every
+    ``q`` element by ``sqrt(D_qk)`` (the dot products) and every ``v`` element by ``sqrt(N_k)``
+    (the weighted sum). Floors: ``max|v|`` for the output, ``max(1, max|lse|)`` for the LSE.
+    """
+    vmax, lse_scale = finite_max(v, 1e-30), finite_max(ref_lse, 1.0)
+    problem = prepare(q, k, v, **options)
+
+    def sizes():
+        size = _score_size(problem)
+        return vmax * size, size + lse_scale
+
+    def exact(score_factor, q, v):
+        scored = replace(problem, q=q, v=v, score_mods=problem.score_mods + (_scaled_score(score_factor),))
+        return attend(scored, range(problem.n_q), range(problem.n_k))
+
+    scores = np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k))
+    jitters = ((scores, Jitter()), (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
+               (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))))
+    return policy_bounds(dtype, (ref_out, ref_lse), (vmax, lse_scale), sizes=sizes, exact=exact, jitters=jitters,
+                         reference=partial(sdpa, q, k, v, **options, return_lse=True))
+
+
+def _scaled_score(factor: np.ndarray):
+    """A score modifier that multiplies each final score by its factor (one float32 rounding)."""
+
+    def scaled_score(score, b, h, q_idx, kv_idx):
+        return score * factor[b, h, q_idx, kv_idx]
+
+    return scaled_score
 
 
 def _score_size(problem) -> float:
@@ -125,57 +188,46 @@ def _all_indices(problem):
 
 
 def mha_bound(x_q, x_kv, weights: dict, options: dict, dtype: str, ref_out) -> Bound:
-    """The bound for ``mha``: projections, attention and the output projection."""
+    """The bound for ``mha``: projections, attention and the output projection; floor ``max|out|``."""
+    return policy_bounds(dtype, (ref_out,), (finite_max(ref_out, 1e-30),),
+                         reference=partial(multihead.mha, x_q, x_kv, **weights, **options),
+                         sizes=lambda: (_mha_size(x_q, x_kv, weights, options),))[0]
+
+
+def _mha_size(x_q, x_kv, weights: dict, options: dict) -> float:
+    """The attention's propagation size on the projections' absolute values, through ``|W_O|``."""
     heads, kv_heads = weights["num_heads"], weights["num_kv_heads"]
-    w_q, w_k, w_v, w_o = (np.asarray(weights[n], np.float64) for n in ("w_q", "w_k", "w_v", "w_o"))
-    x_q, x_kv = np.asarray(x_q, np.float64), np.asarray(x_kv, np.float64)
+    w_q, w_k, w_v, w_o = (np.abs(np.asarray(weights[n], np.float64)) for n in ("w_q", "w_k", "w_v", "w_o"))
+    x_q, x_kv = np.abs(np.asarray(x_q, np.float64)), np.abs(np.asarray(x_kv, np.float64))
     split = multihead.split_heads
-    if dtype == "float64":
-        d_model = x_q.shape[-1]
-        q_abs, k_abs = split(np.abs(x_q) @ np.abs(w_q), heads), split(np.abs(x_kv) @ np.abs(w_k), kv_heads)
-        v_abs = split(np.abs(x_kv) @ np.abs(w_v), kv_heads)
-        problem = prepare(q_abs, k_abs, v_abs, **{**options, "softcap": None, "bias": None, "alibi_slopes": None})
-        attention = finite_max(v_abs) * (_score_size(problem) + d_model)
-        o_abs = finite_max(v_abs)
-        size = attention * np.abs(w_o).sum(axis=0).max() + w_o.shape[0] * o_abs * np.abs(w_o).max()
-        return float64_bound(size)
-    arith = naive_arithmetic(dtype)
-    f32 = np.float32
-    q = split(arith.round(x_q.astype(f32) @ w_q.astype(f32)), heads)
-    k = split(arith.round(x_kv.astype(f32) @ w_k.astype(f32)), kv_heads)
-    v = split(arith.round(x_kv.astype(f32) @ w_v.astype(f32)), kv_heads)
-    problem = prepare(q, k, v, **options)
-    o, _ = attend(problem, range(problem.n_q), range(problem.n_k), arith)
-    naive = arith.round(multihead.merge_heads(o).astype(f32) @ w_o.astype(f32))
-    return relative_bound(max_error(naive, ref_out), finite_max(ref_out, 1e-30), dtype)
-
-
+    q_abs, k_abs, v_abs = split(x_q @ w_q, heads), split(x_kv @ w_k, kv_heads), split(x_kv @ w_v, kv_heads)
+    problem = prepare(q_abs, k_abs, v_abs, **{**options, "softcap": None, "bias": None, "alibi_slopes": None})
+    attention = finite_max(v_abs) * (_score_size(problem) + x_q.shape[-1])
+    return attention * w_o.sum(axis=0).max() + w_o.shape[0] * finite_max(v_abs) * w_o.max()
 
 
 def positional_bound(ref, naive_fn, dtype: str, *, scale: float, propagation: float) -> Bound:
-    """Element-wise encodings: relative to ``naive_fn(naive arithmetic)`` at 16/32 bits; at 64
+    """Element-wise encodings, ``naive_fn(arithmetic)`` their reference call: floor ``scale``; at 64
     bits ``propagation`` (1 + the largest angle, for rotations) ulps of ``scale``."""
-    if dtype == "float64":
-        return float64_bound(scale * propagation)
-    return relative_bound(max_error(naive_fn(naive_arithmetic(dtype)), ref), scale, dtype)
+    return policy_bounds(dtype, (ref,), (scale,), reference=lambda arithmetic: naive_fn(arithmetic),
+                         sizes=lambda: (scale * propagation,))[0]
 
 
 def rounding_bound(ref, dtype: str) -> Bound:
-    """Values computed exactly and then stored: a couple of roundings of the largest one."""
+    """Values computed exactly and then stored: no arithmetic error of their own, so the floor alone
+    (at 64 bits, the ulps of the largest one)."""
     scale = finite_max(ref, 1e-30)
-    if dtype == "float64":
-        return float64_bound(scale)
-    return Bound(policy.FLOOR_EPS * eps(dtype) * scale, f"{policy.FLOOR_EPS:g} eps({dtype}) x max|ref| {scale:.3g}")
+    return float64_bound(scale) if dtype == "float64" else relative_bound(0.0, scale, dtype)
 
 
 def shaw_bound(q, k, v, kwargs: dict, dtype: str, ref) -> Bound:
     """Shaw's relative attention: like ``sdpa``, with the relative tables added to K and V."""
-    rel_k, rel_v = (np.asarray(kwargs[n], np.float64) for n in ("rel_k", "rel_v"))
-    vmax = finite_max(v, 1e-30) + finite_max(rel_v)
-    if dtype == "float64":
-        q, k = np.abs(np.asarray(q, np.float64)), np.abs(np.asarray(k, np.float64))
-        d = q.shape[-1]
-        a = finite_max(q @ np.swapaxes(k, -1, -2)) + finite_max(q @ np.abs(rel_k).T)
-        return float64_bound(vmax * (d * a / np.sqrt(d) + k.shape[2] + 2 * kwargs["max_relative"] + 2))
-    naive = relative.shaw(q, k, v, arithmetic=naive_arithmetic(dtype), **kwargs)
-    return relative_bound(max_error(naive, ref), vmax, dtype)
+    vmax = finite_max(v, 1e-30) + finite_max(np.asarray(kwargs["rel_v"], np.float64))
+
+    def sizes():
+        q_abs, k_abs, rel_k = (np.abs(np.asarray(x, np.float64)) for x in (q, k, kwargs["rel_k"]))
+        d = q_abs.shape[-1]
+        a = finite_max(q_abs @ np.swapaxes(k_abs, -1, -2)) + finite_max(q_abs @ rel_k.T)
+        return (vmax * (d * a / np.sqrt(d) + k_abs.shape[2] + 2 * kwargs["max_relative"] + 2),)
+
+    return policy_bounds(dtype, (ref,), (vmax,), reference=partial(relative.shaw, q, k, v, **kwargs), sizes=sizes)[0]

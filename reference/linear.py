@@ -47,15 +47,16 @@ def phi(x, name: str, arithmetic: Arithmetic = EXACT) -> np.ndarray:
 
 def linear_attention(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form: str = "parallel",
                      chunk_size: int | None = None, normalize: bool = True, scale: float = 1.0, eps: float = 0.0,
-                     initial_state=None, initial_normalizer=None, output_final_state: bool = False):
+                     initial_state=None, initial_normalizer=None, output_final_state: bool = False,
+                     arithmetic: Arithmetic = EXACT):
     """Clause ``linear.parallel`` and the forms of ``linear.recurrent`` and ``linear.chunked``.
 
     Returns ``out``, or ``(out, state, normalizer)`` with ``output_final_state``.
     """
     p = parts(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
               normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
-              initial_normalizer=initial_normalizer)
-    out = finish(p.num, p.den, normalize=normalize, eps=eps)
+              initial_normalizer=initial_normalizer, arithmetic=arithmetic)
+    out = arithmetic.round(finish(p.num, p.den, normalize=normalize, eps=eps))
     return (out, p.state, p.normalizer) if output_final_state else out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec.reference import _checks as check
+from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.sdpa import sdpa
 
 
@@ -20,7 +21,8 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
 
-def mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads: int, num_kv_heads: int | None = None, **options):
+def mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads: int, num_kv_heads: int | None = None,
+        arithmetic: Arithmetic = EXACT, **options):
     """Clause ``mha``: ``merge_heads(sdpa(split(x_q @ w_q), split(x_kv @ w_k), split(x_kv @ w_v))) @ w_o``."""
     x_q = check.float_array("x_q", x_q, ndim=3)
     x_kv = check.float_array("x_kv", x_kv, ndim=3)
@@ -38,8 +40,18 @@ def mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads: int, num_kv_heads: int | No
         raise ValueError(f"w_o must have num_heads * D_v = {heads * d_v} rows; got {w_o.shape}")
     if "return_lse" in options:
         raise ValueError("mha returns the projected output only; call sdpa for the LSE")
-    o = sdpa(split_heads(x_q @ w_q, heads), split_heads(x_kv @ w_k, kv_heads), split_heads(x_kv @ w_v, kv_heads), **options)
-    return merge_heads(o) @ w_o
+    project = _projection(arithmetic)
+    o = sdpa(split_heads(project(x_q, w_q), heads), split_heads(project(x_kv, w_k), kv_heads),
+             split_heads(project(x_kv, w_v), kv_heads), arithmetic=arithmetic, **options)
+    return project(merge_heads(o), w_o)
+
+
+def _projection(arithmetic: Arithmetic):
+    """``x @ w`` in the compute dtype, rounded to the storage dtype (a library matmul, not sequential)."""
+    def project(x, w):
+        return arithmetic.round(x.astype(arithmetic.compute) @ w.astype(arithmetic.compute))
+
+    return project
 
 
 def _head_dim(name: str, w: np.ndarray, d_model: int, heads: int) -> int:

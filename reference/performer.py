@@ -48,7 +48,7 @@ def _projection(projection, d: int | None) -> np.ndarray:
     return w
 
 
-def orthogonal_projection(gaussian_blocks, norms) -> np.ndarray:
+def orthogonal_projection(gaussian_blocks, norms, *, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``performer.orthogonal``: rows of each block's sign-fixed ``Q``, scaled by ``norms``."""
     norms = check.float_array("norms", norms, ndim=1)
     g = check.float_array("gaussian_blocks", gaussian_blocks, ndim=3)
@@ -60,18 +60,18 @@ def orthogonal_projection(gaussian_blocks, norms) -> np.ndarray:
         raise ValueError("norms must be finite and >= 0")
     if not np.isfinite(g).all():
         raise ValueError("gaussian_blocks must be finite")
-    q, r = np.linalg.qr(g)
+    q, r = np.linalg.qr(g.astype(arithmetic.compute))  # naive float32: LAPACK sgeqrf, as a float32 kernel
     diag = np.diagonal(r, axis1=-2, axis2=-1)
     # Householder QR is backward stable: a |R_cc| at rounding level (D eps max |R_b|) may be a
     # rounded zero, and then column c of Q_b is set by rounding alone (a rank-deficient block).
     singular = np.abs(diag) <= d * np.finfo(np.float64).eps * np.abs(r).max(axis=(-2, -1))[:, None]
-    if singular.any():
+    if singular.any() and arithmetic is EXACT:
         b, c = (int(i) for i in np.argwhere(singular)[0])
         raise ValueError(f"gaussian_blocks[{b}] is singular: |R[{c}, {c}]| of its QR factorisation is "
                          f"<= D eps max |R| (D = {d}, eps = 2^-52), so its Q factor is not determined")
     q = q * np.sign(diag)[:, None, :]  # column c of Q_b times sign(R_b[c, c]): R's diagonal positive
     rows = np.swapaxes(q, -1, -2).reshape(-1, d)[:m]
-    return rows * norms[:, None]
+    return arithmetic.round(rows * norms.astype(arithmetic.compute)[:, None])
 
 
 def performer(q, k, v, *, projection, causal: bool = False, scale: float | None = None,

@@ -60,7 +60,7 @@ class Problem:
         return self.k.shape[2]
 
 
-def sdpa(q, k, v, *, return_lse: bool = False, **options):
+def sdpa(q, k, v, *, return_lse: bool = False, arithmetic: Arithmetic = EXACT, **options):
     """Clause ``sdpa``: attention output ``(B, H_q, N_q, D_v)``, and the LSE if ``return_lse``.
 
     ``q`` ``(B, H_q, N_q, D_qk)``, ``k`` ``(B, H_kv, N_k, D_qk)``, ``v`` ``(B, H_kv, N_k, D_v)``.
@@ -71,7 +71,7 @@ def sdpa(q, k, v, *, return_lse: bool = False, **options):
     if unknown:
         raise TypeError(f"sdpa got unknown option(s) {unknown}; the options are {', '.join(OPTIONS)}")
     problem = prepare(q, k, v, **options)
-    out, lse = attend(problem, range(problem.n_q), range(problem.n_k))
+    out, lse = attend(problem, range(problem.n_q), range(problem.n_k), arithmetic)
     return (out, lse) if return_lse else out
 
 

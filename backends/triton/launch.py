@@ -15,6 +15,7 @@ import torch
 import triton
 
 from attnspec.backends.torch_tiled.kernel import Problem
+
 from . import configs
 from .attention import attention_fwd
 from .attention_tma import attention_fwd_tma
