@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnspec.clauses import reference
 from attnspec.reference import _checks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 SINUSOIDAL_LAYOUTS = ("interleaved", "concat")
 
 
+@reference("sinusoidal")
 def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
                arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Sinusoidal encoding of shape ``(len(positions), dim)``.
@@ -35,6 +37,7 @@ def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
     return np.concatenate([sin, cos], axis=-1)
 
 
+@reference("learned")
 def learned(table, positions) -> np.ndarray:
     """Rows of a learned table: ``table[positions]``, shape ``positions.shape + (dim,)``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnspec.clauses import reference
 from attnspec.reference import _checks
 
 ALIBI_FORMS = ("symmetric", "causal")
@@ -14,6 +15,7 @@ def _power_of_two_slopes(n: int) -> np.ndarray:
     return np.exp2(-8.0 * np.arange(1, n + 1) / n)
 
 
+@reference("alibi_slopes")
 def alibi_slopes(num_heads) -> np.ndarray:
     """Slopes ``(H,)`` by the paper's recipe, for any head count. Clause ``alibi.slopes``."""
     n = _checks.integer("num_heads", num_heads, low=1)
@@ -26,6 +28,7 @@ def alibi_slopes(num_heads) -> np.ndarray:
     return np.concatenate([_power_of_two_slopes(m), extra])
 
 
+@reference("alibi_bias")
 def alibi_bias(slopes, n_q, n_k, *, form="symmetric") -> np.ndarray:
     """Bias ``(H, N_q, N_k)`` with bottom-right offset ``N_k - N_q``. Clause ``alibi.bias``.
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from attnspec.clauses import reference
 from attnspec.reference import _checks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
@@ -27,6 +28,7 @@ def _bucket_params(bidirectional, num_buckets, max_distance) -> tuple[bool, int,
     return bool(bidirectional), n, exact, max_distance
 
 
+@reference("t5_bucket")
 def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
               max_distance=128) -> np.ndarray:
     """T5 bucket of each ``key - query`` offset, int64 in ``[0, num_buckets)``.
@@ -54,6 +56,7 @@ def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
     return bucket + offset
 
 
+@reference("t5_bias")
 def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=32,
             max_distance=128) -> np.ndarray:
     """``bias[h, i, j] = table[t5_bucket(k_j - q_i), h]``, shape ``(H, N_q, N_k)``.
@@ -96,6 +99,7 @@ def _check_rel(name: str, table, rows: int, cols: int) -> np.ndarray:
     return table
 
 
+@reference("shaw")
 def shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Attention with relative key and value representations, ``(B, H, N_q, D_v)``.
 

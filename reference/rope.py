@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnspec.clauses import reference
 from attnspec.reference import _checks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
@@ -18,6 +19,7 @@ def _angles(pos: np.ndarray, rotary_dim: int, base: float, dtype=np.float64) -> 
     return angles[None, None] if pos.ndim == 1 else angles[:, None]
 
 
+@reference("rope")
 def rope(x, positions, *, layout="half_split", rotary_dim=None, base=10000.0,
          arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Rotate channel pairs of ``x`` ``(B, H, N, D)`` by ``positions * theta_c``; float64 result.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnspec.clauses import reference
 from attnspec.reference import _checks as check
 from attnspec.reference import masks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
@@ -60,6 +61,7 @@ class Problem:
         return self.k.shape[2]
 
 
+@reference("sdpa")
 def sdpa(q, k, v, *, return_lse: bool = False, **options):
     """Clause ``sdpa``: attention output ``(B, H_q, N_q, D_v)``, and the LSE if ``return_lse``.
 

@@ -48,6 +48,43 @@ def operations(**signatures: str) -> None:
         OPERATIONS[name] = signature
 
 
+#: Operation name -> its float64 reference function, registered by :func:`reference`.
+REFERENCES: dict[str, Callable] = {}
+
+#: Clause ID -> kind (``"mutant"``, ``"cases"``, ``"scaling"``, ...) -> what registered against it.
+ATTACHED: dict[str, dict[str, list]] = {}
+
+
+def reference(op: str) -> Callable:
+    """Register the decorated function as the float64 reference of operation ``op``."""
+
+    def register(fn: Callable) -> Callable:
+        if op not in OPERATIONS:
+            raise ValueError(f"{fn.__qualname__} is registered as the reference of {op!r}, which is not an operation")
+        if op in REFERENCES:
+            raise ValueError(f"operation {op!r} has two references: {REFERENCES[op].__qualname__} and {fn.__qualname__}")
+        REFERENCES[op] = fn
+        return fn
+
+    return register
+
+
+def attach(clause_id: str, kind: str, item) -> None:
+    """Register ``item`` (a mutant, a set of cases, a scaling case) as the ``kind`` of ``clause_id``.
+
+    Lists of variants (the sparse patterns, the mutants, the scaling cases) are derived from what
+    is attached here, so a new variant is declared once, beside its code.
+    """
+    if clause_id not in CATALOG:
+        raise ValueError(f"{item!r} is attached to clause {clause_id!r}, which is not in the catalog")
+    ATTACHED.setdefault(clause_id, {}).setdefault(kind, []).append(item)
+
+
+def attached(kind: str) -> dict[str, list]:
+    """Clause ID -> the items of ``kind`` attached to it, for the clauses that have any."""
+    return {cid: kinds[kind] for cid, kinds in ATTACHED.items() if kind in kinds}
+
+
 def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
     """Register the decorated stub as the normative text of ``clause_id``."""
 

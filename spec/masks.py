@@ -6,6 +6,7 @@ effective lengths of batch item ``b`` are ``Nq(b) = q_lens[b]`` and ``Nk(b) = kv
 when lengths are given, else ``N_q`` and ``N_k``; ``offset(b) = Nk(b) - Nq(b)``.
 """
 
+import attnspec.sdpa  # noqa: F401 (registers the operation these clauses govern)
 from attnspec.clauses import clause
 
 
