@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference.masks import key_bounds
 from attnspec.reference.sdpa import attend, prepare, scores, visible, weighted_values
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 FEATURE_MAPS = ("elu+1", "relu", "identity")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.sdpa import attend, prepare, sdpa
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference.flash import merge_partials
 from attnspec.reference.routed import unit
 from attnspec.reference.sdpa import prepare

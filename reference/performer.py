@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference import linear
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnspec.clauses import reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 FORMS = ("parallel", "recurrent", "chunkwise")

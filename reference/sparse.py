@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from attnspec.clauses import CATALOG, reference
-from attnspec.reference import _checks as check
+from attnspec import validation as check
 from attnspec.reference import patterns
 from attnspec.reference.sdpa import prepare, scores, softmax_average
 

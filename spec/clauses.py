@@ -11,6 +11,7 @@ that the conformance suite calls to check it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -85,6 +86,15 @@ def attached(kind: str) -> dict[str, list]:
     return {cid: kinds[kind] for cid, kinds in ATTACHED.items() if kind in kinds}
 
 
+def operation_signature(op: str) -> inspect.Signature:
+    """The parameters of operation ``op`` as registered, as an :class:`inspect.Signature`."""
+    text = OPERATIONS[op]
+    head = text[:text.rindex(")") + 1] if "->" not in text else text[:text.index("->")].rstrip()
+    namespace: dict = {}
+    exec(f"def {head}: pass", namespace)  # noqa: S102 (the spec's own literal signature strings)
+    return inspect.signature(namespace[op])
+
+
 def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
     """Register the decorated stub as the normative text of ``clause_id``."""
 
@@ -96,10 +106,30 @@ def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
             raise ValueError(f"clause {clause_id!r} is defined twice")
         section = stub.__module__.rsplit(".", 1)[-1]
         CATALOG[clause_id] = Clause(clause_id, op, section, since, inspect.getdoc(stub) or "")
-        stub.clause_id = clause_id
-        return stub
+        return _unimplemented(stub, clause_id, op)
 
     return register
+
+
+def _unimplemented(stub: Callable, clause_id: str, op: str) -> Callable:
+    """``stub`` with its name, docstring and signature, raising if called: the spec computes nothing."""
+
+    @functools.wraps(stub)
+    def text_only(*args, **kwargs):
+        raise NotImplementedError(f"attnspec.{stub.__module__.removeprefix('attnspec.')}.{stub.__name__} is the text of "
+                                  f"clause {clause_id!r}, not an implementation; the float64 reference of operation "
+                                  f"{op!r} is {reference_name(op)}")
+
+    text_only.clause_id = clause_id
+    return text_only
+
+
+def reference_name(op: str) -> str:
+    """The dotted name of the registered reference of ``op``."""
+    import attnspec.reference  # noqa: F401 (importing it registers every reference)
+
+    fn = REFERENCES[op]
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def expand(patterns: Iterable[str]) -> frozenset[str]:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from attnspec.backends.torch_tiled.steps import EAGER, Steps
-from attnspec.reference import _checks
-from attnspec.reference.sdpa import _check_causal, _check_window
+from attnspec import validation as _checks
+from attnspec.validation import causal as _check_causal, window as _check_window
 
 
 @dataclass
