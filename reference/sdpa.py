@@ -1,4 +1,4 @@
-"""Scaled dot-product attention in float64 (clauses in :mod:`attnspec.sdpa` and :mod:`attnspec.masks`).
+"""Scaled dot-product attention in float64 (clauses in :mod:`attnspec.sdpa`).
 
 The computation is split in three steps that the tiled reference (:mod:`.flash`) reuses on
 tiles: :func:`scores` (scale, softcap, bias, ALiBi), :func:`visible` (every visibility rule)

@@ -1,6 +1,6 @@
 """attnspec: a reference specification of attention, with a float64 oracle and a conformance suite.
 
-The normative clauses live in the spec modules (:mod:`attnspec.sdpa`, :mod:`attnspec.masks`,
+The normative clauses live in the spec modules (:mod:`attnspec.sdpa` (with its visibility rules),
 :mod:`attnspec.multihead`, :mod:`attnspec.flash`, :mod:`attnspec.positional`, and the families
 :mod:`attnspec.sparse`, :mod:`attnspec.hierarchical`, :mod:`attnspec.lowrank`,
 :mod:`attnspec.linear`, :mod:`attnspec.retention`), the tolerance
