@@ -93,7 +93,7 @@ def fully_masked():
 
 
 @clause("sdpa.gqa", op="sdpa")
-def kv_head(h, h_q, h_kv):
+def gqa(h, h_q, h_kv):
     """Grouped-query attention: query head ``h`` reads key/value head ``h // (H_q // H_kv)``.
 
     ``H_q`` MUST be a multiple of ``H_kv``; ``H_kv = 1`` is multi-query attention and
@@ -107,7 +107,7 @@ def kv_head(h, h_q, h_kv):
 
 
 @clause("sdpa.mask", op="sdpa")
-def boolean_mask():
+def mask():
     """A boolean mask selects visible keys: ``True`` means the query MAY attend to the key.
 
     ``mask`` has a boolean dtype and is broadcastable to ``(B, H_q, N_q, N_k)``. Key ``j`` is in
@@ -119,7 +119,7 @@ def boolean_mask():
 
 
 @clause("sdpa.bias", op="sdpa")
-def additive_bias():
+def bias():
     """An additive bias is added to the score after scale and softcap.
 
     ``bias`` is a floating array broadcastable to ``(B, H_q, N_q, N_k)`` whose entries are finite
@@ -207,7 +207,7 @@ def causal_bottom_right(i, j, offset):
 
 
 @clause("sdpa.window", op="sdpa")
-def sliding_window(i, j, offset, left, right):
+def window(i, j, offset, left, right):
     """Sliding window ``(left, right)``: visible iff ``i + offset(b) - left <= j <= i + offset(b) + right``.
 
     Both bounds are inclusive and bottom-right aligned, as in flash-attn's ``window_size``: a

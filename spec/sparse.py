@@ -52,7 +52,7 @@ def sparse(q, k, v, *, pattern, scale=None, return_lse=False, **pattern_params):
 
 
 @clause("sparse.mask", op="sparse_mask")
-def sparse_mask(pattern, n_q, n_k, **pattern_params):
+def mask(pattern, n_q, n_k, **pattern_params):
     """The mask table of a pattern: exactly ``visible``, boolean, shape ``(B_p, H_p, N_q, N_k)``.
 
     ``sparse_mask(pattern, n_q, n_k, **pattern_params)[b, h, i, j]`` is

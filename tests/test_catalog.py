@@ -57,3 +57,13 @@ def test_every_pattern_has_a_builder_cases_and_edges():
 def test_every_budgeted_pattern_is_scaled():
     scaled = {v.clause for v in scaling_cases.VARIANTS}
     assert {f"sparse.{p}" for p in sparse_cases.BUDGETED} <= scaled
+
+
+def test_every_stub_is_named_as_its_clause():
+    """The stub of ``MODULE.a.b`` is ``attnspec.MODULE.a_b``; a clause named after its module is
+    the module's name; an ID with another prefix (``nsa.select`` in ``hierarchical``) is spelt whole."""
+    for c in CATALOG.values():
+        module = importlib.import_module(f"attnspec.{c.section}")
+        stubs = [name for name, f in vars(module).items() if getattr(f, "clause_id", None) == c.id]
+        rest = c.id.removeprefix(f"{c.section}.")
+        assert stubs == [c.section if c.id == c.section else rest.replace(".", "_")], c.id
