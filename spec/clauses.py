@@ -14,7 +14,9 @@ import fnmatch
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeAlias
+
+import numpy as np
 
 SPEC_VERSION = "0.1.0"
 
@@ -39,6 +41,26 @@ CATALOG: dict[str, Clause] = {}
 #: Operation name -> call signature. Each spec module registers the backend operations its
 #: clauses name (:func:`operations`); a backend implements them as methods of the same name.
 OPERATIONS: dict[str, str] = {}
+
+
+#: An array argument or result. At the suite's boundary it is a NumPy array in the target dtype;
+#: inside a backend, the backend's own array type (:meth:`attnspec.Backend.to_native`).
+Array: TypeAlias = np.ndarray
+
+#: Operation name -> its typed stub, for the operations declared with :func:`operation`.
+STUBS: dict[str, Callable] = {}
+
+
+def operation(stub: Callable) -> Callable:
+    """Register the decorated typed stub as the backend operation of its name.
+
+    Its annotated signature is the operation's (a backend implements a method of the same name
+    taking these arguments); its docstring documents it (Parameters / Returns / Notes). Calling
+    it raises: the spec computes nothing, the reference does.
+    """
+    operations(**{stub.__name__: f"{stub.__name__}{inspect.signature(stub)}"})
+    STUBS[stub.__name__] = stub
+    return _unimplemented(stub, None, stub.__name__)
 
 
 def operations(**signatures: str) -> None:
@@ -88,6 +110,8 @@ def attached(kind: str) -> dict[str, list]:
 
 def operation_signature(op: str) -> inspect.Signature:
     """The parameters of operation ``op`` as registered, as an :class:`inspect.Signature`."""
+    if op in STUBS:
+        return inspect.signature(STUBS[op])
     text = OPERATIONS[op]
     head = text[:text.rindex(")") + 1] if "->" not in text else text[:text.index("->")].rstrip()
     namespace: dict = {}
@@ -111,16 +135,17 @@ def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
     return register
 
 
-def _unimplemented(stub: Callable, clause_id: str, op: str) -> Callable:
+def _unimplemented(stub: Callable, clause_id: str | None, op: str) -> Callable:
     """``stub`` with its name, docstring and signature, raising if called: the spec computes nothing."""
+    what = f"the text of clause {clause_id!r}" if clause_id else f"the specification of operation {op!r}"
 
     @functools.wraps(stub)
     def text_only(*args, **kwargs):
-        raise NotImplementedError(f"attnspec.{stub.__module__.removeprefix('attnspec.')}.{stub.__name__} is the text of "
-                                  f"clause {clause_id!r}, not an implementation; the float64 reference of operation "
-                                  f"{op!r} is {reference_name(op)}")
+        raise NotImplementedError(f"{stub.__module__}.{stub.__name__} is {what}, not an implementation; the float64 "
+                                  f"reference of operation {op!r} is {reference_name(op)}")
 
-    text_only.clause_id = clause_id
+    if clause_id:
+        text_only.clause_id = clause_id
     return text_only
 
 

@@ -11,16 +11,23 @@ item ``b`` are ``Nq(b) = q_lens[b]`` and ``Nk(b) = kv_lens[b]`` when lengths are
 ``N_q`` and ``N_k``; ``offset(b) = Nk(b) - Nq(b)``.
 """
 
-from attnspec.clauses import clause, operations
+from __future__ import annotations
+
+from typing import Literal
+
+from attnspec.clauses import Array, clause, operation
 
 # sdpa_options, in the signatures of the operations built on sdpa: scale, causal, window, mask,
 # bias, softcap, alibi_slopes, q_lens, kv_lens. "-> (out, lse)" means both are returned.
-operations(sdpa="sdpa(q, k, v, *, return_lse=False, **sdpa_options) -> out or (out, lse)")
 
 
 @clause("sdpa", op="sdpa")
-def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-         alibi_slopes=None, q_lens=None, kv_lens=None, return_lse=False):
+@operation
+def sdpa(q: Array, k: Array, v: Array, *, scale: float | None = None,
+         causal: Literal["top_left", "bottom_right"] | None = None, window: tuple[int, int] | None = None,
+         mask: Array | None = None, bias: Array | None = None, softcap: float | None = None,
+         alibi_slopes: Array | None = None, q_lens: Array | None = None, kv_lens: Array | None = None,
+         return_lse: bool = False) -> Array | tuple[Array, Array]:
     """Scaled dot-product attention.
 
     For every batch item ``b``, query head ``h`` and query ``i``, with ``g = kv_head(h)``
@@ -47,6 +54,45 @@ def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None,
       subtracts the row maximum (or an equivalent running maximum) before exponentiating.
     - Accuracy is judged by the tolerance policy (:mod:`attnspec.tolerance`): at 16 and 32 bits
       against a naive implementation in the same precision, at 64 bits to a few ulps.
+
+    Parameters
+    ----------
+    q, k, v
+        ``(B, H_q, N_q, D_qk)``, ``(B, H_kv, N_k, D_qk)``, ``(B, H_kv, N_k, D_v)``, one floating dtype.
+    scale
+        The factor of the dot product; None is ``1 / sqrt(D_qk)`` (``sdpa.scale``).
+    causal
+        The causal rule, aligned top-left or bottom-right (``sdpa.causal.*``); a bool is an error.
+    window
+        ``(left, right)`` keys around the diagonal, ``-1`` unbounded (``sdpa.window``).
+    mask
+        Boolean, broadcastable to ``(B, H_q, N_q, N_k)``, True where a key may be attended to
+        (``sdpa.mask``).
+    bias
+        Floating, broadcastable to ``(B, H_q, N_q, N_k)``, finite or ``-inf`` (``sdpa.bias``).
+    softcap
+        ``c > 0`` of ``c * tanh(s / c)`` (``sdpa.softcap``).
+    alibi_slopes
+        ``(H_q,)`` or ``(B, H_q)`` (``sdpa.alibi``).
+    q_lens, kv_lens
+        Integer ``(B,)``: the valid lengths of each batch item (``sdpa.padding``).
+    return_lse
+        Also return the log-sum-exp of each row (``sdpa.lse``).
+
+    Returns
+    -------
+    out or (out, lse)
+        ``out`` ``(B, H_q, N_q, D_v)`` in the input dtype; ``lse`` ``(B, H_q, N_q)``, which MAY be
+        float32 for 16-bit inputs.
+
+    Notes
+    -----
+    PyTorch's ``scaled_dot_product_attention`` takes ``is_causal`` (top-left) and a mask that is
+    either boolean or additive; FlashAttention takes ``causal`` (bottom-right since 2.1),
+    ``window_size``, ``softcap`` and ``alibi_slopes``; ONNX ``Attention`` takes ``is_causal`` and
+    ``softcap``. Here each rule has its own argument and one meaning (``causal`` names its corner).
+    What is an error is :mod:`attnspec.validation`; the reference is
+    :func:`attnspec.reference.sdpa.sdpa`.
 
     .. versionadded:: 0.1.0
     """
