@@ -6,6 +6,11 @@ changes once published, so a failure report, a paper or a bug tracker can cite i
 Clause IDs are dotted paths: ``sdpa``, ``sdpa.causal.bottom_right``, ``rope.half_split``.
 A backend declares the clauses it implements; each clause names the backend operation (``op``)
 that the conformance suite calls to check it.
+
+The catalog is the only registry. An operation is declared by a typed stub (:func:`operation`)
+or a signature string (:func:`operations`); its float64 reference registers itself with
+:func:`reference`; mutants and a sparse pattern's cases :func:`attach` themselves to their
+clause. Every list the suite iterates over is derived from these registrations.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def operations(**signatures: str) -> None:
 #: Operation name -> its float64 reference function, registered by :func:`reference`.
 REFERENCES: dict[str, Callable] = {}
 
-#: Clause ID -> kind (``"mutant"``, ``"cases"``, ``"scaling"``, ...) -> what registered against it.
+#: Clause ID -> kind (``"mutant"``, ``"cases"``) -> what registered against it.
 ATTACHED: dict[str, dict[str, list]] = {}
 
 
@@ -93,10 +98,10 @@ def reference(op: str) -> Callable:
 
 
 def attach(clause_id: str, kind: str, item) -> None:
-    """Register ``item`` (a mutant, a set of cases, a scaling case) as the ``kind`` of ``clause_id``.
+    """Register ``item`` (a mutant, a pattern's cases) as the ``kind`` of ``clause_id``.
 
-    Lists of variants (the sparse patterns, the mutants, the scaling cases) are derived from what
-    is attached here, so a new variant is declared once, beside its code.
+    Lists of variants (the mutants, the sparse patterns with their edges and budgets) are derived
+    from what is attached here, so a new variant is declared once, beside its code.
     """
     if clause_id not in CATALOG:
         raise ValueError(f"{item!r} is attached to clause {clause_id!r}, which is not in the catalog")
