@@ -8,20 +8,20 @@ from the case's seed, so the one-line repr rebuilds the call exactly.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from hypothesis import strategies as st
 
+from attnspec.clauses import attach
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.strategies import declares, head_pairs, lengths
 from attnspec.conformance.target import current
 from attnspec.reference import patterns
 
-PATTERNS = ("dilated", "longformer", "bigbird", "strided", "fixed", "block_sparse", "prefix_lm", "document", "chunked")
-#: Patterns with a fixed budget of keys per query (clause ``sparse.cost``).
-BUDGETED = ("dilated", "longformer", "bigbird", "block_sparse", "document", "chunked")
 HEAD_DIMS = (1, 3, 8, 16, 32)
 
 
@@ -66,7 +66,7 @@ class SparseCase:
     @property
     def causal(self) -> bool:
         """Whether the pattern is causal: no row depends on later keys (prefix-LM: after its prefix)."""
-        return self.pattern in ("strided", "fixed", "prefix_lm") or dict(self.params).get("causal", False)
+        return CASES[self.pattern].causal or dict(self.params).get("causal", False)
 
     def inputs(self, dtype: str):
         """``(q, k, v, kwargs)``: arrays rounded to ``dtype``; ``kwargs`` holds pattern, scale and parameters."""
@@ -134,7 +134,7 @@ def sparse_cases(draw, pattern: str, *, max_len: int = 96, shorter_queries: bool
                       d_v=draw(st.one_of(st.just(d_qk), dims)), seed=draw(st.integers(0, 2**32 - 1)),
                       magnitude=draw(st.sampled_from(("unit", "large"))),
                       scale=draw(st.sampled_from([None, 0.3])) if declares("sdpa.scale") else None)
-    return case.with_(params=draw(PARAMS[pattern](case)))
+    return case.with_(params=draw(CASES[pattern].params(case)))
 
 
 def _sides() -> st.SearchStrategy[int]:
@@ -158,20 +158,94 @@ def _per_batch(case: SparseCase, strategy: st.SearchStrategy) -> st.SearchStrate
     return st.one_of(strategy, per_item) if case.batch > 1 else strategy
 
 
-@st.composite
+# ---- the patterns' cases: each registers itself with pattern_cases ------------------------------
+
+
+@dataclass(frozen=True)
+class PatternCases:
+    """How the suite checks one pattern: its parameter strategy, its pinned edges, its budget.
+
+    ``params(case)`` draws the ``params`` of a case with the given shapes; ``edges`` are the sharp
+    cases run before the drawn ones, and ``edges[probe]`` is pinned in the probe of invisible keys;
+    ``budget(n, heads)``, for a pattern with a fixed budget of keys per query (``sparse.cost``),
+    gives its parameters at length ``n``, measured by the memory test and the scaling report;
+    ``causal``: no row depends on later keys whatever the parameters. The strategy's docstring
+    says what the pattern's test checks.
+    """
+
+    params: Callable[[SparseCase], st.SearchStrategy[tuple]]
+    edges: tuple[SparseCase, ...]
+    probe: int = 0
+    budget: Callable[[int, int], dict] | None = None
+    causal: bool = False
+    doc: str = ""
+
+
+#: Pattern name -> its cases, in the order registered.
+CASES: dict[str, PatternCases] = {}
+
+
+def pattern_cases(clause_id: str, *, edges, probe: int = 0, budget=None, causal: bool = False) -> Callable:
+    """Register the decorated parameter strategy (a function ``(draw, case)``) of pattern ``clause_id``."""
+
+    def register(draw_params):
+        name = clause_id.removeprefix("sparse.")
+        if name not in patterns_with_builders():
+            raise ValueError(f"cases for {clause_id!r}, which has no reference builder (attnspec.reference.sparse.builds)")
+        cases = PatternCases(st.composite(draw_params), tuple(edges), probe, budget, causal,
+                             inspect.getdoc(draw_params) or "")
+        CASES[name] = cases
+        attach(clause_id, "cases", cases)
+        return draw_params
+
+    return register
+
+
+def patterns_with_builders() -> tuple[str, ...]:
+    from attnspec.reference.sparse import BUILDERS
+
+    return tuple(BUILDERS)
+
+
+@pattern_cases("sparse.dilated", probe=1, budget=lambda n, heads: dict(window=8, dilation=2), edges=[
+    SparseCase("dilated", n_q=1, n_k=1, params=(("window", 2),)),
+    SparseCase("dilated", h_q=2, h_kv=1, n_q=5, n_k=37, params=(("window", 3), ("dilation", (1, 3)), ("causal", True))),
+    SparseCase("dilated", n_q=17, n_k=17, params=(("window", 2), ("dilation", 4))),
+])
 def _dilated(draw, case):
+    """Keys d apart within w steps on each side (per-head d), causal or not."""
     per_head = st.tuples(*[st.integers(1, 4)] * case.h_q)
     dilation = draw(st.one_of(st.sampled_from([1, 2, 3, 7]), per_head))
     return (("window", draw(_sides())), ("dilation", dilation), ("causal", draw(st.booleans())))
 
 
-@st.composite
+def _longformer_budget(n: int, heads: int) -> dict:
+    return dict(window=16, global_tokens=np.isin(np.arange(n), [0, n - 1]))
+
+
+@pattern_cases("sparse.longformer", budget=_longformer_budget, edges=[
+    SparseCase("longformer", n_q=20, n_k=20, params=(("window", 1), ("global_tokens", (19,)))),
+    SparseCase("longformer", batch=2, n_q=3, n_k=21, params=(("window", 0), ("global_tokens", ((0,), (20,))))),
+])
 def _longformer(draw, case):
+    """Window plus global tokens in both directions, also a global token at the last position."""
     return (("window", draw(_sides())), ("global_tokens", draw(_per_batch(case, _positions(case.n_k, 4)))))
 
 
-@st.composite
+def _bigbird_budget(n: int, heads: int) -> dict:
+    n_blocks = math.ceil(n / 16)
+    return dict(block=16, window_blocks=1, global_blocks=np.array([0, n_blocks - 1]),
+                random_blocks=patterns.bigbird_random_blocks(n_blocks, 2, heads=heads, seed=0))
+
+
+@pattern_cases("sparse.bigbird", budget=_bigbird_budget, edges=[
+    SparseCase("bigbird", h_q=2, h_kv=2, n_q=37, n_k=37,
+               params=(("block", 8), ("window_blocks", 1), ("global_blocks", (0, 4)), ("random", (2, 2)))),
+    SparseCase("bigbird", n_q=1, n_k=1, params=(("block", 4), ("window_blocks", 0))),
+    SparseCase("bigbird", n_q=30, n_k=30, params=(("block", 3), ("window_blocks", 0), ("random", (1, 1)))),
+])
 def _bigbird(draw, case):
+    """Block window, global and per-head random blocks; N not a multiple of the block."""
     block = draw(_sizes(case.n_k))
     n_blocks = -(-case.n_k // block)
     global_blocks = draw(_positions(n_blocks, 2))
@@ -180,41 +254,74 @@ def _bigbird(draw, case):
             ("random", random))
 
 
-@st.composite
+@pattern_cases("sparse.strided", causal=True, edges=[
+    SparseCase("strided", n_q=20, n_k=20, params=(("stride", 4), ("factor", "a1"))),
+    SparseCase("strided", n_q=4, n_k=29, params=(("stride", 5),)),
+])
 def _strided(draw, case):
+    """A1 holds the previous l keys and itself; A2 every l-th earlier key; causal."""
     return (("stride", draw(_sizes(case.n_k))), ("factor", draw(st.sampled_from(patterns.FACTORS))))
 
 
-@st.composite
+@pattern_cases("sparse.fixed", causal=True, edges=[
+    SparseCase("fixed", n_q=24, n_k=24, params=(("stride", 6), ("summary", 2))),
+    SparseCase("fixed", n_q=1, n_k=1, params=(("stride", 3), ("summary", 3), ("factor", "a2"))),
+])
 def _fixed(draw, case):
+    """A1 the query's own block; A2 the last c positions of every block; causal."""
     stride = draw(_sizes(case.n_k))
     summary = draw(st.one_of(st.sampled_from(sorted({1, stride})), st.integers(1, stride)))
     return (("stride", stride), ("summary", summary), ("factor", draw(st.sampled_from(patterns.FACTORS))))
 
 
-@st.composite
+def _block_sparse_budget(n: int, heads: int) -> dict:
+    blocks = np.arange(math.ceil(n / 32))
+    band = np.abs(blocks[:, None] - blocks[None, :]) <= 1
+    return dict(layout=band[None], block_q=32, block_k=32)
+
+
+@pattern_cases("sparse.block_sparse", budget=_block_sparse_budget, edges=[
+    SparseCase("block_sparse", h_q=2, h_kv=2, n_q=37, n_k=37, params=(("block_q", 16), ("block_k", 5), ("layout", (2, 0.5)))),
+    SparseCase("block_sparse", n_q=1, n_k=1, params=(("block_q", 64), ("block_k", 64), ("layout", (1, 1.0)))),
+    SparseCase("block_sparse", n_q=9, n_k=33, params=(("block_q", 4), ("block_k", 4), ("layout", (1, 0.3)))),
+])
 def _block_sparse(draw, case):
+    """Per-head layouts of block_q x block_k tiles, block sizes that do not divide N."""
     layout = (draw(st.sampled_from([1, case.h_q])), draw(st.sampled_from([0.0, 0.3, 0.7, 1.0])))
     return (("block_q", draw(_sizes(case.n_k))), ("block_k", draw(_sizes(case.n_k))), ("layout", layout))
 
 
-@st.composite
+@pattern_cases("sparse.prefix_lm", probe=1, causal=True, edges=[
+    SparseCase("prefix_lm", batch=2, n_q=13, n_k=13, params=(("prefix_lens", (0, 13)),)),
+    SparseCase("prefix_lm", batch=2, n_q=4, n_k=13, params=(("prefix_lens", (5, 12)),)),
+])
 def _prefix_lm(draw, case):
+    """Bidirectional inside the per-batch prefix (exclusive of position prefix_lens), causal after."""
     edge = st.sampled_from(sorted({0, 1, case.n_k - 1, case.n_k}))
     lens = st.lists(st.one_of(edge, st.integers(0, case.n_k)), min_size=case.batch, max_size=case.batch)
     return (("prefix_lens", tuple(draw(lens))),)
 
 
-@st.composite
+@pattern_cases("sparse.document", probe=1, budget=lambda n, heads: dict(document_ids=np.arange(n) // 64, causal=True),
+               edges=[
+    SparseCase("document", n_q=9, n_k=9, params=(("document_lengths", (3, 0, 5, 1)), ("causal", True))),
+    SparseCase("document", batch=2, n_q=3, n_k=9, params=(("document_lengths", ((0, 9), (4, 4, 1))),)),
+])
 def _document(draw, case):
+    """Packed documents, empty ones and documents spanning several runs included."""
     cuts = st.lists(st.integers(0, case.n_k), max_size=5).map(sorted)
     lengths = cuts.map(lambda c: tuple(int(x) for x in np.diff([0, *c, case.n_k])))  # zeros: empty documents
     return (("document_lengths", draw(_per_batch(case, lengths))), ("labels", draw(st.sampled_from(["runs", "alternating"]))),
             ("causal", draw(st.booleans())))
 
 
-@st.composite
+@pattern_cases("sparse.chunked", probe=1, budget=lambda n, heads: dict(chunk=64, causal=True), edges=[
+    SparseCase("chunked", n_q=37, n_k=37, params=(("chunk", 8), ("causal", True))),
+    SparseCase("chunked", n_q=3, n_k=17, params=(("chunk", 8),)),
+    SparseCase("chunked", n_q=1, n_k=1, params=(("chunk", 1), ("causal", True))),
+])
 def _chunked(draw, case):
+    """Chunks of absolute positions, also when decoding the last rows only."""
     return (("chunk", draw(_sizes(case.n_k))), ("causal", draw(st.booleans())))
 
 
@@ -228,55 +335,13 @@ def any_pattern_cases(**options) -> st.SearchStrategy[SparseCase]:
     return st.deferred(lambda: st.sampled_from(declared_patterns())).flatmap(lambda p: sparse_cases(p, **options))
 
 
-PARAMS = {"dilated": _dilated, "longformer": _longformer, "bigbird": _bigbird, "strided": _strided, "fixed": _fixed,
-          "block_sparse": _block_sparse, "prefix_lm": _prefix_lm, "document": _document, "chunked": _chunked}
-
+#: Derived from the registrations above (a new pattern edits none of these).
+PATTERNS = tuple(CASES)
+#: Patterns with a fixed budget of keys per query (clause ``sparse.cost``).
+BUDGETED = tuple(p for p, cases in CASES.items() if cases.budget is not None)
 #: Pinned sharp edges, per pattern: N = 1, lengths that are not a multiple of the block, decoding
 #: rows (N_q < N_k), a global token at the last position, an empty document, prefixes 0 and N.
-EDGES = {
-    "dilated": [
-        SparseCase("dilated", n_q=1, n_k=1, params=(("window", 2),)),
-        SparseCase("dilated", h_q=2, h_kv=1, n_q=5, n_k=37, params=(("window", 3), ("dilation", (1, 3)), ("causal", True))),
-        SparseCase("dilated", n_q=17, n_k=17, params=(("window", 2), ("dilation", 4))),
-    ],
-    "longformer": [
-        SparseCase("longformer", n_q=20, n_k=20, params=(("window", 1), ("global_tokens", (19,)))),
-        SparseCase("longformer", batch=2, n_q=3, n_k=21, params=(("window", 0), ("global_tokens", ((0,), (20,))))),
-    ],
-    "bigbird": [
-        SparseCase("bigbird", h_q=2, h_kv=2, n_q=37, n_k=37,
-                   params=(("block", 8), ("window_blocks", 1), ("global_blocks", (0, 4)), ("random", (2, 2)))),
-        SparseCase("bigbird", n_q=1, n_k=1, params=(("block", 4), ("window_blocks", 0))),
-        SparseCase("bigbird", n_q=30, n_k=30, params=(("block", 3), ("window_blocks", 0), ("random", (1, 1)))),
-    ],
-    "strided": [
-        SparseCase("strided", n_q=20, n_k=20, params=(("stride", 4), ("factor", "a1"))),
-        SparseCase("strided", n_q=4, n_k=29, params=(("stride", 5),)),
-    ],
-    "fixed": [
-        SparseCase("fixed", n_q=24, n_k=24, params=(("stride", 6), ("summary", 2))),
-        SparseCase("fixed", n_q=1, n_k=1, params=(("stride", 3), ("summary", 3), ("factor", "a2"))),
-    ],
-    "block_sparse": [
-        SparseCase("block_sparse", h_q=2, h_kv=2, n_q=37, n_k=37,
-                   params=(("block_q", 16), ("block_k", 5), ("layout", (2, 0.5)))),
-        SparseCase("block_sparse", n_q=1, n_k=1, params=(("block_q", 64), ("block_k", 64), ("layout", (1, 1.0)))),
-        SparseCase("block_sparse", n_q=9, n_k=33, params=(("block_q", 4), ("block_k", 4), ("layout", (1, 0.3)))),
-    ],
-    "prefix_lm": [
-        SparseCase("prefix_lm", batch=2, n_q=13, n_k=13, params=(("prefix_lens", (0, 13)),)),
-        SparseCase("prefix_lm", batch=2, n_q=4, n_k=13, params=(("prefix_lens", (5, 12)),)),
-    ],
-    "document": [
-        SparseCase("document", n_q=9, n_k=9, params=(("document_lengths", (3, 0, 5, 1)), ("causal", True))),
-        SparseCase("document", batch=2, n_q=3, n_k=9, params=(("document_lengths", ((0, 9), (4, 4, 1))),)),
-    ],
-    "chunked": [
-        SparseCase("chunked", n_q=37, n_k=37, params=(("chunk", 8), ("causal", True))),
-        SparseCase("chunked", n_q=3, n_k=17, params=(("chunk", 8),)),
-        SparseCase("chunked", n_q=1, n_k=1, params=(("chunk", 1), ("causal", True))),
-    ],
-}
+EDGES = {p: list(cases.edges) for p, cases in CASES.items()}
 
 
 #: Rows without keys beside rows with keys (clause ``sparse``, ``sdpa.fully_masked``): with seed 2
@@ -287,20 +352,7 @@ EMPTY_ROWS = SparseCase("block_sparse", h_q=2, h_kv=1, n_q=40, n_k=40, seed=2,
 
 def budgeted_params(pattern: str, n: int, heads: int = 1) -> dict:
     """Parameters of ``pattern`` with a fixed budget of keys per query at length ``n`` (``sparse.cost``)."""
-    if pattern == "dilated":
-        return dict(window=8, dilation=2)
-    if pattern == "longformer":
-        return dict(window=16, global_tokens=np.isin(np.arange(n), [0, n - 1]))
-    if pattern == "bigbird":
-        n_blocks = math.ceil(n / 16)
-        return dict(block=16, window_blocks=1, global_blocks=np.array([0, n_blocks - 1]),
-                    random_blocks=patterns.bigbird_random_blocks(n_blocks, 2, heads=heads, seed=0))
-    if pattern == "block_sparse":
-        blocks = np.arange(math.ceil(n / 32))
-        band = np.abs(blocks[:, None] - blocks[None, :]) <= 1
-        return dict(layout=band[None], block_q=32, block_k=32)
-    if pattern == "document":
-        return dict(document_ids=np.arange(n) // 64, causal=True)
-    if pattern == "chunked":
-        return dict(chunk=64, causal=True)
-    raise ValueError(f"pattern {pattern!r} has no fixed budget of keys per query")
+    budget = CASES[pattern].budget if pattern in CASES else None
+    if budget is None:
+        raise ValueError(f"pattern {pattern!r} has no fixed budget of keys per query")
+    return budget(n, heads)

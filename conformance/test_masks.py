@@ -1,4 +1,4 @@
-"""Conformance of the visibility rules (spec section :mod:`attnspec.masks`).
+"""Conformance of the visibility rules (spec section :mod:`attnspec.sdpa`, its last clauses).
 
 Each rule is checked three ways: numerically against the reference, by reading the attention
 pattern exactly through a one-hot V, and by poisoning the keys it hides.

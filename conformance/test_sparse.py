@@ -22,6 +22,7 @@ from attnspec.conformance.memory import check_linear_memory
 from attnspec.conformance.probes import POISON, within_limits
 from attnspec.conformance.sparse_cases import (
     BUDGETED,
+    CASES,
     EDGES,
     EMPTY_ROWS,
     PATTERNS,
@@ -144,76 +145,30 @@ def pinned(pattern: str):
     return decorate
 
 
-@pytest.mark.clause("sparse.dilated")
-@given(case=sparse_cases("dilated"))
-@pinned("dilated")
-def test_dilated(check, dtype, case):
-    """Keys d apart within w steps on each side (per-head d), causal or not."""
-    check_pattern_case(check, case, dtype)
+def pattern_test(pattern: str):
+    """The test of clause ``sparse.<pattern>``: drawn and pinned cases through :func:`check_pattern_case`.
+
+    One is made per registered pattern (:data:`attnspec.conformance.sparse_cases.CASES`); its
+    docstring is that of the pattern's parameter strategy.
+    """
+
+    def test(check, dtype, case):
+        check_pattern_case(check, case, dtype)
+
+    test.__name__ = test.__qualname__ = f"test_{pattern}"
+    test.__doc__ = CASES[pattern].doc
+    return pytest.mark.clause(f"sparse.{pattern}")(given(case=sparse_cases(pattern))(pinned(pattern)(test)))
 
 
-@pytest.mark.clause("sparse.longformer")
-@given(case=sparse_cases("longformer"))
-@pinned("longformer")
-def test_longformer(check, dtype, case):
-    """Window plus global tokens in both directions, also a global token at the last position."""
-    check_pattern_case(check, case, dtype)
+for _pattern in PATTERNS:
+    globals()[f"test_{_pattern}"] = pattern_test(_pattern)
 
 
-@pytest.mark.clause("sparse.bigbird")
-@given(case=sparse_cases("bigbird"))
-@pinned("bigbird")
-def test_bigbird(check, dtype, case):
-    """Block window, global and per-head random blocks; N not a multiple of the block."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.strided")
-@given(case=sparse_cases("strided"))
-@pinned("strided")
-def test_strided(check, dtype, case):
-    """A1 holds the previous l keys and itself; A2 every l-th earlier key; causal."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.fixed")
-@given(case=sparse_cases("fixed"))
-@pinned("fixed")
-def test_fixed(check, dtype, case):
-    """A1 the query's own block; A2 the last c positions of every block; causal."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.block_sparse")
-@given(case=sparse_cases("block_sparse"))
-@pinned("block_sparse")
-def test_block_sparse(check, dtype, case):
-    """Per-head layouts of block_q x block_k tiles, block sizes that do not divide N."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.prefix_lm")
-@given(case=sparse_cases("prefix_lm"))
-@pinned("prefix_lm")
-def test_prefix_lm(check, dtype, case):
-    """Bidirectional inside the per-batch prefix (exclusive of position prefix_lens), causal after."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.document")
-@given(case=sparse_cases("document"))
-@pinned("document")
-def test_document(check, dtype, case):
-    """Packed documents, empty ones and documents spanning several runs included."""
-    check_pattern_case(check, case, dtype)
-
-
-@pytest.mark.clause("sparse.chunked")
-@given(case=sparse_cases("chunked"))
-@pinned("chunked")
-def test_chunked(check, dtype, case):
-    """Chunks of absolute positions, also when decoding the last rows only."""
-    check_pattern_case(check, case, dtype)
+def probes(test):
+    """Pin each pattern's probe edge (``CASES[p].edges[CASES[p].probe]``)."""
+    for cases in reversed(CASES.values()):
+        test = example(case=cases.edges[cases.probe])(test)
+    return test
 
 
 @pytest.mark.clause("sparse")
@@ -267,15 +222,7 @@ def probe_rows(case: SparseCase, table: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 @pytest.mark.clause("sparse")
 @given(case=any_pattern_cases())
-@example(case=EDGES["dilated"][1])
-@example(case=EDGES["longformer"][0])
-@example(case=EDGES["bigbird"][0])
-@example(case=EDGES["strided"][0])
-@example(case=EDGES["fixed"][0])
-@example(case=EDGES["block_sparse"][0])
-@example(case=EDGES["prefix_lm"][1])
-@example(case=EDGES["document"][1])
-@example(case=EDGES["chunked"][1])
+@probes
 def test_invisible_keys_do_not_count(check, dtype, case):
     """Keys that chosen rows cannot see hold 1e4 in K and V; those rows must not change.
 

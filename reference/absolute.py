@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 SINUSOIDAL_LAYOUTS = ("interleaved", "concat")
 
 
+@reference("sinusoidal")
 def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
                arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Sinusoidal encoding of shape ``(len(positions), dim)``.
@@ -17,12 +19,12 @@ def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
     Clauses ``pe.sinusoidal.interleaved`` (``sin, cos, sin, cos, ...``) and
     ``pe.sinusoidal.concat`` (``[sin | cos]``).
     """
-    dim = _checks.integer("dim", dim, low=1)
+    dim = check.integer("dim", dim, low=1)
     if dim % 2:
         raise ValueError(f"dim must be even; got {dim}")
-    _checks.choice("layout", layout, SINUSOIDAL_LAYOUTS)
-    base = _checks.positive_float("base", base)
-    pos = _checks.int_array("positions", positions, low=0)
+    check.choice("layout", layout, SINUSOIDAL_LAYOUTS)
+    base = check.positive_float("base", base)
+    pos = check.int_array("positions", positions, low=0)
     if pos.ndim != 1:
         raise ValueError(f"positions must be 1-D; got shape {pos.shape}")
 
@@ -35,12 +37,13 @@ def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
     return np.concatenate([sin, cos], axis=-1)
 
 
+@reference("learned")
 def learned(table, positions) -> np.ndarray:
     """Rows of a learned table: ``table[positions]``, shape ``positions.shape + (dim,)``.
 
     Clause ``pe.learned``. A position outside ``[0, max_positions)`` is an error: NumPy would
     wrap negative indices, and a clamp would hide a too-short table.
     """
-    table = _checks.float_array("table", table, ndim=2)
-    pos = _checks.int_array("positions", positions, low=0, high=table.shape[0] - 1)
+    table = check.float_array("table", table, ndim=2)
+    pos = check.int_array("positions", positions, low=0, high=table.shape[0] - 1)
     return table[pos]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks
+from attnspec import validation as check
+from attnspec.clauses import reference
 
 ALIBI_FORMS = ("symmetric", "causal")
 
@@ -14,9 +15,10 @@ def _power_of_two_slopes(n: int) -> np.ndarray:
     return np.exp2(-8.0 * np.arange(1, n + 1) / n)
 
 
+@reference("alibi_slopes")
 def alibi_slopes(num_heads) -> np.ndarray:
     """Slopes ``(H,)`` by the paper's recipe, for any head count. Clause ``alibi.slopes``."""
-    n = _checks.integer("num_heads", num_heads, low=1)
+    n = check.integer("num_heads", num_heads, low=1)
     m = 1 << (n.bit_length() - 1)  # the largest power of two <= n
     if m == n:
         return _power_of_two_slopes(n)
@@ -26,16 +28,17 @@ def alibi_slopes(num_heads) -> np.ndarray:
     return np.concatenate([_power_of_two_slopes(m), extra])
 
 
+@reference("alibi_bias")
 def alibi_bias(slopes, n_q, n_k, *, form="symmetric") -> np.ndarray:
     """Bias ``(H, N_q, N_k)`` with bottom-right offset ``N_k - N_q``. Clause ``alibi.bias``.
 
     ``form="symmetric"``: ``-slope * |i + offset - j|``;
     ``form="causal"``: ``slope * (j - i - offset)``.
     """
-    slopes = _checks.float_array("slopes", slopes, ndim=1)
-    n_q = _checks.integer("n_q", n_q, low=0)
-    n_k = _checks.integer("n_k", n_k, low=0)
-    _checks.choice("form", form, ALIBI_FORMS)
+    slopes = check.float_array("slopes", slopes, ndim=1)
+    n_q = check.integer("n_q", n_q, low=0)
+    n_k = check.integer("n_k", n_k, low=0)
+    check.choice("form", form, ALIBI_FORMS)
     offset = n_k - n_q
     # Integer distances keep the table exact; negating before the product avoids -0.0.
     dist = np.arange(n_k)[None, :] - np.arange(n_q)[:, None] - offset

@@ -10,11 +10,13 @@ import math
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.masks import key_bounds
 from attnspec.reference.sdpa import attend, prepare, scores, visible, weighted_values
 
 
+@reference("flash_forward")
 def flash_forward(q, k, v, *, block_q: int, block_k: int, stats: dict | None = None, **options):
     """Clause ``flash.tiled``: the online-softmax forward pass over ``block_q x block_k`` tiles.
 
@@ -76,6 +78,7 @@ def _finish(state):
     return out, lse
 
 
+@reference("merge_partials")
 def merge_partials(outs, lses):
     """Clause ``flash.merge``: combine partial ``(out, lse)`` over disjoint key sets.
 
@@ -102,6 +105,7 @@ def merge_partials(outs, lses):
     return out, lse
 
 
+@reference("split_kv")
 def split_kv(q, k, v, *, num_splits: int, **options):
     """Clause ``flash.split_kv``: attention over ``num_splits`` contiguous key ranges, merged by LSE."""
     num_splits = check.integer("num_splits", num_splits, low=1)
@@ -113,6 +117,7 @@ def split_kv(q, k, v, *, num_splits: int, **options):
     return merge_partials(np.stack([o for o, _ in partials]), np.stack([lse for _, lse in partials]))
 
 
+@reference("decode")
 def decode(q, k_cache, v_cache, *, cache_lens, num_splits: int = 1, **options):
     """Clause ``flash.decode``: the newest ``N_new`` queries against a KV cache, causally.
 

@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 FEATURE_MAPS = ("elu+1", "relu", "identity")
@@ -45,6 +46,7 @@ def phi(x, name: str, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     return arithmetic.round(np.where(x > 0, x + 1, below))
 
 
+@reference("linear_attention")
 def linear_attention(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form: str = "parallel",
                      chunk_size: int | None = None, normalize: bool = True, scale: float = 1.0, eps: float = 0.0,
                      initial_state=None, initial_normalizer=None, output_final_state: bool = False,
@@ -205,6 +207,7 @@ def _state(name: str, x, shape: tuple) -> np.ndarray:
     return x
 
 
+@reference("efficient_attention")
 def efficient_attention(q, k, v, *, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``linear.efficient``: ``softmax_features(q) @ (softmax_keys(k)^T @ v)`` (Shen et al., 2021)."""
     q, k, v = check_qkv(q, k, v, False)

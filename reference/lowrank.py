@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.sdpa import attend, prepare, sdpa
 
 
+@reference("linformer")
 def linformer(q, k, v, *, e, f, scale=None, arithmetic: Arithmetic = EXACT):
     """Clause ``linformer``: ``sdpa(q, E @ k, F @ v, scale=scale)``.
 
@@ -62,6 +64,7 @@ def _same_positions(q, k, v, what: str):
     return p
 
 
+@reference("xl_attention")
 def xl_attention(q, k, v, *, mem_k, mem_v, scale=None):
     """Clause ``xl.memory``: ``sdpa(q, [mem_k; k], [mem_v; v], causal="bottom_right", scale=scale)``."""
     seg = _same_positions(q, k, v, "segment")
@@ -79,6 +82,7 @@ def xl_attention(q, k, v, *, mem_k, mem_v, scale=None):
     return sdpa(seg.q, keys, values, causal="bottom_right", scale=scale)
 
 
+@reference("xl_recurrent")
 def xl_recurrent(q, k, v, *, segment_len: int, mem_len: int, scale=None):
     """Clause ``xl.recurrence``: segments of ``segment_len``, each over the last ``mem_len`` cached keys/values."""
     whole = _same_positions(q, k, v, "sequence")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.flash import merge_partials
 from attnspec.reference.routed import unit
 from attnspec.reference.sdpa import prepare
@@ -127,11 +128,13 @@ class LSH:
         return self.qk, self.keys(), self.v, {"mask": self.visible(), "scale": self.scale}
 
 
+@reference("lsh_buckets")
 def lsh_buckets(qk, *, rotations) -> np.ndarray:
     """Clause ``lsh.buckets``: ``(B, H, n_rounds, N)`` integer buckets."""
     return LSH.build(qk, rotations=rotations).buckets()
 
 
+@reference("lsh")
 def lsh(qk, v, *, rotations, chunk_len, causal=False, scale=None) -> np.ndarray:
     """Clauses ``lsh.chunks``, ``lsh.self_exclusion``, ``lsh.rounds``: the output ``(B, H, N, D_v)``."""
     return LSH.build(qk, v, rotations=rotations, chunk_len=chunk_len, causal=causal, scale=scale).output()

@@ -1,4 +1,4 @@
-"""Visibility rules and score modifiers as small index functions (clauses in :mod:`attnspec.masks`).
+"""Visibility rules and score modifiers as small index functions (clauses in :mod:`attnspec.sdpa`).
 
 A ``mask_mod(b, h, q_idx, kv_idx)`` returns True where query ``q_idx`` may attend to key
 ``kv_idx``; a ``score_mod(score, b, h, q_idx, kv_idx)`` returns the modified score. Both are

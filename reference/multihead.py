@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.sdpa import sdpa
 
@@ -21,6 +22,7 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
 
+@reference("mha")
 def mha(x_q, x_kv, *, w_q, w_k, w_v, w_o, num_heads: int, num_kv_heads: int | None = None,
         arithmetic: Arithmetic = EXACT, **options):
     """Clause ``mha``: ``merge_heads(sdpa(split(x_q @ w_q), split(x_kv @ w_k), split(x_kv @ w_v))) @ w_o``."""

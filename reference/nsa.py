@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 from attnspec.reference.sdpa import prepare
 from attnspec.reference.sdpa import sdpa as dense
@@ -195,6 +196,7 @@ class NSA:
         return sum(self.gates[..., c, None] * out for c, out in enumerate(outs))
 
 
+@reference("nsa")
 def nsa(q, k, v, *, gates, cmp_len, cmp_stride, sel_len, top_n, window, init_blocks=0, local_blocks=0,
         compress_k=None, compress_v=None, scale=None) -> np.ndarray:
     """Clauses ``nsa.*``: the gated sum of the compressed, selected and window branches ``(B, H_q, N_q, D_v)``."""
@@ -203,6 +205,7 @@ def nsa(q, k, v, *, gates, cmp_len, cmp_stride, sel_len, top_n, window, init_blo
                      compress_v=compress_v, scale=scale).output()
 
 
+@reference("nsa_select")
 def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, compress_k=None,
                scale=None) -> np.ndarray:
     """Clause ``nsa.select``: selected block indices ``(B, H_kv, N_q, top_n)``, ascending, ``-1``-padded."""

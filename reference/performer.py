@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference import linear
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
@@ -25,6 +26,7 @@ from attnspec.reference.arithmetic import EXACT, Arithmetic
 CHUNK = 64
 
 
+@reference("performer_features")
 def performer_features(x, projection, *, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``performer.features``: ``exp(x W^T - |x|^2 / 2) / sqrt(m)``, shape ``(..., m)``."""
     x = check.float_array("x", x)
@@ -48,6 +50,7 @@ def _projection(projection, d: int | None) -> np.ndarray:
     return w
 
 
+@reference("orthogonal_projection")
 def orthogonal_projection(gaussian_blocks, norms, *, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``performer.orthogonal``: rows of each block's sign-fixed ``Q``, scaled by ``norms``."""
     norms = check.float_array("norms", norms, ndim=1)
@@ -74,6 +77,7 @@ def orthogonal_projection(gaussian_blocks, norms, *, arithmetic: Arithmetic = EX
     return arithmetic.round(rows * norms.astype(arithmetic.compute)[:, None])
 
 
+@reference("performer")
 def performer(q, k, v, *, projection, causal: bool = False, scale: float | None = None,
               arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``performer``: normalised linear attention with FAVOR+ features of the scaled q and k."""

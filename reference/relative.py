@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from attnspec.reference import _checks
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 
@@ -14,8 +15,8 @@ def _bucket_params(bidirectional, num_buckets, max_distance) -> tuple[bool, int,
     """Checked ``(bidirectional, n, exact, max_distance)`` for ``t5.bucket``."""
     if not isinstance(bidirectional, (bool, np.bool_)):
         raise TypeError(f"bidirectional must be a bool; got {bidirectional!r}")
-    num_buckets = _checks.integer("num_buckets", num_buckets, low=2)
-    max_distance = _checks.integer("max_distance", max_distance, low=1)
+    num_buckets = check.integer("num_buckets", num_buckets, low=2)
+    max_distance = check.integer("max_distance", max_distance, low=1)
     n = num_buckets // 2 if bidirectional else num_buckets
     exact = n // 2
     # log(rel / exact) needs exact >= 1, and dividing by log(max_distance / exact) needs it > 0.
@@ -27,6 +28,7 @@ def _bucket_params(bidirectional, num_buckets, max_distance) -> tuple[bool, int,
     return bool(bidirectional), n, exact, max_distance
 
 
+@reference("t5_bucket")
 def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
               max_distance=128) -> np.ndarray:
     """T5 bucket of each ``key - query`` offset, int64 in ``[0, num_buckets)``.
@@ -36,7 +38,7 @@ def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
     """
     bidirectional, n, exact, max_distance = _bucket_params(bidirectional, num_buckets,
                                                            max_distance)
-    rel = _checks.int_array("relative_position", relative_position)
+    rel = check.int_array("relative_position", relative_position)
     if bidirectional:
         bucket = np.where(rel > 0, n, 0).astype(np.int64)
         rel = np.abs(rel)
@@ -54,6 +56,7 @@ def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
     return bucket + offset
 
 
+@reference("t5_bias")
 def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=32,
             max_distance=128) -> np.ndarray:
     """``bias[h, i, j] = table[t5_bucket(k_j - q_i), h]``, shape ``(H, N_q, N_k)``.
@@ -61,12 +64,12 @@ def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=
     Clause ``t5.bias``. ``table`` is ``(num_buckets, H)``; positions are 1-D and non-negative.
     """
     _bucket_params(bidirectional, num_buckets, max_distance)  # before num_buckets is used below
-    table = _checks.float_array("table", table, ndim=2)
+    table = check.float_array("table", table, ndim=2)
     if table.shape[0] != num_buckets:
         raise ValueError(f"table must have shape (num_buckets={num_buckets}, H); "
                          f"got {table.shape}")
-    q_pos = _checks.int_array("q_positions", q_positions, low=0)
-    k_pos = _checks.int_array("k_positions", k_positions, low=0)
+    q_pos = check.int_array("q_positions", q_positions, low=0)
+    k_pos = check.int_array("k_positions", k_positions, low=0)
     for name, pos in (("q_positions", q_pos), ("k_positions", k_pos)):
         if pos.ndim != 1:
             raise ValueError(f"{name} must be 1-D; got shape {pos.shape}")
@@ -76,9 +79,9 @@ def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=
 
 
 def _check_qkv(q, k, v):
-    q = _checks.float_array("q", q, ndim=4)
-    k = _checks.float_array("k", k, ndim=4)
-    v = _checks.float_array("v", v, ndim=4)
+    q = check.float_array("q", q, ndim=4)
+    k = check.float_array("k", k, ndim=4)
+    v = check.float_array("v", v, ndim=4)
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
         raise ValueError(f"k must have shape (B, H, N_k, D_qk) with (B, H, D_qk) of q "
                          f"{q.shape[:2] + q.shape[3:]}; got {k.shape}")
@@ -89,13 +92,14 @@ def _check_qkv(q, k, v):
 
 
 def _check_rel(name: str, table, rows: int, cols: int) -> np.ndarray:
-    table = _checks.float_array(name, table, ndim=2)
+    table = check.float_array(name, table, ndim=2)
     if table.shape != (rows, cols):
         raise ValueError(f"{name} must have shape (2 * max_relative + 1, D) = {(rows, cols)}; "
                          f"got {table.shape}")
     return table
 
 
+@reference("shaw")
 def shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Attention with relative key and value representations, ``(B, H, N_q, D_v)``.
 
@@ -104,10 +108,10 @@ def shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None, arithmetic: Arithme
     all (``N_k = 0``) gives zeros, as ``sdpa.fully_masked``.
     """
     q, k, v = _check_qkv(q, k, v)
-    m = _checks.integer("max_relative", max_relative, low=0)
+    m = check.integer("max_relative", max_relative, low=0)
     rel_k = _check_rel("rel_k", rel_k, 2 * m + 1, q.shape[3])
     rel_v = _check_rel("rel_v", rel_v, 2 * m + 1, v.shape[3])
-    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else _checks.finite_float("scale", scale)
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else check.finite_float("scale", scale)
     q, k, v, rel_k, rel_v = (a.astype(arithmetic.compute) for a in (q, k, v, rel_k, rel_v))
     rnd = arithmetic.round
     n_q, n_k = q.shape[2], k.shape[2]

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 FORMS = ("parallel", "recurrent", "chunkwise")
@@ -32,6 +33,7 @@ class Problem:
     state: np.ndarray
 
 
+@reference("retention")
 def retention(q, k, v, *, gammas, form: str = "parallel", chunk_size: int | None = None, scale=None,
               initial_state=None, return_state: bool = False, arithmetic: Arithmetic = EXACT):
     """Clauses ``retention.*``: the output ``(B, H, N, D_v)``, and the final state if ``return_state``.
@@ -60,6 +62,7 @@ def retention(q, k, v, *, gammas, form: str = "parallel", chunk_size: int | None
     return (out, state) if return_state else out
 
 
+@reference("retention_decays")
 def retention_decays(num_heads: int) -> np.ndarray:
     """Clause ``retention.multiscale``: ``1 - 2^(-5 - h)`` for ``h = 0 .. num_heads - 1`` (float64)."""
     num_heads = check.integer("num_heads", num_heads, low=1)

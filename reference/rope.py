@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 ROPE_LAYOUTS = ("half_split", "interleaved")
@@ -18,6 +19,7 @@ def _angles(pos: np.ndarray, rotary_dim: int, base: float, dtype=np.float64) -> 
     return angles[None, None] if pos.ndim == 1 else angles[:, None]
 
 
+@reference("rope")
 def rope(x, positions, *, layout="half_split", rotary_dim=None, base=10000.0,
          arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Rotate channel pairs of ``x`` ``(B, H, N, D)`` by ``positions * theta_c``; float64 result.
@@ -26,15 +28,15 @@ def rope(x, positions, *, layout="half_split", rotary_dim=None, base=10000.0,
     (``2c`` pairs with ``2c + 1``) and ``rope.partial`` (channels ``r .. D-1`` unchanged).
     ``positions`` is ``(N,)`` or ``(B, N)``.
     """
-    x = _checks.float_array("x", x, ndim=4)
+    x = check.float_array("x", x, ndim=4)
     batch, _, n, d = x.shape
-    _checks.choice("layout", layout, ROPE_LAYOUTS)
-    base = _checks.positive_float("base", base)
-    r = d if rotary_dim is None else _checks.integer("rotary_dim", rotary_dim, low=2)
+    check.choice("layout", layout, ROPE_LAYOUTS)
+    base = check.positive_float("base", base)
+    r = d if rotary_dim is None else check.integer("rotary_dim", rotary_dim, low=2)
     if r < 2 or r % 2 or r > d:
         raise ValueError(f"rotary_dim must be even with 2 <= rotary_dim <= D={d}; got {r}"
                          + (" (the default, D)" if rotary_dim is None else ""))
-    pos = _checks.int_array("positions", positions, low=0)
+    pos = check.int_array("positions", positions, low=0)
     if pos.shape not in ((n,), (batch, n)):
         raise ValueError(f"positions must have shape (N,)=({n},) or (B, N)=({batch}, {n}); "
                          f"got {pos.shape}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference.sdpa import prepare
 from attnspec.reference.sdpa import sdpa as dense
 
@@ -29,6 +30,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.argmax(cosines(x, centroids), axis=-1)  # argmax returns the first maximum
 
 
+@reference("routed_assign")
 def routed_assign(q, k, *, centroids) -> tuple[np.ndarray, np.ndarray]:
     """Clause ``routed.assign``: ``(q_clusters (B, H_q, N_q), k_clusters (B, H_q, N_k))``."""
     q, k, centroids = _validate(q, k, centroids)
@@ -47,6 +49,7 @@ def problem(q, k, v, *, centroids, causal=None, scale=None) -> tuple:
     return q, k, v, {"mask": mask, "causal": causal, "scale": scale}
 
 
+@reference("routed")
 def routed(q, k, v, *, centroids, causal=None, scale=None) -> tuple[np.ndarray, np.ndarray]:
     """Clause ``routed``: ``(out, lse)`` of attention over same-cluster keys."""
     q, k, v, options = problem(q, k, v, centroids=centroids, causal=causal, scale=scale)

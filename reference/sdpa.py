@@ -1,4 +1,4 @@
-"""Scaled dot-product attention in float64 (clauses in :mod:`attnspec.sdpa` and :mod:`attnspec.masks`).
+"""Scaled dot-product attention in float64 (clauses in :mod:`attnspec.sdpa`).
 
 The computation is split in three steps that the tiled reference (:mod:`.flash`) reuses on
 tiles: :func:`scores` (scale, softcap, bias, ALiBi), :func:`visible` (every visibility rule)
@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import reference
 from attnspec.reference import masks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
-CAUSAL = (None, "top_left", "bottom_right")
+CAUSAL = check.CAUSAL
 OPTIONS = ("scale", "causal", "window", "mask", "bias", "softcap", "alibi_slopes", "q_lens", "kv_lens")
 
 
@@ -60,6 +61,7 @@ class Problem:
         return self.k.shape[2]
 
 
+@reference("sdpa")
 def sdpa(q, k, v, *, return_lse: bool = False, arithmetic: Arithmetic = EXACT, **options):
     """Clause ``sdpa``: attention output ``(B, H_q, N_q, D_v)``, and the LSE if ``return_lse``.
 
@@ -143,10 +145,10 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
     """Validate the arguments of ``sdpa`` and build its visibility rule and score modifiers."""
     q, k, v = (check.float_array(name, x, ndim=4) for name, x in (("q", q), ("k", k), ("v", v)))
     b, h_q, n_q, d_qk = q.shape
-    h_kv, n_k = _check_kv_shapes(q, k, v)
+    h_kv, n_k = check.kv_shapes(q, k, v)
     scale = 1.0 / math.sqrt(d_qk) if scale is None else check.finite_float("scale", scale)
-    causal = _check_causal(causal)
-    window = _check_window(window)
+    causal = check.causal(causal)
+    window = check.window(window)
     q_lens = np.full(b, n_q) if q_lens is None else check.int_array("q_lens", q_lens, shape=(b,), low=0, high=n_q)
     kv_lens = np.full(b, n_k) if kv_lens is None else check.int_array("kv_lens", kv_lens, shape=(b,), low=0, high=n_k)
     offsets = kv_lens - q_lens
@@ -159,70 +161,12 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
     if window is not None:
         rules.append(masks.sliding_window(*window, offsets))
     if mask is not None:
-        rules.append(masks.from_array(_check_mask(mask, full)))
+        rules.append(masks.from_array(check.mask(mask, full)))
     mods = []
     if softcap is not None:
         mods.append(masks.softcap(check.positive_float("softcap", softcap)))
     if bias is not None:
-        mods.append(masks.additive_bias(_check_bias(bias, full)))
+        mods.append(masks.additive_bias(check.bias(bias, full)))
     if alibi_slopes is not None:
-        mods.append(masks.alibi(_check_slopes(alibi_slopes, b, h_q), offsets))
+        mods.append(masks.alibi(check.alibi_slopes(alibi_slopes, b, h_q), offsets))
     return Problem(q, k, v, scale, causal, window, q_lens, kv_lens, masks.and_masks(*rules), tuple(mods))
-
-
-def _check_kv_shapes(q, k, v) -> tuple[int, int]:
-    b, h_q, _, d_qk = q.shape
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape} (expected (B, H, N, D) each)")
-    if k.shape[3] != d_qk:
-        raise ValueError(f"k's head dim must equal q's (D_qk = {d_qk}); got k of shape {k.shape}")
-    if v.shape[1:3] != k.shape[1:3]:
-        raise ValueError(f"v must have k's heads and length (H_kv, N_k) = {k.shape[1:3]}; got v of shape {v.shape}")
-    if d_qk < 1:
-        raise ValueError(f"head dim D_qk must be >= 1; got q of shape {q.shape}")
-    h_kv = k.shape[1]
-    if h_kv < 1 or h_q % h_kv:
-        raise ValueError(f"H_q = {h_q} (q.shape[1]) must be a multiple of H_kv = {h_kv} (k.shape[1])")
-    return h_kv, k.shape[2]
-
-
-def _check_causal(causal):
-    if causal is True or causal is False:
-        raise ValueError("causal must be None, 'top_left' or 'bottom_right'; a bool is ambiguous when "
-                         "N_q != N_k (PyTorch aligns top-left, flash-attn bottom-right)")
-    return check.choice("causal", causal, CAUSAL)
-
-
-def _check_window(window):
-    if window is None:
-        return None
-    if isinstance(window, np.ndarray) and window.shape == (2,):
-        window = tuple(window.tolist())
-    if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise ValueError(f"window must be a pair (left, right); got {window!r}")
-    left = check.integer("window[0] (left)", window[0], low=-1)
-    right = check.integer("window[1] (right)", window[1], low=-1)
-    return None if (left, right) == (-1, -1) else (left, right)
-
-
-def _check_mask(mask, full: tuple) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be a boolean array (True = may attend); got dtype {mask.dtype}")
-    return check.broadcastable("mask", mask, full)
-
-
-def _check_bias(bias, full: tuple) -> np.ndarray:
-    bias = check.float_array("bias", bias)
-    if np.isnan(bias).any() or np.isposinf(bias).any():
-        raise ValueError("bias must be finite or -inf (use -inf to exclude a key); got NaN or +inf")
-    return check.broadcastable("bias", bias, full)
-
-
-def _check_slopes(slopes, b: int, h_q: int) -> np.ndarray:
-    slopes = check.float_array("alibi_slopes", slopes)
-    if slopes.shape not in ((h_q,), (b, h_q)):
-        raise ValueError(f"alibi_slopes must have shape (H_q,) = ({h_q},) or (B, H_q) = ({b}, {h_q}); got {slopes.shape}")
-    if not np.isfinite(slopes).all():
-        raise ValueError("alibi_slopes must be finite")
-    return np.broadcast_to(slopes, (b, h_q))

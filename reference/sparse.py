@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from attnspec.reference import _checks as check
+from attnspec import validation as check
+from attnspec.clauses import CATALOG, reference
 from attnspec.reference import patterns
 from attnspec.reference.sdpa import prepare, scores, softmax_average
 
@@ -38,6 +39,7 @@ class Pattern:
     heads_from: str = ""
 
 
+@reference("sparse_mask")
 def sparse_mask(pattern: str, n_q: int, n_k: int, **params) -> np.ndarray:
     """Clause ``sparse.mask``: the boolean table ``(B_p, H_p, n_q, n_k)`` of ``pattern``."""
     pat = build(pattern, n_q, n_k, **params)
@@ -58,6 +60,7 @@ def evaluate(mask_mod, batch: int, heads: int, rows: range, keys: np.ndarray, of
     return np.asarray(mask_mod(b, h, q_pos, np.asarray(keys)[None, None, None, :]), dtype=bool)
 
 
+@reference("sparse")
 def sparse(q, k, v, *, pattern: str, scale=None, return_lse: bool = False, stats: dict | None = None,
            row_tile: int = ROW_TILE, **params):
     """Clause ``sparse``: attention restricted to ``pattern``, evaluated on candidate keys only.
@@ -125,7 +128,23 @@ def build(pattern: str, n_q: int, n_k: int, **params) -> Pattern:
 
 # ---- the patterns: validation, normalised parameters and candidate keys -----------------------
 
+#: Pattern name -> its builder, in the order defined; each builder registers itself with :func:`builds`.
+BUILDERS: dict[str, Callable[..., Pattern]] = {}
 
+
+def builds(clause_id: str) -> Callable:
+    """Register the decorated builder as pattern ``NAME`` of clause ``sparse.NAME`` (which must exist)."""
+
+    def register(builder: Callable[..., Pattern]) -> Callable[..., Pattern]:
+        if clause_id not in CATALOG or not clause_id.startswith("sparse."):
+            raise ValueError(f"builder {builder.__name__} names {clause_id!r}, which is no sparse.* clause")
+        BUILDERS[clause_id.removeprefix("sparse.")] = builder
+        return builder
+
+    return register
+
+
+@builds("sparse.dilated")
 def _dilated(n_k, *, window, dilation=1, causal=False) -> Pattern:
     window, causal = check.integer("window", window, low=0), _flag("causal", causal)
     dilation = _int_array("dilation", dilation, ndims=(0, 1), low=1).reshape(-1)
@@ -147,6 +166,7 @@ def _dilated_offsets(window: int, dilation: np.ndarray, causal: bool, n_k: int) 
     return np.unique(np.concatenate(steps))
 
 
+@builds("sparse.longformer")
 def _longformer(n_k, *, window, global_tokens) -> Pattern:
     window = check.integer("window", window, low=0)
     g = _bool_array("global_tokens", global_tokens)
@@ -165,6 +185,7 @@ def _longformer(n_k, *, window, global_tokens) -> Pattern:
                    batch_from="global_tokens")
 
 
+@builds("sparse.bigbird")
 def _bigbird(n_k, *, block, window_blocks, global_blocks=None, random_blocks=None) -> Pattern:
     block, window_blocks = check.integer("block", block, low=1), check.integer("window_blocks", window_blocks, low=0)
     n_blocks = -(-n_k // block)
@@ -192,6 +213,7 @@ def _bigbird(n_k, *, block, window_blocks, global_blocks=None, random_blocks=Non
                    heads_from="random_blocks")
 
 
+@builds("sparse.strided")
 def _strided(n_k, *, stride, factor="merged") -> Pattern:
     stride, factor = check.integer("stride", stride, low=1), check.choice("factor", factor, patterns.FACTORS)
 
@@ -207,6 +229,7 @@ def _strided(n_k, *, stride, factor="merged") -> Pattern:
     return Pattern("strided", params, patterns.strided(**params), 1, 1, candidates)
 
 
+@builds("sparse.fixed")
 def _fixed(n_k, *, stride, summary, factor="merged") -> Pattern:
     stride, factor = check.integer("stride", stride, low=1), check.choice("factor", factor, patterns.FACTORS)
     summary = check.integer("summary", summary, low=1)
@@ -223,6 +246,7 @@ def _fixed(n_k, *, stride, summary, factor="merged") -> Pattern:
     return Pattern("fixed", params, patterns.fixed(**params), 1, 1, candidates)
 
 
+@builds("sparse.block_sparse")
 def _block_sparse(n_k, *, layout, block_q, block_k) -> Pattern:
     block_q, block_k = check.integer("block_q", block_q, low=1), check.integer("block_k", block_k, low=1)
     layout = _bool_array("layout", layout)
@@ -240,6 +264,7 @@ def _block_sparse(n_k, *, layout, block_q, block_k) -> Pattern:
                    heads_from="layout")
 
 
+@builds("sparse.prefix_lm")
 def _prefix_lm(n_k, *, prefix_lens) -> Pattern:
     prefix_lens = _int_array("prefix_lens", prefix_lens, ndims=(1,), low=0, high=n_k)
     if prefix_lens.size == 0:
@@ -254,6 +279,7 @@ def _prefix_lm(n_k, *, prefix_lens) -> Pattern:
                    batch_from="prefix_lens")
 
 
+@builds("sparse.document")
 def _document(n_k, *, document_ids, causal=False) -> Pattern:
     ids, causal = _int_array("document_ids", document_ids, ndims=(1, 2)), _flag("causal", causal)
     if ids.shape[-1] != n_k or (ids.ndim == 2 and ids.shape[0] < 1):
@@ -284,6 +310,7 @@ def _document_spans(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
+@builds("sparse.chunked")
 def _chunked(n_k, *, chunk, causal=False) -> Pattern:
     chunk, causal = check.integer("chunk", chunk, low=1), _flag("causal", causal)
 
@@ -292,11 +319,6 @@ def _chunked(n_k, *, chunk, causal=False) -> Pattern:
 
     params = dict(chunk=chunk, causal=causal)
     return Pattern("chunked", params, patterns.chunked(**params), 1, 1, candidates)
-
-
-BUILDERS = {"dilated": _dilated, "longformer": _longformer, "bigbird": _bigbird, "strided": _strided,
-            "fixed": _fixed, "block_sparse": _block_sparse, "prefix_lm": _prefix_lm, "document": _document,
-            "chunked": _chunked}
 
 
 # ---- helpers ------------------------------------------------------------------------------------

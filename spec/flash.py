@@ -16,7 +16,7 @@ operations(
 
 
 @clause("flash.tiled", op="flash_forward")
-def flash_forward(q, k, v, *, block_q, block_k, **sdpa_options):
+def tiled(q, k, v, *, block_q, block_k, **sdpa_options):
     """Tiled forward pass with an online softmax (Dao et al., 2022; Milakov & Gimelshein, 2018).
 
     Queries are processed in tiles of ``block_q`` rows and keys in tiles of ``block_k``. For each
@@ -37,7 +37,7 @@ def flash_forward(q, k, v, *, block_q, block_k, **sdpa_options):
 
 
 @clause("flash.memory", op="flash_forward")
-def flash_memory():
+def memory():
     """The tiled forward pass needs memory linear in the sequence length.
 
     Besides its inputs and outputs, ``flash_forward`` MUST NOT hold an ``N_q x N_k`` array: its
@@ -50,7 +50,7 @@ def flash_memory():
 
 
 @clause("flash.merge", op="merge_partials")
-def merge_partials(outs, lses):
+def merge(outs, lses):
     """Merge partial attention results over disjoint key sets by their LSE.
 
     ``outs`` is ``(S, B, H, N, D_v)`` and ``lses`` is ``(S, B, H, N)``: ``S`` partial results, each

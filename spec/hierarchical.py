@@ -104,6 +104,16 @@ def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, loca
         W[c, j] = |[c*d, c*d + l) intersect [j*l', (j+1)*l')| / l
         imp[b, g, i, j] = sum over heads h with h // (H_q / H_kv) == g of sum_c W[c, j] * p_cmp[b, h, i, c]
 
+    Forced blocks: the candidates ``j < init_blocks`` (initial) and ``J_i - local_blocks < j <= J_i``
+    with ``J_i = t_i // l'`` (the block holding ``t_i`` and the ``local_blocks - 1`` before it) are
+    always selected, and count toward ``top_n``. The other ``top_n - (number of forced candidates)``
+    slots go to the remaining candidates in decreasing importance; equal importance is decided by
+    ``nsa.select.ties``. With fewer candidates than ``top_n`` all are selected. ``indices`` is
+    ``(B, H_kv, N_q, top_n)``, integer: each row lists its selected blocks in increasing order,
+    then ``-1`` in the unused slots.
+
+    Notes
+    -----
     With ``l = d = l'`` this is the paper's ``p_slc = p_cmp``. For other blockings (``d`` divides
     ``l`` and ``l'``) the paper's Eq. 9 reads, literally::
 
@@ -121,19 +131,10 @@ def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, loca
     ``c = (l'/d) j - (l'/d - 1) - (l/d - 1) .. (l'/d) j``, which for ``l' > d`` start mostly in block
     ``j - 1``, and misses those starting at the later strides of block ``j`` (with the paper's
     ``l, d, l' = 32, 16, 64``: ``c = 4j - 4 .. 4j`` instead of ``4j - 1 .. 4j + 3``). For ``l' = d``
-    the two agree. The factor ``d / l``, positive, cannot change a ranking. One selection per KV
-    head, shared by its query heads, is the paper's GQA rule: a kernel loads each selected block
-    once for the whole group.
+    the two agree. The factor ``d / l``, positive, cannot change a ranking.
 
-    Forced blocks: the candidates ``j < init_blocks`` (initial) and ``J_i - local_blocks < j <= J_i``
-    with ``J_i = t_i // l'`` (the block holding ``t_i`` and the ``local_blocks - 1`` before it) are
-    always selected, and count toward ``top_n``. The other ``top_n - (number of forced candidates)``
-    slots go to the remaining candidates in decreasing importance; equal importance is decided by
-    ``nsa.select.ties``. With fewer candidates than ``top_n`` all are selected. ``indices`` is
-    ``(B, H_kv, N_q, top_n)``, integer: each row lists its selected blocks in increasing order,
-    then ``-1`` in the unused slots. The suite checks this clause (and ``nsa.selected``,
-    ``nsa.combine``) on inputs with no tie at the decision boundary, so a kernel with an unordered
-    top-k may claim it.
+    One selection per KV head, shared by its query heads, is the paper's GQA rule: a kernel loads
+    each selected block once for the whole group.
 
     .. versionadded:: 0.1.0
     """

@@ -22,7 +22,7 @@ operations(
 
 
 @clause("linear.parallel", op="linear_attention")
-def linear_attention(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
+def parallel(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
                      normalize=True, scale=1.0, eps=0.0, initial_state=None, initial_normalizer=None,
                      output_final_state=False):
     """Kernelised linear attention, and its defining parallel form (Katharopoulos et al., 2020).
@@ -181,7 +181,7 @@ def cost():
 
 
 @clause("linear.efficient", op="efficient_attention")
-def efficient_attention(q, k, v):
+def efficient(q, k, v):
     """Efficient attention with softmax normalisation (Shen et al., 2021), non-causal.
 
     ``rho_q(q)`` is the softmax of each query row over its ``D_qk`` features; ``rho_k(k)`` is the
@@ -221,7 +221,7 @@ def performer_features(x, projection):
 
 
 @clause("performer.orthogonal", op="orthogonal_projection")
-def orthogonal_projection(gaussian_blocks, norms):
+def performer_orthogonal(gaussian_blocks, norms):
     """Orthogonal random features from given Gaussian blocks and row norms (Yu et al., 2016).
 
     ``norms`` is ``(m,)``, finite and ``>= 0`` (drawn from ``chi(D)`` in the paper, so that each row
@@ -280,7 +280,7 @@ def performer(q, k, v, *, projection, causal=False, scale=None):
 
 
 @clause("performer.estimator", op="performer")
-def estimator():
+def performer_estimator():
     """FAVOR+ is an unbiased estimator of the softmax kernel whose attention error falls as ``m`` grows.
 
     For projections with i.i.d. ``N(0, I_D)`` rows (or orthogonal rows, ``performer.orthogonal``,

@@ -18,7 +18,7 @@ operations(
 
 
 @clause("pe.sinusoidal.interleaved", op="sinusoidal")
-def sinusoidal_interleaved(positions, dim, base=10000.0):
+def pe_sinusoidal_interleaved(positions, dim, base=10000.0):
     """Sinusoidal encoding, the paper's interleaved channel layout (Vaswani et al., 2017).
 
     For even ``dim`` and ``c = 0 .. dim/2 - 1``, with ``w_c = base ** (-2c / dim)``::
@@ -34,7 +34,7 @@ def sinusoidal_interleaved(positions, dim, base=10000.0):
 
 
 @clause("pe.sinusoidal.concat", op="sinusoidal")
-def sinusoidal_concat(positions, dim, base=10000.0):
+def pe_sinusoidal_concat(positions, dim, base=10000.0):
     """Sinusoidal encoding, the concatenated ``[sin | cos]`` layout (tensor2tensor, fairseq).
 
     With ``w_c`` as in ``pe.sinusoidal.interleaved``: ``pe[p, c] = sin(p * w_c)`` and
@@ -47,7 +47,7 @@ def sinusoidal_concat(positions, dim, base=10000.0):
 
 
 @clause("pe.learned", op="learned")
-def learned(table, positions):
+def pe_learned(table, positions):
     """Learned absolute positions: ``pe[..., :] = table[positions[...], :]``.
 
     ``table`` is ``(max_positions, dim)``; every position MUST satisfy

@@ -2,20 +2,32 @@
 
 Shapes throughout: ``q`` is ``(B, H_q, N_q, D_qk)``, ``k`` is ``(B, H_kv, N_k, D_qk)``, ``v`` is
 ``(B, H_kv, N_k, D_v)``; the output is ``(B, H_q, N_q, D_v)`` and the LSE ``(B, H_q, N_q)``.
-Query ``i`` and key ``j`` are 0-based positions. The visibility rules (causal, window,
-padding) are in :mod:`attnspec.masks`.
+Query ``i`` and key ``j`` are 0-based positions.
+
+The visibility rules (causal, window, padding; last in this module) are predicates
+``visible(b, h, i, j)``; the reference writes them as ``mask_mod`` index functions
+(:mod:`attnspec.reference.masks`). Rules combine by intersection. The effective lengths of batch
+item ``b`` are ``Nq(b) = q_lens[b]`` and ``Nk(b) = kv_lens[b]`` when lengths are given, else
+``N_q`` and ``N_k``; ``offset(b) = Nk(b) - Nq(b)``.
 """
 
-from attnspec.clauses import clause, operations
+from __future__ import annotations
+
+from typing import Literal
+
+from attnspec.clauses import Array, clause, operation
 
 # sdpa_options, in the signatures of the operations built on sdpa: scale, causal, window, mask,
 # bias, softcap, alibi_slopes, q_lens, kv_lens. "-> (out, lse)" means both are returned.
-operations(sdpa="sdpa(q, k, v, *, return_lse=False, **sdpa_options) -> out or (out, lse)")
 
 
 @clause("sdpa", op="sdpa")
-def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-         alibi_slopes=None, q_lens=None, kv_lens=None, return_lse=False):
+@operation
+def sdpa(q: Array, k: Array, v: Array, *, scale: float | None = None,
+         causal: Literal["top_left", "bottom_right"] | None = None, window: tuple[int, int] | None = None,
+         mask: Array | None = None, bias: Array | None = None, softcap: float | None = None,
+         alibi_slopes: Array | None = None, q_lens: Array | None = None, kv_lens: Array | None = None,
+         return_lse: bool = False) -> Array | tuple[Array, Array]:
     """Scaled dot-product attention.
 
     For every batch item ``b``, query head ``h`` and query ``i``, with ``g = kv_head(h)``
@@ -42,6 +54,45 @@ def sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None,
       subtracts the row maximum (or an equivalent running maximum) before exponentiating.
     - Accuracy is judged by the tolerance policy (:mod:`attnspec.tolerance`): at 16 and 32 bits
       against a naive implementation in the same precision, at 64 bits to a few ulps.
+
+    Parameters
+    ----------
+    q, k, v
+        ``(B, H_q, N_q, D_qk)``, ``(B, H_kv, N_k, D_qk)``, ``(B, H_kv, N_k, D_v)``, one floating dtype.
+    scale
+        The factor of the dot product; None is ``1 / sqrt(D_qk)`` (``sdpa.scale``).
+    causal
+        The causal rule, aligned top-left or bottom-right (``sdpa.causal.*``); a bool is an error.
+    window
+        ``(left, right)`` keys around the diagonal, ``-1`` unbounded (``sdpa.window``).
+    mask
+        Boolean, broadcastable to ``(B, H_q, N_q, N_k)``, True where a key may be attended to
+        (``sdpa.mask``).
+    bias
+        Floating, broadcastable to ``(B, H_q, N_q, N_k)``, finite or ``-inf`` (``sdpa.bias``).
+    softcap
+        ``c > 0`` of ``c * tanh(s / c)`` (``sdpa.softcap``).
+    alibi_slopes
+        ``(H_q,)`` or ``(B, H_q)`` (``sdpa.alibi``).
+    q_lens, kv_lens
+        Integer ``(B,)``: the valid lengths of each batch item (``sdpa.padding``).
+    return_lse
+        Also return the log-sum-exp of each row (``sdpa.lse``).
+
+    Returns
+    -------
+    out or (out, lse)
+        ``out`` ``(B, H_q, N_q, D_v)`` in the input dtype; ``lse`` ``(B, H_q, N_q)``, which MAY be
+        float32 for 16-bit inputs.
+
+    Notes
+    -----
+    PyTorch's ``scaled_dot_product_attention`` takes ``is_causal`` (top-left) and a mask that is
+    either boolean or additive; FlashAttention takes ``causal`` (bottom-right since 2.1),
+    ``window_size``, ``softcap`` and ``alibi_slopes``; ONNX ``Attention`` takes ``is_causal`` and
+    ``softcap``. Here each rule has its own argument and one meaning (``causal`` names its corner).
+    What is an error is :mod:`attnspec.validation`; the reference is
+    :func:`attnspec.reference.sdpa.sdpa`.
 
     .. versionadded:: 0.1.0
     """
@@ -88,7 +139,7 @@ def fully_masked():
 
 
 @clause("sdpa.gqa", op="sdpa")
-def kv_head(h, h_q, h_kv):
+def gqa(h, h_q, h_kv):
     """Grouped-query attention: query head ``h`` reads key/value head ``h // (H_q // H_kv)``.
 
     ``H_q`` MUST be a multiple of ``H_kv``; ``H_kv = 1`` is multi-query attention and
@@ -102,7 +153,7 @@ def kv_head(h, h_q, h_kv):
 
 
 @clause("sdpa.mask", op="sdpa")
-def boolean_mask():
+def mask():
     """A boolean mask selects visible keys: ``True`` means the query MAY attend to the key.
 
     ``mask`` has a boolean dtype and is broadcastable to ``(B, H_q, N_q, N_k)``. Key ``j`` is in
@@ -114,7 +165,7 @@ def boolean_mask():
 
 
 @clause("sdpa.bias", op="sdpa")
-def additive_bias():
+def bias():
     """An additive bias is added to the score after scale and softcap.
 
     ``bias`` is a floating array broadcastable to ``(B, H_q, N_q, N_k)`` whose entries are finite
@@ -155,6 +206,78 @@ def alibi(b, h, i, j, slopes, offset):
     forms give the same output and LSE. (flash-attn's causal path adds ``slope * j`` instead, which
     differs by the per-row constant ``slope * (i + offset_b)``: the same output, another LSE; a
     kernel that does so conforms to ``sdpa.alibi`` for the output and not for ``sdpa.lse``.)
+
+    .. versionadded:: 0.1.0
+    """
+
+
+# ---- visibility rules: which keys a query may attend to ------------------------------------------
+
+
+@clause("sdpa.causal.top_left", op="sdpa")
+def causal_top_left(i, j):
+    """Causal mask aligned to the top-left corner: key ``j`` is visible to query ``i`` iff ``j <= i``.
+
+    Requested with ``causal="top_left"``. This is PyTorch's ``is_causal=True``
+    (``tril(diagonal=0)``) and ``torch.nn.attention.bias.causal_upper_left``. When
+    ``N_q > N_k`` every query sees at least key 0; when ``N_q < N_k`` the last keys are
+    invisible to every query. Example, ``N_q = 2``, ``N_k = 5``::
+
+        1 0 0 0 0
+        1 1 0 0 0
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.causal.bottom_right", op="sdpa")
+def causal_bottom_right(i, j, offset):
+    """Causal mask aligned to the bottom-right corner: visible iff ``j <= i + offset(b)``.
+
+    Requested with ``causal="bottom_right"``. The last query sees the last key, as in decoding
+    where the queries are the newest tokens. This is flash-attn's ``causal=True`` (since 2.1)
+    and ``torch.nn.attention.bias.causal_lower_right``. When ``N_q > N_k`` the first
+    ``N_q - N_k`` rows see no key and follow ``sdpa.fully_masked``. Examples::
+
+        N_q = 2, N_k = 5:      N_q = 5, N_k = 2:
+        1 1 1 1 0              0 0
+        1 1 1 1 1              0 0
+                               0 0
+                               1 0
+                               1 1
+
+    With ``q_lens``/``kv_lens`` the alignment uses each batch item's effective lengths.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.window", op="sdpa")
+def window(i, j, offset, left, right):
+    """Sliding window ``(left, right)``: visible iff ``i + offset(b) - left <= j <= i + offset(b) + right``.
+
+    Both bounds are inclusive and bottom-right aligned, as in flash-attn's ``window_size``: a
+    query sees ``left`` keys before its aligned position, the key at it, and ``right`` keys after.
+    ``-1`` means unbounded on that side; ``(-1, -1)`` (or ``None``) is no window;
+    ``(left, 0)`` is a causal bottom-right window. ``left`` and ``right`` are integers
+    ``>= -1``. Window ``(w - 1, 0)`` attends to exactly ``w`` keys where all exist
+    (implementations have disagreed by one here: HF eager 2048 keys, FA2 2049).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.padding", op="sdpa")
+def padding(b, i, j, q_lens, kv_lens):
+    """Per-batch lengths: visible iff ``i < q_lens[b]`` and ``j < kv_lens[b]``.
+
+    ``q_lens`` and ``kv_lens`` are integer arrays of shape ``(B,)`` with
+    ``0 <= q_lens[b] <= N_q`` and ``0 <= kv_lens[b] <= N_k``; positions past a length are
+    padding. Padded query rows have no visible key: their output is zero and their LSE
+    ``-inf`` (``sdpa.fully_masked``). A length of zero is allowed. Padded positions MUST NOT be
+    read into the result: NaN stored there leaves every output finite. The causal and window
+    rules and ALiBi align with the effective lengths (``offset(b) = kv_lens[b] - q_lens[b]``),
+    as flash-attn's variable-length kernels do.
 
     .. versionadded:: 0.1.0
     """

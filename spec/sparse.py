@@ -15,16 +15,39 @@ missing parameter, or a parameter of the wrong type, shape or range is an error
 ``mod`` are those of integers (the result of ``mod l`` is in ``0 .. l - 1``).
 """
 
-from attnspec.clauses import clause, operations
+from __future__ import annotations
 
-operations(
-    sparse_mask="sparse_mask(pattern, n_q, n_k, **pattern_params) -> mask",
-    sparse="sparse(q, k, v, *, pattern, scale=None, return_lse=False, **pattern_params) -> out or (out, lse)",
-)
+from typing import Any
+
+from attnspec.clauses import Array, clause, operation
+
+
+@operation
+def sparse_mask(pattern: str, n_q: int, n_k: int, **pattern_params: Any) -> Array:
+    """The boolean table of a pattern, ``(B_p, H_p, n_q, n_k)`` (clause ``sparse.mask``).
+
+    Parameters
+    ----------
+    pattern
+        A pattern's name: ``NAME`` of a clause ``sparse.NAME`` that defines ``visible``.
+    n_q, n_k
+        The numbers of query rows and keys, ``0 <= n_q <= n_k``; rows are the last ``n_q`` positions.
+    **pattern_params
+        The pattern's parameters, by name, as its clause states them.
+
+    Returns
+    -------
+    mask
+        Boolean ``(B_p, H_p, n_q, n_k)``: ``visible(b, h, i + n_k - n_q, j)``.
+
+    .. versionadded:: 0.1.0
+    """
 
 
 @clause("sparse", op="sparse")
-def sparse(q, k, v, *, pattern, scale=None, return_lse=False, **pattern_params):
+@operation
+def sparse(q: Array, k: Array, v: Array, *, pattern: str, scale: float | None = None, return_lse: bool = False,
+           **pattern_params: Any) -> Array | tuple[Array, Array]:
     """Sparse attention is ``sdpa`` with the pattern's mask, bottom-right aligned.
 
     ``q`` is ``(B, H_q, N_q, D_qk)``, ``k`` ``(B, H_kv, N_k, D_qk)``, ``v`` ``(B, H_kv, N_k, D_v)``;
@@ -47,12 +70,36 @@ def sparse(q, k, v, *, pattern, scale=None, return_lse=False, **pattern_params):
 
     How much work an implementation does is the subject of ``sparse.cost``.
 
+    Parameters
+    ----------
+    q, k, v
+        ``(B, H_q, N_q, D_qk)``, ``(B, H_kv, N_k, D_qk)``, ``(B, H_kv, N_k, D_v)``, ``N_q <= N_k``.
+    pattern
+        A pattern's name: ``NAME`` of a clause ``sparse.NAME``.
+    scale
+        As in ``sdpa.scale``.
+    return_lse
+        Also return the log-sum-exp of each row, as in ``sdpa.lse``.
+    **pattern_params
+        The pattern's parameters, by name, as its clause states them.
+
+    Returns
+    -------
+    out or (out, lse)
+        As those of ``sdpa``.
+
+    Notes
+    -----
+    FlexAttention expresses the same patterns as a ``mask_mod`` over ``(b, h, q_idx, kv_idx)``
+    evaluated block by block; its ``q_idx`` is the row, not the position, so a chunked prefill
+    there passes an offset itself. The reference is :func:`attnspec.reference.sparse.sparse`.
+
     .. versionadded:: 0.1.0
     """
 
 
 @clause("sparse.mask", op="sparse_mask")
-def sparse_mask(pattern, n_q, n_k, **pattern_params):
+def mask(pattern, n_q, n_k, **pattern_params):
     """The mask table of a pattern: exactly ``visible``, boolean, shape ``(B_p, H_p, N_q, N_k)``.
 
     ``sparse_mask(pattern, n_q, n_k, **pattern_params)[b, h, i, j]`` is

@@ -1,7 +1,8 @@
 """The suite has teeth: every mutant fails on the clause it breaks, and the reference passes.
 
 Each mutant is run against the tests of its clause in a subprocess (two at a time); the JSON
-report must mark that clause failed by a conformance assertion, not by a crash.
+report must mark that clause failed by a conformance assertion, not by a crash. That every
+clause has a mutant is checked with the rest of the catalog in ``tests/test_catalog.py``.
 """
 
 from __future__ import annotations
@@ -28,13 +29,6 @@ def mutant_runs(tmp_path_factory):
 
 def test_there_are_enough_mutants():
     assert len(MUTANTS) >= 12
-
-
-def test_every_clause_has_a_mutant():
-    from attnspec import CATALOG
-
-    broken = {cls.breaks for cls in MUTANTS.values()}
-    assert set(CATALOG) - broken == set(), "add a mutant for each new clause"
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))

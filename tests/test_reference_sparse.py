@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnspec import reference
+from attnspec.conformance.sparse_cases import BUDGETED, budgeted_params
 from attnspec.reference import patterns
 from attnspec.reference import sparse as S
 
 PATTERNS = tuple(S.BUILDERS)
-BUDGETED = ("dilated", "longformer", "bigbird", "block_sparse", "document", "chunked")
 
 
 def random_params(pattern: str, rng: np.random.Generator, n_k: int, batch: int, heads: int) -> dict:
@@ -182,7 +182,6 @@ def test_patterns_that_are_other_rules(n_q, n_k):
 @pytest.mark.parametrize("pattern", BUDGETED)
 def test_work_grows_linearly_with_a_fixed_budget(pattern):
     """Score elements evaluated (the reference's deterministic cost) grow ~x4 for x4 in N."""
-    from attnspec.conformance.sparse_cases import budgeted_params
 
     work = []
     for n in (512, 2048):

@@ -2,19 +2,20 @@
 
 ``--backend=mutant:NAME`` runs one. The project's own tests (``tests/test_mutants.py``) run the
 suite against every mutant and assert that it fails on the clause the mutant breaks: that is
-the evidence the suite has teeth. Add a mutant with every new clause.
+the evidence the suite has teeth. Add a mutant with every new clause: a subclass of
+:class:`~attnspec.backends.mutants.base.Mutant` in this package registers itself.
 """
 
 from __future__ import annotations
 
-import re
+import importlib
+import pkgutil
 
-from attnspec.backends.mutants import flash, hierarchical, linear, lowrank, positional, retention, sdpa, sparse
+from attnspec.backends.mutants.base import MUTANTS
 from attnspec.contract import BackendError
 
-#: name -> mutant class; each class names the clause it breaks in ``breaks``.
-MUTANTS = {re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Mutant")).lower(): cls
-           for module in (sdpa, flash, positional, sparse, hierarchical, lowrank, linear, retention) for cls in module.ALL}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def create(variant: str | None = None, device: str | None = None):

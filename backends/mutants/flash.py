@@ -7,10 +7,10 @@ import math
 import numpy as np
 
 from attnspec import reference as ref
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 
 
-class TiledDropsPartialTileMutant(NumpyBackend):
+class TiledDropsPartialTileMutant(Mutant):
     """The tiled pass skips the last key tile when ``block_k`` does not divide ``N_k``."""
 
     breaks = "flash.tiled"
@@ -21,7 +21,7 @@ class TiledDropsPartialTileMutant(NumpyBackend):
         return super().flash_forward(q, k, v, block_k=block_k, kv_lens=np.minimum(lens, covered), **options)
 
 
-class QuadraticMemoryMutant(NumpyBackend):
+class QuadraticMemoryMutant(Mutant):
     """The "tiled" pass materialises the whole ``N_q x N_k`` score matrix."""
 
     breaks = "flash.memory"
@@ -31,7 +31,7 @@ class QuadraticMemoryMutant(NumpyBackend):
         return out.astype(q.dtype), lse.astype(q.dtype)
 
 
-class MergeIgnoresLseMutant(NumpyBackend):
+class MergeIgnoresLseMutant(Mutant):
     """Partial results are averaged with equal weights instead of weighted by their LSE."""
 
     breaks = "flash.merge"
@@ -44,7 +44,7 @@ class MergeIgnoresLseMutant(NumpyBackend):
         return out.astype(outs.dtype), lse.astype(lses.dtype)
 
 
-class SplitKvDropsLastSplitMutant(NumpyBackend):
+class SplitKvDropsLastSplitMutant(Mutant):
     """Split-KV forgets the last split when ``num_splits`` does not divide ``N_k``."""
 
     breaks = "flash.split_kv"
@@ -56,7 +56,7 @@ class SplitKvDropsLastSplitMutant(NumpyBackend):
         return super().split_kv(q, k, v, num_splits=num_splits, kv_lens=np.minimum(lens, covered), **options)
 
 
-class DecodeExcludesNewestMutant(NumpyBackend):
+class DecodeExcludesNewestMutant(Mutant):
     """Decoding reads one position short of ``cache_lens``: a new token does not see itself."""
 
     breaks = "flash.decode"
@@ -65,7 +65,7 @@ class DecodeExcludesNewestMutant(NumpyBackend):
         return super().decode(q, k_cache, v_cache, cache_lens=np.maximum(cache_lens - 1, 0), **options)
 
 
-class MhaHeadsInterleavedMutant(NumpyBackend):
+class MhaHeadsInterleavedMutant(Mutant):
     """Projected features split into heads channel-major (``(D, H)``) instead of head-major."""
 
     breaks = "mha"
@@ -81,7 +81,3 @@ class MhaHeadsInterleavedMutant(NumpyBackend):
         o = ref.sdpa(split(x_q @ w_q, num_heads), split(x_kv @ w_k, kv_heads), split(x_kv @ w_v, kv_heads), **options)
         b, h, n, d = o.shape
         return (o.transpose(0, 2, 1, 3).reshape(b, n, h * d) @ w_o).astype(w_o.dtype)
-
-
-ALL = [TiledDropsPartialTileMutant, QuadraticMemoryMutant, MergeIgnoresLseMutant, SplitKvDropsLastSplitMutant,
-       DecodeExcludesNewestMutant, MhaHeadsInterleavedMutant]

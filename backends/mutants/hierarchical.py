@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import routed as routed_ref
 from attnspec.reference.arithmetic import EXACT
 from attnspec.reference.flash import merge_partials
@@ -31,7 +31,7 @@ class _EarlyBlocks(NSA):
         return (np.arange(self.num_cmp) * self.cmp_stride)[None, :] <= self.positions[:, None]
 
 
-class NsaIncompleteBlockMutant(NumpyBackend):
+class NsaIncompleteBlockMutant(Mutant):
     """A compressed block is visible once its first token is (``c*d <= t_i``), before it is complete."""
 
     breaks = "nsa.compress"
@@ -49,7 +49,7 @@ class _ChannelMajor(NSA):
         return super().compress(x, shuffled, arithmetic)
 
 
-class NsaChannelMajorFlattenMutant(NumpyBackend):
+class NsaChannelMajorFlattenMutant(Mutant):
     """The linear compressor reads the flattened block channel-major, not token-major."""
 
     breaks = "nsa.compress"
@@ -64,7 +64,7 @@ class _HighTies(NSA):
         return last - np.argsort(-key[..., ::-1], axis=-1, kind="stable")
 
 
-class NsaTieToHigherIndexMutant(NumpyBackend):
+class NsaTieToHigherIndexMutant(Mutant):
     """Equal importance selects the higher block index (a descending sort that keeps the last of
     equals), in ``nsa_select`` and in the fused ``nsa``."""
 
@@ -77,7 +77,7 @@ class NsaTieToHigherIndexMutant(NumpyBackend):
         return _nsa(_HighTies, q, k, v, kwargs)
 
 
-class NsaSelectFirstHeadMutant(NumpyBackend):
+class NsaSelectFirstHeadMutant(Mutant):
     """A KV head's blocks are ranked by its group's first query head only, not the sum over the group."""
 
     breaks = "nsa.select"
@@ -94,7 +94,7 @@ class _PerHead(NSA):
         return per_head.selected_mask(per_head.select(importance))
 
 
-class NsaSelectionPerQueryHeadMutant(NumpyBackend):
+class NsaSelectionPerQueryHeadMutant(Mutant):
     """Each query head attends to its own top-n blocks instead of its group's shared selection."""
 
     breaks = "nsa.selected"
@@ -108,7 +108,7 @@ class _WideWindow(NSA):
         return {"causal": "bottom_right", "window": (self.window, 0)}
 
 
-class NsaWindowOffByOneMutant(NumpyBackend):
+class NsaWindowOffByOneMutant(Mutant):
     """The window branch sees ``window + 1`` keys (an exclusive lower bound)."""
 
     breaks = "nsa.window"
@@ -122,7 +122,7 @@ class _ReversedGates(NSA):
         return NSA.output(replace(self, gates=self.gates[..., ::-1]))
 
 
-class NsaGatesReversedMutant(NumpyBackend):
+class NsaGatesReversedMutant(Mutant):
     """The gates are read in the order (window, selected, compressed)."""
 
     breaks = "nsa.combine"
@@ -131,7 +131,7 @@ class NsaGatesReversedMutant(NumpyBackend):
         return _nsa(_ReversedGates, q, k, v, kwargs)
 
 
-class RoutedUnnormalisedCentroidsMutant(NumpyBackend):
+class RoutedUnnormalisedCentroidsMutant(Mutant):
     """Tokens go to ``argmax_c dot(x, mu_c)``: the centroids are not normalised, so long ones win."""
 
     breaks = "routed.assign"
@@ -143,7 +143,7 @@ class RoutedUnnormalisedCentroidsMutant(NumpyBackend):
         return tuple(by_dot)
 
 
-class RoutedCausalIgnoredMutant(NumpyBackend):
+class RoutedCausalIgnoredMutant(Mutant):
     """``causal`` is dropped: a query sees the later keys of its cluster."""
 
     breaks = "routed"
@@ -152,7 +152,7 @@ class RoutedCausalIgnoredMutant(NumpyBackend):
         return super().routed(q, k, v, **kwargs)
 
 
-class RoutedEmptyClusterNanMutant(NumpyBackend):
+class RoutedEmptyClusterNanMutant(Mutant):
     """A query whose cluster holds no visible key gets NaN (softmax of an all ``-inf`` row)."""
 
     breaks = "routed"
@@ -163,7 +163,7 @@ class RoutedEmptyClusterNanMutant(NumpyBackend):
         return np.where(empty[..., None], np.nan, out).astype(q.dtype), np.where(empty, np.nan, lse).astype(q.dtype)
 
 
-class LshNegatedFirstMutant(NumpyBackend):
+class LshNegatedFirstMutant(Mutant):
     """Buckets are the argmax of ``[-y, y]`` instead of ``[y, -y]``."""
 
     breaks = "lsh.buckets"
@@ -179,7 +179,7 @@ class _OwnChunkOnly(LSH):
         return super().round_visible(buckets) & (chunk[..., :, None] == chunk[..., None, :])
 
 
-class LshNoPreviousChunkMutant(NumpyBackend):
+class LshNoPreviousChunkMutant(Mutant):
     """A query attends within its own chunk only, not to the previous chunk."""
 
     breaks = "lsh.chunks"
@@ -196,7 +196,7 @@ class _AnyBucket(LSH):
         return visible & np.tril(np.ones((self.n, self.n), dtype=bool)) if self.causal else visible
 
 
-class LshNoBucketMaskMutant(NumpyBackend):
+class LshNoBucketMaskMutant(Mutant):
     """Every key of the two chunks is attended, whatever its bucket (as Hugging Face's Reformer does)."""
 
     breaks = "lsh.chunks"
@@ -213,7 +213,7 @@ class _Wraparound(LSH):
         return visible & np.tril(np.ones((self.n, self.n), dtype=bool)) if self.causal else visible
 
 
-class LshWraparoundMutant(NumpyBackend):
+class LshWraparoundMutant(Mutant):
     """Chunk 0 also sees the last chunk, as its previous one (a roll of the chunks, without the
     rule that chunk 0 has no previous chunk)."""
 
@@ -228,7 +228,7 @@ class _SelfIncluded(LSH):
         return self.round_visible(self.buckets())
 
 
-class LshSelfIncludedMutant(NumpyBackend):
+class LshSelfIncludedMutant(Mutant):
     """No self-exclusion: a token attends to itself with its true score."""
 
     breaks = "lsh.self_exclusion"
@@ -245,7 +245,7 @@ class _AloneRoundsCount(LSH):
         return merge_partials(*self.rounds(kept))[0]
 
 
-class LshSelfScoredWhenAloneMutant(NumpyBackend):
+class LshSelfScoredWhenAloneMutant(Mutant):
     """In a round where a token sees only itself, the self key keeps its true score and weighs
     against the other rounds (the exclusion is decided per round, not across rounds)."""
 
@@ -264,7 +264,7 @@ class _AveragedRounds(LSH):
         return np.where(self.alone(others)[..., None], self.v, mean)
 
 
-class LshRoundsAveragedMutant(NumpyBackend):
+class LshRoundsAveragedMutant(Mutant):
     """Hash rounds are averaged (rounds with a key, equal weights) instead of weighted by their LSE."""
 
     breaks = "lsh.rounds"
@@ -278,7 +278,7 @@ class _CountedPerRound(LSH):
         return np.zeros(others.shape[:2] + others.shape[3:])
 
 
-class LshKeyCountedPerRoundMutant(NumpyBackend):
+class LshKeyCountedPerRoundMutant(Mutant):
     """The rounds are merged by LSE without subtracting ``log N_ij``: a key seen in ``N_ij`` rounds
     counts ``N_ij`` times (Hugging Face's Reformer; reformer-pytorch's default)."""
 
@@ -300,7 +300,7 @@ class _Float32RoundLse(LSH):
         return np.where(alone[..., None], weight_sum[..., None] * self.v, out)
 
 
-class LshRoundWeightsFloat32Mutant(NumpyBackend):
+class LshRoundWeightsFloat32Mutant(Mutant):
     """With a finite self penalty (-1e5), the rounds' LSE ``z`` is stored in float32 and the weights
     ``exp(z_r - z)`` are not normalised: a token alone in every round is scaled by up to 0.4%."""
 
@@ -308,11 +308,3 @@ class LshRoundWeightsFloat32Mutant(NumpyBackend):
 
     def lsh(self, qk, v, **kwargs):
         return _lsh(_Float32RoundLse, qk, v, kwargs)
-
-
-ALL: tuple = (NsaIncompleteBlockMutant, NsaChannelMajorFlattenMutant, NsaTieToHigherIndexMutant,
-              NsaSelectFirstHeadMutant, NsaSelectionPerQueryHeadMutant, NsaWindowOffByOneMutant,
-              NsaGatesReversedMutant, RoutedUnnormalisedCentroidsMutant, RoutedCausalIgnoredMutant,
-              RoutedEmptyClusterNanMutant, LshNegatedFirstMutant, LshNoPreviousChunkMutant, LshNoBucketMaskMutant,
-              LshWraparoundMutant, LshSelfIncludedMutant, LshSelfScoredWhenAloneMutant, LshRoundsAveragedMutant,
-              LshKeyCountedPerRoundMutant, LshRoundWeightsFloat32Mutant)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import linear, performer
 
 
@@ -30,7 +30,7 @@ def _elu(x, name):
     return np.where(x > 0, x, np.expm1(np.minimum(x, 0))) if name == "elu+1" else linear.phi(x, name)
 
 
-class EluWithoutOneMutant(NumpyBackend):
+class EluWithoutOneMutant(Mutant):
     """The "elu+1" map forgets the +1: ``phi(x) = elu(x)``, negative for ``x < 0``."""
 
     breaks = "linear.feature_map"
@@ -39,7 +39,7 @@ class EluWithoutOneMutant(NumpyBackend):
         return _linear(q, k, v, phi=_elu, **kwargs)
 
 
-class ZeroDenominatorNanMutant(NumpyBackend):
+class ZeroDenominatorNanMutant(Mutant):
     """Divides ``num / (den + eps)`` without the zero rule: a relu row with no positive overlap is NaN."""
 
     breaks = "linear.normalizer"
@@ -67,7 +67,7 @@ def _chunked_unmasked(fq, fk, v, s0, z0, *, causal, chunk_size):
     return linear.Parts(num, den, state, normalizer)
 
 
-class ChunkLeaksFutureKeysMutant(NumpyBackend):
+class ChunkLeaksFutureKeysMutant(Mutant):
     """Causal chunked form without the intra-chunk causal mask: a query sees later keys of its chunk."""
 
     breaks = "linear.causal"
@@ -82,7 +82,7 @@ def _parallel_unmasked_normalizer(fq, fk, v, s0, z0, *, causal):
     return p._replace(den=np.einsum("bhnf,bhf->bhn", fq, z0 + fk.sum(axis=-2))) if causal else p
 
 
-class ParallelNormalizerUnmaskedMutant(NumpyBackend):
+class ParallelNormalizerUnmaskedMutant(Mutant):
     """The causal parallel form applies the mask to ``A v`` only: the denominator sums all keys."""
 
     breaks = "linear.parallel"
@@ -105,7 +105,7 @@ def _recurrent_read_first(fq, fk, v, s0, z0, *, causal):
     return linear.Parts(num, den, state, normalizer)
 
 
-class RecurrentReadsBeforeUpdateMutant(NumpyBackend):
+class RecurrentReadsBeforeUpdateMutant(Mutant):
     """The causal recurrent form reads the state before updating it, so a token does not see itself."""
 
     breaks = "linear.recurrent"
@@ -128,7 +128,7 @@ def _chunked_partial_without_state(fq, fk, v, s0, z0, *, causal, chunk_size):
     return p._replace(num=num, den=den)
 
 
-class ChunkedDropsStateForPartialChunkMutant(NumpyBackend):
+class ChunkedDropsStateForPartialChunkMutant(Mutant):
     """When ``C`` does not divide ``N``, the last partial chunk starts from the initial state."""
 
     breaks = "linear.chunked"
@@ -137,7 +137,7 @@ class ChunkedDropsStateForPartialChunkMutant(NumpyBackend):
         return _linear(q, k, v, forms={"chunked": _chunked_partial_without_state}, **kwargs)
 
 
-class IgnoresInitialNormalizerMutant(NumpyBackend):
+class IgnoresInitialNormalizerMutant(Mutant):
     """Carries ``S`` only, as flash-linear-attention does: ``z0`` is dropped from the denominator and
     from the returned normaliser, which sums the current call's keys."""
 
@@ -158,7 +158,7 @@ def _recurrent_all_states(fq, fk, v, s0, z0, *, causal):
     return linear.Parts(num, den, states[..., -1, :, :].copy(), normalizers[..., -1, :].copy())
 
 
-class RecurrentStoresEveryStateMutant(NumpyBackend):
+class RecurrentStoresEveryStateMutant(Mutant):
     """The causal recurrent form takes a cumulative sum of outer products, holding ``N`` states."""
 
     breaks = "linear.cost"
@@ -167,7 +167,7 @@ class RecurrentStoresEveryStateMutant(NumpyBackend):
         return _linear(q, k, v, forms={"recurrent": _recurrent_all_states}, **kwargs)
 
 
-class ChunkedIsQuadraticMutant(NumpyBackend):
+class ChunkedIsQuadraticMutant(Mutant):
     """The "chunked" form is computed by the masked ``N x N`` parallel form."""
 
     breaks = "linear.cost"
@@ -178,7 +178,7 @@ class ChunkedIsQuadraticMutant(NumpyBackend):
         return super().linear_attention(q, k, v, form=form, chunk_size=chunk_size, **kwargs)
 
 
-class EfficientKeySoftmaxOverFeaturesMutant(NumpyBackend):
+class EfficientKeySoftmaxOverFeaturesMutant(Mutant):
     """Efficient attention normalises the keys over the feature axis (like the queries), not the sequence."""
 
     breaks = "linear.efficient"
@@ -192,7 +192,7 @@ class EfficientKeySoftmaxOverFeaturesMutant(NumpyBackend):
         return (rho_q @ (np.swapaxes(rho_k, -1, -2) @ np.asarray(v, np.float64))).astype(q.dtype)
 
 
-class FeaturesWithoutNormTermMutant(NumpyBackend):
+class FeaturesWithoutNormTermMutant(Mutant):
     """Performer features drop the ``- |x|^2 / 2`` term: ``exp(W x) / sqrt(m)``, biased by ``exp(|x|^2 / 2)``."""
 
     breaks = "performer.features"
@@ -202,7 +202,7 @@ class FeaturesWithoutNormTermMutant(NumpyBackend):
         return (np.exp(x64 @ w.T) / math.sqrt(w.shape[0])).astype(x.dtype)
 
 
-class ProjectionRowsNotOrthogonalMutant(NumpyBackend):
+class ProjectionRowsNotOrthogonalMutant(Mutant):
     """ORF without the QR step: the Gaussian rows, normalised and scaled by ``norms``, used directly."""
 
     breaks = "performer.orthogonal"
@@ -214,7 +214,7 @@ class ProjectionRowsNotOrthogonalMutant(NumpyBackend):
         return (rows * np.asarray(norms, np.float64)[:, None]).astype(gaussian_blocks.dtype)
 
 
-class PerformerScaleOnQueryMutant(NumpyBackend):
+class PerformerScaleOnQueryMutant(Mutant):
     """The whole ``1 / sqrt(D)`` goes on ``q`` (as in ``sdpa``): the same kernel in expectation, another
     estimate for the given projection."""
 
@@ -253,7 +253,7 @@ def _global_max_shift(k_root, w):
     return lk - lk.max(axis=(-2, -1), keepdims=True)
 
 
-class PerformerProjectionMaxStabiliserMutant(NumpyBackend):
+class PerformerProjectionMaxStabiliserMutant(Mutant):
     """Key features are stabilised by the maximum of ``W k'`` over all keys (the paper's code): exact
     in real arithmetic, but in the causal form a large future key underflows every earlier feature."""
 
@@ -263,7 +263,7 @@ class PerformerProjectionMaxStabiliserMutant(NumpyBackend):
         return _shifted_performer(q, k, v, projection, causal, scale, _projection_max_shift)
 
 
-class PerformerGlobalKeyMaxMutant(NumpyBackend):
+class PerformerGlobalKeyMaxMutant(Mutant):
     """Key features are shifted by the maximum of the full key logits over ALL keys, also causally:
     nothing overflows, but a key whose logits lie far below a later key's underflows to 0."""
 
@@ -273,7 +273,7 @@ class PerformerGlobalKeyMaxMutant(NumpyBackend):
         return _shifted_performer(q, k, v, projection, causal, scale, _global_max_shift)
 
 
-class PerformerTruncatesFeaturesMutant(NumpyBackend):
+class PerformerTruncatesFeaturesMutant(Mutant):
     """The kernel holds one tile of 256 features: projection rows after the first 256 are ignored."""
 
     breaks = "performer"
@@ -282,7 +282,7 @@ class PerformerTruncatesFeaturesMutant(NumpyBackend):
         return super().performer(q, k, v, projection=projection[:256], **kwargs)
 
 
-class PerformerIgnoresScaleMutant(NumpyBackend):
+class PerformerIgnoresScaleMutant(Mutant):
     """``scale`` is accepted and dropped: queries and keys are always scaled by ``D ** -1/4``."""
 
     breaks = "performer"
@@ -291,18 +291,10 @@ class PerformerIgnoresScaleMutant(NumpyBackend):
         return super().performer(q, k, v, projection=projection, causal=causal)
 
 
-class PerformerUsesSixteenFeaturesMutant(NumpyBackend):
+class PerformerUsesSixteenFeaturesMutant(Mutant):
     """The attention kernel has one fixed tile of 16 features and ignores the projection's other rows."""
 
     breaks = "performer.estimator"
 
     def performer(self, q, k, v, *, projection, **kwargs):
         return super().performer(q, k, v, projection=projection[:16], **kwargs)
-
-
-ALL = [EluWithoutOneMutant, ZeroDenominatorNanMutant, ChunkLeaksFutureKeysMutant, ParallelNormalizerUnmaskedMutant,
-       RecurrentReadsBeforeUpdateMutant, ChunkedDropsStateForPartialChunkMutant, IgnoresInitialNormalizerMutant,
-       RecurrentStoresEveryStateMutant, ChunkedIsQuadraticMutant, EfficientKeySoftmaxOverFeaturesMutant,
-       FeaturesWithoutNormTermMutant, ProjectionRowsNotOrthogonalMutant, PerformerScaleOnQueryMutant,
-       PerformerProjectionMaxStabiliserMutant, PerformerGlobalKeyMaxMutant, PerformerTruncatesFeaturesMutant,
-       PerformerIgnoresScaleMutant, PerformerUsesSixteenFeaturesMutant]

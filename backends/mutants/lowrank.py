@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec import reference as ref
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import lowrank
 from attnspec.reference.sdpa import prepare
 
 
-class LinformerKeysProjectedWithFMutant(NumpyBackend):
+class LinformerKeysProjectedWithFMutant(Mutant):
     """Linformer projects the keys with ``F`` (the value projection) instead of ``E``."""
 
     breaks = "linformer"
@@ -19,7 +19,7 @@ class LinformerKeysProjectedWithFMutant(NumpyBackend):
         return super().linformer(q, k, v, e=f, f=f, scale=scale)
 
 
-class LinformerScoresBeforeProjectionMutant(NumpyBackend):
+class LinformerScoresBeforeProjectionMutant(Mutant):
     """Linformer multiplies ``Q K^T`` first and projects the ``N x N`` scores, ``(Q K^T) E^T``: equal in exact
     arithmetic, quadratic in memory."""
 
@@ -36,7 +36,7 @@ class LinformerScoresBeforeProjectionMutant(NumpyBackend):
         return (weights @ np.repeat(lowrank.project(f, p.v), group, axis=1)).astype(q.dtype)
 
 
-class XlMemoryTopLeftMutant(NumpyBackend):
+class XlMemoryTopLeftMutant(Mutant):
     """The causal mask over ``[memory; segment]`` is aligned top-left (``j <= i``): early queries lose the memory."""
 
     breaks = "xl.memory"
@@ -46,14 +46,10 @@ class XlMemoryTopLeftMutant(NumpyBackend):
         return ref.sdpa(q, keys, values, causal="top_left", scale=scale).astype(q.dtype)
 
 
-class XlMemoryOneSegmentTooLongMutant(NumpyBackend):
+class XlMemoryOneSegmentTooLongMutant(Mutant):
     """The memory keeps ``mem_len + segment_len`` positions: the update slices before appending the segment."""
 
     breaks = "xl.recurrence"
 
     def xl_recurrent(self, q, k, v, *, segment_len, mem_len, scale=None):
         return super().xl_recurrent(q, k, v, segment_len=segment_len, mem_len=mem_len + segment_len, scale=scale)
-
-
-ALL: tuple = (LinformerKeysProjectedWithFMutant, LinformerScoresBeforeProjectionMutant, XlMemoryTopLeftMutant,
-              XlMemoryOneSegmentTooLongMutant)

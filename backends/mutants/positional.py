@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import absolute, relative, rope
 
 
-class RopeOtherLayoutMutant(NumpyBackend):
+class RopeOtherLayoutMutant(Mutant):
     """Half-split RoPE is computed interleaved (GPT-J weights run through a NeoX kernel)."""
 
     breaks = "rope.half_split"
@@ -17,7 +17,7 @@ class RopeOtherLayoutMutant(NumpyBackend):
         return super().rope(x, positions, layout="interleaved" if layout == "half_split" else layout, **kwargs)
 
 
-class RopeReversedRotationMutant(NumpyBackend):
+class RopeReversedRotationMutant(Mutant):
     """Interleaved RoPE rotates by ``-angle`` (the sign of sin flipped)."""
 
     breaks = "rope.interleaved"
@@ -36,7 +36,7 @@ def _swap_pairs(x, r):
     return y
 
 
-class RopePartialFrequenciesMutant(NumpyBackend):
+class RopePartialFrequenciesMutant(Mutant):
     """Partial RoPE takes its frequencies from the head dim D instead of ``rotary_dim``."""
 
     breaks = "rope.partial"
@@ -47,7 +47,7 @@ class RopePartialFrequenciesMutant(NumpyBackend):
         return super().rope(x, positions, layout=layout, rotary_dim=rotary_dim, base=base ** (r / x.shape[-1]))
 
 
-class SinusoidalConcatForInterleavedMutant(NumpyBackend):
+class SinusoidalConcatForInterleavedMutant(Mutant):
     """The interleaved sinusoidal layout is returned concatenated."""
 
     breaks = "pe.sinusoidal.interleaved"
@@ -56,7 +56,7 @@ class SinusoidalConcatForInterleavedMutant(NumpyBackend):
         return absolute.sinusoidal(positions, dim, layout="concat", **kwargs)
 
 
-class SinusoidalCosFirstMutant(NumpyBackend):
+class SinusoidalCosFirstMutant(Mutant):
     """The concatenated layout puts cos before sin."""
 
     breaks = "pe.sinusoidal.concat"
@@ -66,7 +66,7 @@ class SinusoidalCosFirstMutant(NumpyBackend):
         return np.roll(pe, dim // 2, axis=-1) if layout == "concat" else pe
 
 
-class LearnedOffByOneMutant(NumpyBackend):
+class LearnedOffByOneMutant(Mutant):
     """Learned positions are read one row late (1-based positions)."""
 
     breaks = "pe.learned"
@@ -75,7 +75,7 @@ class LearnedOffByOneMutant(NumpyBackend):
         return absolute.learned(table, np.minimum(np.asarray(positions) + 1, table.shape[0] - 1)).astype(table.dtype)
 
 
-class AlibiGeometricSlopesMutant(NumpyBackend):
+class AlibiGeometricSlopesMutant(Mutant):
     """Slopes form a plain geometric series ``2 ** (-8 (h + 1) / n)`` for every head count."""
 
     breaks = "alibi.slopes"
@@ -84,7 +84,7 @@ class AlibiGeometricSlopesMutant(NumpyBackend):
         return np.exp2(-8.0 * np.arange(1, num_heads + 1) / num_heads)
 
 
-class AlibiBiasTopLeftMutant(NumpyBackend):
+class AlibiBiasTopLeftMutant(Mutant):
     """ALiBi tables ignore the bottom-right offset ``N_k - N_q``."""
 
     breaks = "alibi.bias"
@@ -95,7 +95,7 @@ class AlibiBiasTopLeftMutant(NumpyBackend):
         return np.asarray(slopes, np.float64)[:, None, None] * dist
 
 
-class T5UnhalvedBucketsMutant(NumpyBackend):
+class T5UnhalvedBucketsMutant(Mutant):
     """Bidirectional buckets do not split the range in two halves by sign."""
 
     breaks = "t5.bucket"
@@ -105,7 +105,7 @@ class T5UnhalvedBucketsMutant(NumpyBackend):
         return relative.t5_bucket(rel, bidirectional=False, num_buckets=num_buckets, max_distance=max_distance)
 
 
-class T5QueryMinusKeyMutant(NumpyBackend):
+class T5QueryMinusKeyMutant(Mutant):
     """The T5 relative position is taken as query minus key."""
 
     breaks = "t5.bias"
@@ -115,16 +115,10 @@ class T5QueryMinusKeyMutant(NumpyBackend):
         return np.moveaxis(table[buckets], -1, 0)
 
 
-class ShawIgnoresRelativeValuesMutant(NumpyBackend):
+class ShawIgnoresRelativeValuesMutant(Mutant):
     """Shaw attention drops the relative value term."""
 
     breaks = "shaw"
 
     def shaw(self, q, k, v, *, rel_v, **kwargs):
         return relative.shaw(q, k, v, rel_v=np.zeros_like(rel_v), **kwargs).astype(q.dtype)
-
-
-ALL = [RopeOtherLayoutMutant, RopeReversedRotationMutant, RopePartialFrequenciesMutant,
-       SinusoidalConcatForInterleavedMutant, SinusoidalCosFirstMutant, LearnedOffByOneMutant,
-       AlibiGeometricSlopesMutant, AlibiBiasTopLeftMutant, T5UnhalvedBucketsMutant, T5QueryMinusKeyMutant,
-       ShawIgnoresRelativeValuesMutant]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import retention as ref
 
 _DEFINING = ("gammas", "scale", "initial_state")
@@ -19,7 +19,7 @@ def _finish(q, out, state, return_state: bool):
     return (out, np.asarray(state).astype(q.dtype)) if return_state else out
 
 
-class DecayOneStepTooManyMutant(NumpyBackend):
+class DecayOneStepTooManyMutant(Mutant):
     """The parallel form's decay counts from one: ``D[n, m] = gamma^(n - m + 1)``, so the diagonal decays too."""
 
     breaks = "retention.parallel"
@@ -33,7 +33,7 @@ class DecayOneStepTooManyMutant(NumpyBackend):
         return _finish(q, out, state, return_state)
 
 
-class HeadDecaysReversedMutant(NumpyBackend):
+class HeadDecaysReversedMutant(Mutant):
     """Head ``h`` decays with ``gammas[H - 1 - h]`` (the per-head decays indexed from the wrong end)."""
 
     breaks = "retention.parallel"
@@ -42,7 +42,7 @@ class HeadDecaysReversedMutant(NumpyBackend):
         return super().retention(q, k, v, gammas=np.ascontiguousarray(np.asarray(gammas)[::-1]), **kwargs)
 
 
-class RecurrentReadsStateBeforeUpdateMutant(NumpyBackend):
+class RecurrentReadsStateBeforeUpdateMutant(Mutant):
     """The recurrent form reads the state before adding ``k_n^T v_n``: ``out[n] = scale q_n S_(n-1)``."""
 
     breaks = "retention.recurrent"
@@ -59,7 +59,7 @@ class RecurrentReadsStateBeforeUpdateMutant(NumpyBackend):
         return _finish(q, out, state, return_state)
 
 
-class ChunkStateNotDecayedMutant(NumpyBackend):
+class ChunkStateNotDecayedMutant(Mutant):
     """The chunkwise form carries ``R_c = R_(c-1) + (chunk's k^T v)``: the cross-chunk state is never decayed."""
 
     breaks = "retention.chunkwise"
@@ -77,7 +77,7 @@ class ChunkStateNotDecayedMutant(NumpyBackend):
         return _finish(q, out, state, return_state)
 
 
-class FactorisedChunkDecayMutant(NumpyBackend):
+class FactorisedChunkDecayMutant(Mutant):
     """Inside a chunk the decay is factorised, ``q_r`` scaled by ``gamma^r`` and ``k_s`` by ``gamma^(-s)``, in
     the input dtype: one matmul for all pairs, but ``gamma^(-s)`` overflows for small gamma or long chunks."""
 
@@ -107,7 +107,7 @@ def _factorised_inner(q, k, v, gammas, scale):
         return (s @ v).astype(np.float64)
 
 
-class InitialStateNotDecayedMutant(NumpyBackend):
+class InitialStateNotDecayedMutant(Mutant):
     """The initial state is taken as ``S_0`` rather than ``S_(-1)``: it reaches ``out[n]`` decayed by ``gamma^n``
     instead of ``gamma^(n + 1)``, and the final state by ``gamma^(N - 1)``."""
 
@@ -123,7 +123,7 @@ class InitialStateNotDecayedMutant(NumpyBackend):
         return _finish(q, out, state, return_state)
 
 
-class DecaysInReverseOrderMutant(NumpyBackend):
+class DecaysInReverseOrderMutant(Mutant):
     """``retention_decays`` lists the heads from the slowest decay down: ``1 - 2^(-5 - (H - 1 - h))``."""
 
     breaks = "retention.multiscale"
@@ -132,7 +132,7 @@ class DecaysInReverseOrderMutant(NumpyBackend):
         return ref.retention_decays(num_heads)[::-1].copy()
 
 
-class ChunkwiseMaterialisesDecayMutant(NumpyBackend):
+class ChunkwiseMaterialisesDecayMutant(Mutant):
     """Every form is computed through the parallel form: the ``N x N`` decay matrix and scores are built whole
     (right values, quadratic memory)."""
 
@@ -140,8 +140,3 @@ class ChunkwiseMaterialisesDecayMutant(NumpyBackend):
 
     def retention(self, q, k, v, *, form="parallel", chunk_size=None, **kwargs):
         return super().retention(q, k, v, **kwargs)
-
-
-ALL: tuple = (DecayOneStepTooManyMutant, HeadDecaysReversedMutant, RecurrentReadsStateBeforeUpdateMutant,
-              ChunkStateNotDecayedMutant, FactorisedChunkDecayMutant, InitialStateNotDecayedMutant,
-              DecaysInReverseOrderMutant, ChunkwiseMaterialisesDecayMutant)

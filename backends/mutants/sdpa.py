@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from attnspec import reference as ref
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference.arithmetic import Arithmetic
 from attnspec.reference.sdpa import attend, prepare, scores, softmax_average, visible, weighted_values
 
@@ -17,7 +17,7 @@ def _finish(q, out, lse, return_lse):
     return (out, np.asarray(lse).astype(q.dtype)) if return_lse else out
 
 
-class CausalOffByOneMutant(NumpyBackend):
+class CausalOffByOneMutant(Mutant):
     """Causal masks let each query see one key too many (``j <= i + offset + 1``)."""
 
     breaks = "sdpa.causal.bottom_right"
@@ -38,7 +38,7 @@ def _causal_plus_one(causal, q, k, options):
     return j <= i + offsets[:, None, None, None] + 1
 
 
-class TopLeftForBottomRightMutant(NumpyBackend):
+class TopLeftForBottomRightMutant(Mutant):
     """``causal="bottom_right"`` is computed as top-left (PyTorch's ``is_causal``)."""
 
     breaks = "sdpa.causal.bottom_right"
@@ -47,7 +47,7 @@ class TopLeftForBottomRightMutant(NumpyBackend):
         return super().sdpa(q, k, v, causal="top_left" if causal else None, **options)
 
 
-class BottomRightForTopLeftMutant(NumpyBackend):
+class BottomRightForTopLeftMutant(Mutant):
     """``causal="top_left"`` is computed as bottom-right (flash-attn's ``causal=True``)."""
 
     breaks = "sdpa.causal.top_left"
@@ -56,7 +56,7 @@ class BottomRightForTopLeftMutant(NumpyBackend):
         return super().sdpa(q, k, v, causal="bottom_right" if causal else None, **options)
 
 
-class ScaleIgnoredMutant(NumpyBackend):
+class ScaleIgnoredMutant(Mutant):
     """An explicit ``scale`` is ignored; ``1/sqrt(D_qk)`` is always used."""
 
     breaks = "sdpa.scale"
@@ -65,7 +65,7 @@ class ScaleIgnoredMutant(NumpyBackend):
         return super().sdpa(q, k, v, **options)
 
 
-class DefaultScaleOneOverDMutant(NumpyBackend):
+class DefaultScaleOneOverDMutant(Mutant):
     """The default scale is ``1/D_qk`` instead of ``1/sqrt(D_qk)``."""
 
     breaks = "sdpa.scale"
@@ -74,7 +74,7 @@ class DefaultScaleOneOverDMutant(NumpyBackend):
         return super().sdpa(q, k, v, scale=1.0 / q.shape[-1] if scale is None else scale, **options)
 
 
-class WindowOffByOneMutant(NumpyBackend):
+class WindowOffByOneMutant(Mutant):
     """The left window bound is exclusive: window ``(w - 1, 0)`` sees ``w + 1`` keys."""
 
     breaks = "sdpa.window"
@@ -85,7 +85,7 @@ class WindowOffByOneMutant(NumpyBackend):
         return super().sdpa(q, k, v, window=window, **options)
 
 
-class GqaModuloMutant(NumpyBackend):
+class GqaModuloMutant(Mutant):
     """GQA maps query head ``h`` to KV head ``h % H_kv`` (tiling, ONNX's first version)."""
 
     breaks = "sdpa.gqa"
@@ -95,7 +95,7 @@ class GqaModuloMutant(NumpyBackend):
         return super().sdpa(q, np.tile(k, (1, reps, 1, 1)), np.tile(v, (1, reps, 1, 1)), **options)
 
 
-class MaskFirstHeadOnlyMutant(NumpyBackend):
+class MaskFirstHeadOnlyMutant(Mutant):
     """A per-head boolean mask is read from head 0 for every head."""
 
     breaks = "sdpa.mask"
@@ -106,7 +106,7 @@ class MaskFirstHeadOnlyMutant(NumpyBackend):
         return super().sdpa(q, k, v, mask=mask, **options)
 
 
-class BiasBeforeScaleMutant(NumpyBackend):
+class BiasBeforeScaleMutant(Mutant):
     """The bias is added before scaling: ``scale * (q.k + bias)``."""
 
     breaks = "sdpa.bias"
@@ -118,7 +118,7 @@ class BiasBeforeScaleMutant(NumpyBackend):
         return super().sdpa(q, k, v, bias=bias, scale=scale, **options)
 
 
-class SoftcapAfterMaskMutant(NumpyBackend):
+class SoftcapAfterMaskMutant(Mutant):
     """The softcap is applied after masking, so masked keys get score ``-cap`` instead of ``-inf``."""
 
     breaks = "sdpa.softcap"
@@ -134,7 +134,7 @@ class SoftcapAfterMaskMutant(NumpyBackend):
         return _finish(q, out, lse, return_lse)
 
 
-class SoftcapAfterBiasMutant(NumpyBackend):
+class SoftcapAfterBiasMutant(Mutant):
     """The softcap is applied to ``score + bias`` instead of to the score alone."""
 
     breaks = "sdpa.softcap"
@@ -149,7 +149,7 @@ class SoftcapAfterBiasMutant(NumpyBackend):
         return _finish(q, out, lse, return_lse)
 
 
-class NoMaxSubtractionMutant(NumpyBackend):
+class NoMaxSubtractionMutant(Mutant):
     """Softmax without subtracting the row maximum: overflows at large magnitudes."""
 
     breaks = "sdpa"
@@ -167,7 +167,7 @@ class NoMaxSubtractionMutant(NumpyBackend):
         return _finish(q, out, lse, return_lse)
 
 
-class NanForFullyMaskedMutant(NumpyBackend):
+class NanForFullyMaskedMutant(Mutant):
     """Rows with no visible key return NaN (0/0), as PyTorch's SDPA did on some paths."""
 
     breaks = "sdpa.fully_masked"
@@ -178,7 +178,7 @@ class NanForFullyMaskedMutant(NumpyBackend):
         return _finish(q, out, lse, return_lse)
 
 
-class DropsPartialKeyTileMutant(NumpyBackend):
+class DropsPartialKeyTileMutant(Mutant):
     """Keys past the last full tile of 64 are dropped when ``N_k`` is not a multiple of 64."""
 
     breaks = "sdpa"
@@ -189,7 +189,7 @@ class DropsPartialKeyTileMutant(NumpyBackend):
         return super().sdpa(q, k, v, kv_lens=np.minimum(lens, covered), **options)
 
 
-class LseBase2Mutant(NumpyBackend):
+class LseBase2Mutant(Mutant):
     """The LSE is returned in base 2 (the Triton tutorial keeps it so internally)."""
 
     breaks = "sdpa.lse"
@@ -199,7 +199,7 @@ class LseBase2Mutant(NumpyBackend):
         return _finish(q, out, lse / math.log(2), return_lse)
 
 
-class Float16AccumulationMutant(NumpyBackend):
+class Float16AccumulationMutant(Mutant):
     """Scores, softmax and the weighted sum are computed and accumulated in float16."""
 
     breaks = "sdpa"
@@ -211,7 +211,7 @@ class Float16AccumulationMutant(NumpyBackend):
         return _finish(q, out, lse, return_lse)
 
 
-class PaddingIgnoresKvLensMutant(NumpyBackend):
+class PaddingIgnoresKvLensMutant(Mutant):
     """``kv_lens`` is ignored: padded keys are attended to."""
 
     breaks = "sdpa.padding"
@@ -220,7 +220,7 @@ class PaddingIgnoresKvLensMutant(NumpyBackend):
         return super().sdpa(q, k, v, **options)
 
 
-class AlibiTopLeftMutant(NumpyBackend):
+class AlibiTopLeftMutant(Mutant):
     """ALiBi distances are measured top-left (``|i - j|``), ignoring the bottom-right offset."""
 
     breaks = "sdpa.alibi"
@@ -232,10 +232,3 @@ class AlibiTopLeftMutant(NumpyBackend):
             alibi = -slopes * np.abs(i - j)
             bias = alibi if bias is None else bias.astype(np.float64) + alibi
         return super().sdpa(q, k, v, bias=bias, **options)
-
-
-ALL = [CausalOffByOneMutant, TopLeftForBottomRightMutant, BottomRightForTopLeftMutant, ScaleIgnoredMutant,
-       DefaultScaleOneOverDMutant, WindowOffByOneMutant, GqaModuloMutant, MaskFirstHeadOnlyMutant,
-       BiasBeforeScaleMutant, SoftcapAfterMaskMutant, SoftcapAfterBiasMutant, NoMaxSubtractionMutant,
-       NanForFullyMaskedMutant, DropsPartialKeyTileMutant, LseBase2Mutant, Float16AccumulationMutant,
-       PaddingIgnoresKvLensMutant, AlibiTopLeftMutant]

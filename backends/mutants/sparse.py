@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnspec import reference as ref
-from attnspec.backends.numpy_backend import NumpyBackend
+from attnspec.backends.mutants.base import Mutant
 from attnspec.reference import patterns
 from attnspec.reference import sparse as sparse_ref
 
@@ -20,7 +20,7 @@ def _dense(q, k, v, mask, scale, return_lse):
     return (out.astype(q.dtype), lse.astype(q.dtype)) if return_lse else out.astype(q.dtype)
 
 
-class _WrongPattern(NumpyBackend):
+class _WrongPattern(Mutant):
     """Computes ``target`` from the mask_mod :meth:`wrong` builds from the normalised parameters."""
 
     target = ""
@@ -40,7 +40,7 @@ class _WrongPattern(NumpyBackend):
         return _dense(q, k, v, self._table(pattern, q.shape[2], k.shape[2], **params), scale, return_lse)
 
 
-class SparseTopLeftMutant(NumpyBackend):
+class SparseTopLeftMutant(Mutant):
     """``sparse`` evaluates the pattern at the query's row index, not its position: with
     ``N_q < N_k`` (chunked prefill, decoding) the rows get the first rows' keys (top-left)."""
 
@@ -52,7 +52,7 @@ class SparseTopLeftMutant(NumpyBackend):
         return _dense(q, k, v, full[:, :, :n_q], scale, return_lse)
 
 
-class SparseFiniteMaskMutant(NumpyBackend):
+class SparseFiniteMaskMutant(Mutant):
     """``sparse`` masks by adding ``-10000`` to invisible scores (BERT's ``(1 - mask) * -10000.0``), rows
     without keys set to zero: with ordinary inputs ``exp(-1e4)`` underflows and the output is right,
     but an invisible key whose score exceeds the visible ones by ``1e4`` leaks into the row."""
@@ -67,7 +67,7 @@ class SparseFiniteMaskMutant(NumpyBackend):
         return (out.astype(q.dtype), lse.astype(q.dtype)) if return_lse else out.astype(q.dtype)
 
 
-class SparseMaskFirstHeadMutant(NumpyBackend):
+class SparseMaskFirstHeadMutant(Mutant):
     """``sparse_mask`` evaluates the pattern for batch item 0 and head 0 only and broadcasts it,
     as a FlexAttention BlockMask built with ``B=None, H=None`` does: per-batch and per-head
     patterns (global tokens, prefixes, documents, dilations, layouts) come out wrong."""
@@ -188,7 +188,7 @@ class ChunkShiftedMutant(_WrongPattern):
         return lambda b, h, q_pos, kv_pos: shifted(b, h, q_pos + 1, kv_pos + 1)
 
 
-class SparseDenseMutant(NumpyBackend):
+class SparseDenseMutant(Mutant):
     """``sparse`` builds the ``N_q x N_k`` mask table and runs dense attention: right values,
     quadratic memory."""
 
@@ -196,8 +196,3 @@ class SparseDenseMutant(NumpyBackend):
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         return _dense(q, k, v, sparse_ref.sparse_mask(pattern, q.shape[2], k.shape[2], **params), scale, return_lse)
-
-
-ALL = [SparseTopLeftMutant, SparseFiniteMaskMutant, SparseMaskFirstHeadMutant, DilationOffByOneMutant, LongformerGlobalOneWayMutant,
-       BigbirdRandomTransposedMutant, StridedShortWindowMutant, FixedSummaryFirstMutant, BlockLayoutColumnMajorMutant,
-       PrefixInclusiveMutant, DocumentStartSeesPreviousMutant, ChunkShiftedMutant, SparseDenseMutant]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
 from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
-from attnspec.reference import _checks
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 

@@ -19,10 +19,11 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_visibility as vis
 from attnspec.backends.torch_tiled.steps import EAGER, Steps
-from attnspec.reference import _checks
-from attnspec.reference.sdpa import _check_causal, _check_window
+from attnspec.validation import causal as _check_causal
+from attnspec.validation import window as _check_window
 
 
 @dataclass

@@ -22,10 +22,10 @@ import sys
 
 import torch
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel as torch_kernel
 from attnspec.contract import Backend, BackendError, Unsupported
-from attnspec.reference import _checks
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
