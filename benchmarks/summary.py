@@ -19,6 +19,7 @@ import numpy as np
 
 TARGETS = Path(__file__).with_name("targets.toml")
 SELECT = ("kind", "d", "causal", "lens")  # rule fields matched by equality; n by range
+FIELDS = {"ratio": "ratio_vs_sdpa", "frac_copy": "frac_copy"}  # a rule's metric -> the record's field
 GROUP = ("kind", "n", "d", "b", "h", "causal", "window", "splits", "lens", "dtype")
 
 
@@ -69,12 +70,12 @@ def _judge_rows(rule, rows, doc) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[f] for f in GROUP if f not in rule.get("best_over", ())), []).append(r)
-    out = []
+    out, field = [], FIELDS[rule["metric"]]
     for members in groups.values():
-        timed = [r for r in members if r.get(rule["metric"]) is not None]
-        best = max(timed, key=lambda r: r[rule["metric"]]) if timed else members[0]
+        timed = [r for r in members if r.get(field) is not None]
+        best = max(timed, key=lambda r: r[field]) if timed else members[0]
         bound = _comparator(doc, best, rule["min_of"]) if "min_of" in rule else rule.get("min")
-        out.append(_verdict(rule, best.get(rule["metric"]), bound, best, best["case"]))
+        out.append(_verdict(rule, best.get(field), bound, best, best["case"]))
     return out
 
 
