@@ -142,3 +142,18 @@ def test_memory_exponent_verdict():
     v = summary.judge(_doc(rows, [{"what": "m", "metric": "memory_exponent", "max": 1.1}]))
     assert v[0]["value"] == pytest.approx(1.0) and v[0]["met"] is True
     assert "not met" not in summary.markdown(_doc(rows, {}), v)
+
+
+def test_torch_backend_and_the_floor(tmp_path):
+    """The backend under test by its registry name; the floor rows are the torch backend's only."""
+    pytest.importorskip("torch")
+    log = tmp_path / "log.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--backend=torch", "--bench-matrix=smoke",
+                           "--bench-rounds=2", f"--bench-log={log}", "-k", "floor or forward-D16-N64-B4-H2-causal",
+                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert [(r["kind"], r["role"]) for r in records] == [("forward", "sdpa-default"), ("forward", "backend"),
+                                                          ("floor", "sdpa-default"), ("floor", "floor")]
+    assert records[1]["backend"].startswith("torch") and records[1]["peak_bytes"] > 0
+    assert all(r["ms"] > 0 and r["ratio_vs_sdpa"] > 0 for r in records)
