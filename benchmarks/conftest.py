@@ -37,6 +37,11 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def pytest_configure(config):
+    if not config.pluginmanager.hasplugin("benchmark"):
+        raise pytest.UsageError("the benchmark runs on pytest-benchmark: pip install -e '.[bench]'")
+
+
 def _spec_and_backend(config):
     if target.CURRENT is None:
         raise pytest.UsageError("the benchmark needs --backend=NAME (for example --backend=torch)")

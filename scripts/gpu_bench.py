@@ -31,7 +31,7 @@ from benchmarks import summary  # noqa: E402
 from benchmarks.cases import MATRICES  # noqa: E402
 
 #: the backends timed, in this order; adding one is a line here and its targets in targets.toml
-BACKENDS = ("triton", "torch", "flex", "torch-sdpa")
+BACKENDS = ("triton", "torch", "flex")
 GRACE = 30.0  # seconds a timed-out run gets after Ctrl-C to write its benchmark JSON
 NODE = "benchmarks/bench_attention.py::test_attention"
 
