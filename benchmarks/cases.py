@@ -1,11 +1,11 @@
-"""The benchmark's case matrix and what each case calls.
+"""The benchmark's case matrix, and the visibility rule it counts work with.
 
 A case is one shape (:class:`Case`); in a session for ``--backend=NAME`` every case is timed in
 *roles*, each a pytest item: ``sdpa-default`` (PyTorch SDPA with PyTorch's own kernel choice, the
-baseline every ratio divides by), ``flex`` on window cases (FlexAttention: the issue's bar for
-windows; any backend named in a case's ``compare``), ``floor`` on floor cases, and ``backend``: the backend under test. The backend is any
-``--backend`` name (registry, plugin or file); nothing here names one, so adding a backend is
-adding its targets (``targets.toml``) and its name to the driver's list.
+baseline every ratio divides by), each backend in the case's ``compare`` (window cases: ``flex``,
+the issue's bar for windows), ``floor`` on floor cases, and ``backend``: the backend under test.
+That is any ``--backend`` name (registry, plugin or file); no case names it, so adding a backend
+is its name in the driver's ``BACKENDS`` and its targets in ``targets.toml``.
 """
 
 from __future__ import annotations

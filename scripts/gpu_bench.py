@@ -1,15 +1,16 @@
 """Run the benchmark for each backend and write the result under docs/results/: JSON, table, plots.
 
 Usage (from the repository root; one device call):
-    python scripts/gpu_bench.py OUT_DIR [--backend NAME ...] [--budget SECONDS] [--matrix gpu|smoke]
-    python scripts/gpu_bench.py OUT_DIR/bench.json --render
+    python scripts/gpu_bench.py OUT_DIR [--name NAME] [--backend NAME ...] [--budget SECONDS] [--matrix gpu|smoke]
+    python scripts/gpu_bench.py OUT_DIR/NAME.json --render
 
 Each backend runs in its own ``pytest benchmarks --backend=NAME`` process (SDPA's default timed in
 the same process: every ratio is within one session), with ``--benchmark-json`` and a
-``--bench-log`` that receives each row as it ends. Rerunning the same command resumes: cases every
-role of which a log already holds are deselected, and the document is rebuilt from the logs.
-After each backend, OUT_DIR/bench.json (sessions, records, the targets of
-``benchmarks/targets.toml`` and their verdicts) and bench.md are rewritten; bench-*.png at the end.
+``--bench-log`` that receives each row as it ends (both under OUT_DIR/NAME-parts/). Rerunning the
+same command resumes: cases every role of which a log already holds are deselected, and the
+document is rebuilt from the logs. After each backend, OUT_DIR/NAME.json (sessions, records, the
+targets of ``benchmarks/targets.toml`` and their verdicts) and NAME.md are rewritten; the plots
+NAME-ratio-vs-n.png and NAME-scaling.png at the end (NAME: ``bench`` unless given).
 ``--render``: re-derive the verdicts, table and plots of a written bench.json with the current
 targets and code. (Results of the old ``benchmarks/bench_forward.py`` have another format; their
 committed tables stand as written.)
@@ -74,16 +75,21 @@ def assemble(logs: dict[str, Path], matrix: str, targets: dict) -> dict:
     return doc
 
 
-def run(spec: str, out: Path, matrix: str, budget: float, rounds: int | None = None) -> dict:
-    parts = out / "parts"
+def log_path(parts: Path, spec: str) -> Path:
+    return parts / f"{spec.replace(':', '-').replace('/', '-')}.jsonl"
+
+
+def run(spec: str, parts: Path, matrix: str, budget: float, rounds: int | None = None) -> dict:
     parts.mkdir(parents=True, exist_ok=True)
-    name = spec.replace(":", "-").replace("/", "-")
-    log = parts / f"{name}.jsonl"
+    log = log_path(parts, spec)
     _, records = read_log(log)
     done = [f"--deselect={NODE}[{case.id}-{role}]" for case in MATRICES[matrix]()
             if complete(records, case, spec) for role in case.roles(spec)]
+    if len(done) == sum(len(case.roles(spec)) for case in MATRICES[matrix]()):
+        print(f"{spec}: every row already done", flush=True)
+        return {"spec": spec, "exit": "nothing left to run", "seconds": 0.0, "resumed_rows": len(done)}
     cmd = [sys.executable, "-m", "pytest", "benchmarks", f"--backend={spec}", f"--bench-matrix={matrix}",
-           f"--bench-log={log}", f"--benchmark-json={parts / f'{name}-{int(time.time())}.json'}",
+           f"--bench-log={log}", f"--benchmark-json={log.with_name(f'{log.stem}-{int(time.time())}.json')}",
            "-q", "-p", "no:cacheprovider", "--tb=line", *([f"--bench-rounds={rounds}"] if rounds else []), *done]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -120,7 +126,8 @@ def render(path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="folder for bench.json, bench.md and the plots (or, with --render, a bench.json)")
+    parser.add_argument("out", type=Path, help="folder for NAME.json, NAME.md and the plots (or, with --render, a NAME.json)")
+    parser.add_argument("--name", default="bench", help="stem of the files written (e.g. 2026-12-07-bench-h100)")
     parser.add_argument("--backend", action="append", default=[], help=f"backend(s) to time (default: {', '.join(BACKENDS)})")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for every backend together")
     parser.add_argument("--matrix", choices=sorted(MATRICES), default="gpu")
@@ -132,15 +139,16 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     specs = args.backend or list(BACKENDS)
     deadline, logs = time.monotonic() + args.budget, {}
-    stem, runs = args.out / "bench", []
+    stem, runs = args.out / args.name, []
+    parts = args.out / f"{args.name}-parts"
     for index, spec in enumerate(specs):
         budget = (deadline - time.monotonic()) / (len(specs) - index)  # a slow backend cannot starve the rest
-        runs.append(run(spec, args.out, args.matrix, budget, args.rounds))
-        logs[spec] = args.out / "parts" / f"{spec.replace(':', '-').replace('/', '-')}.jsonl"
+        runs.append(run(spec, parts, args.matrix, budget, args.rounds))
+        logs[spec] = log_path(parts, spec)
         doc = assemble(logs, args.matrix, summary.read_targets())
         doc["runs"] = runs
         write(doc, stem, with_plots=index == len(specs) - 1)
-    print(f"wrote {stem}.json, {stem}.md and the plots beside them")
+    print(f"wrote {stem}.json, {stem}.md and the plots beside them; the logs in {parts}")
 
 
 if __name__ == "__main__":

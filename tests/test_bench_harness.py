@@ -81,7 +81,7 @@ def test_every_row_is_recorded_with_its_schema(run):
     env = doc["sessions"][0]["environment"]
     assert {"date", "device", "torch", "triton", "cuda", "driver", "timer", "copy_rate_GBps"} <= set(env)
     assert doc["targets"] == summary.read_targets()
-    pb = json.loads(next((out / "parts").glob("numpy-*.json")).read_text())  # --benchmark-json
+    pb = json.loads(next((out / "bench-parts").glob("numpy-*.json")).read_text())  # --benchmark-json
     assert len(pb["benchmarks"]) == len(doc["records"])
     entry = pb["benchmarks"][0]
     assert entry["extra_info"]["ms"] == pytest.approx(entry["stats"]["median"] * 1e3)
@@ -96,9 +96,9 @@ def test_ratios_divide_by_the_same_sessions_baseline(run):
 
 def test_a_cut_off_run_resumes_where_it_stopped(run, tmp_path):
     out, doc = run
-    lines = (out / "parts" / "numpy.jsonl").read_text().splitlines()
-    (tmp_path / "parts").mkdir()
-    (tmp_path / "parts" / "numpy.jsonl").write_text("\n".join(lines[:6]) + "\n")  # session + 2.5 cases
+    lines = (out / "bench-parts" / "numpy.jsonl").read_text().splitlines()
+    (tmp_path / "bench-parts").mkdir()
+    (tmp_path / "bench-parts" / "numpy.jsonl").write_text("\n".join(lines[:6]) + "\n")  # session + 2.5 cases
     kept = {json.loads(line)["case"] for line in lines[1:5]}
     printed = _driver(tmp_path, "--backend=numpy", "--matrix=smoke", "--rounds=3")
     assert "(4 rows already done)" in printed
@@ -106,6 +106,7 @@ def test_a_cut_off_run_resumes_where_it_stopped(run, tmp_path):
     first = json.loads(lines[0])["session"]
     assert {(r["case"], r["role"]) for r in resumed["records"]} == {(r["case"], r["role"]) for r in doc["records"]}
     assert {r["case"] for r in resumed["records"] if r["session"] == first} == kept  # the half case was redone
+    assert "every row already done" in _driver(tmp_path, "--backend=numpy", "--matrix=smoke")
 
 
 def test_render_rederives_the_same_table(run):
