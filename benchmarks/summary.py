@@ -23,8 +23,21 @@ FIELDS = {"ratio": "ratio_vs_sdpa", "frac_copy": "frac_copy"}  # a rule's metric
 GROUP = ("kind", "n", "d", "b", "h", "causal", "window", "splits", "lens", "dtype")
 
 
+RULE_KEYS = {"what", "metric", "n", "min", "max", "min_of", "best_over", *SELECT}
+
+
 def read_targets(path: Path = TARGETS) -> dict:
-    return tomllib.loads(path.read_text())
+    """The targets file, each rule checked: a misspelt key would otherwise select every row."""
+    targets = tomllib.loads(path.read_text())
+    for backend, rules in targets.items():
+        for rule in rules:
+            unknown = set(rule) - RULE_KEYS
+            metric = rule.get("metric")
+            bounds = [k for k in ("min", "max", "min_of") if k in rule]
+            if unknown or metric not in (*FIELDS, "memory_exponent") or len(bounds) != 1 or "what" not in rule:
+                raise ValueError(f"{path}: [[{backend}]] rule {rule}: needs 'what', a metric of "
+                                 f"{[*FIELDS, 'memory_exponent']} and one of min/max/min_of; unknown keys {sorted(unknown)}")
+    return targets
 
 
 def base(spec: str) -> str:

@@ -39,11 +39,12 @@ NODE = "benchmarks/bench_attention.py::test_attention"
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
     sessions, records = [], []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                item = json.loads(line)
-                (sessions if "environment" in item else records).append(item)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:  # the last line of a run killed while writing it
+            continue
+        (sessions if "environment" in item else records).append(item)
     return sessions, records
 
 

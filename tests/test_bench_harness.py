@@ -158,3 +158,11 @@ def test_torch_backend_and_the_floor(tmp_path):
                                                           ("floor", "sdpa-default"), ("floor", "floor")]
     assert records[1]["backend"].startswith("torch") and records[1]["peak_bytes"] > 0
     assert all(r["ms"] > 0 and r["ratio_vs_sdpa"] > 0 for r in records)
+
+
+def test_a_misspelt_target_is_refused(tmp_path):
+    bad = tmp_path / "targets.toml"
+    bad.write_text('[[x]]\nwhat = "w"\nmetric = "ratio"\nmin = 1\nlense = "device"\n')
+    with pytest.raises(ValueError, match="lense"):
+        summary.read_targets(bad)
+    assert summary.read_targets()["triton"]  # the committed file passes
