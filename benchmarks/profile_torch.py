@@ -3,18 +3,16 @@
     python benchmarks/profile_torch.py OUT_DIR
 
 For each case and each way of running the tile steps (eager; compiled with unbacked sizes, the
-backend's default on CUDA) it times the call (median of CUDA-event runs) and
-lists the kernels that take the most device time, from ``torch.profiler``. Writes
+backend's default on CUDA) it times the call with the benchmark's timer
+(:mod:`attnspec.conformance.timing`: median of CUDA-event rounds after an L2 flush, first call
+apart) and lists the kernels that take the most device time, from ``torch.profiler``. Writes
 OUT_DIR/profile-torch.json and .md. It decides nothing: it shows which pass to fuse or drop next.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from attnspec import load_backend
 from attnspec.backends.torch_tiled.steps import Steps
+from attnspec.conformance import timing
 
 CASES = [  # (label, kind, B, H_q, H_kv, N, D, block_k for forward or num_splits for decode)
     ("forward D=128 N=4096 B=4 H=16 block_k=2048", "forward", 4, 16, 16, 4096, 128, 2048),
@@ -44,18 +43,6 @@ def call_for(case, backend):
     return lambda: backend.decode(q, k, v, cache_lens=lens, num_splits=tile)
 
 
-def median_ms(fn, runs=10) -> float:
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def kernels(fn, top=12) -> list[dict]:
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         fn()
@@ -71,9 +58,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"environment": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                           "python": sys.version.split()[0]}, "cases": []}
+    doc = {"environment": timing.environment("cuda"), "cases": []}
     for case in CASES:
         for steps_name, steps_args in STEPS.items():
             backend = load_backend("torch", device="cuda")
@@ -81,10 +66,8 @@ def main() -> None:
             row = {"case": case[0], "steps": steps_name}
             try:
                 fn = call_for(case, backend)
-                fn()
-                torch.cuda.synchronize()
-                row["ms"] = median_ms(fn)
-                row["kernels"] = kernels(fn)
+                timed = timing.measure(fn, "cuda")
+                row.update(ms=timed["ms"], first_call_ms=timed["first_call_ms"], kernels=kernels(fn))
             except Exception as exc:  # a failing variant is a result too
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             print(row["case"], steps_name, row.get("ms", row.get("error")), flush=True)

@@ -9,9 +9,10 @@ matter least. Dense attention should show ~2, sparse, linear and low-rank forms 
 exponents are those of the definition evaluated as the reference does; a backend may do better
 (the tiled ``torch`` backend's dense attention needs memory linear in N).
 
-Time is the median of ``--repeat`` wall-clock runs after one warm-up; peak memory is the
-backend's own counter (:meth:`attnspec.Backend.peak_memory`), measured in a separate run so
-that tracing does not distort the timing. Timings are a report, never a test: the suite gates
+Time is the median of ``--repeat`` runs after one warm-up, on the shared timer
+(:mod:`attnspec.conformance.timing`: the host clock on the CPU); peak memory is the backend's own
+counter (:meth:`attnspec.Backend.peak_memory`), measured in a separate run so that tracing does
+not distort the timing. Timings are a report, never a test: the suite gates
 only on deterministic proxies (counted work, peak memory).
 """
 
@@ -21,14 +22,13 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from attnspec import __version__, load_backend
+from attnspec.conformance import timing
 from attnspec.conformance.scaling_cases import VARIANTS, Variant
 
 DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096)
@@ -43,7 +43,8 @@ def exponent(lengths, costs) -> float | None:
 
 
 def measure(backend, variant: Variant, n: int, repeat: int) -> dict:
-    """Median seconds and peak bytes of one run of ``variant`` at length ``n``."""
+    """Median seconds and peak bytes of one run of ``variant`` at length ``n`` (the shared timer:
+    its first call is the warm-up, the peak is measured in a run of its own)."""
     args, kwargs = variant.build(n, np.random.default_rng(n))
     native_args = [backend.to_native(a) if isinstance(a, np.ndarray) else a for a in args]
     native_kwargs = {k: backend.to_native(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
@@ -52,14 +53,8 @@ def measure(backend, variant: Variant, n: int, repeat: int) -> dict:
     def run():
         return op(*native_args, **native_kwargs)
 
-    run()  # warm-up: imports, caches, compilation
-    seconds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    _, peak = backend.peak_memory(run)
-    return {"n": n, "seconds": statistics.median(seconds), "peak_bytes": peak}
+    timed = timing.measure(run, backend.device, peak_memory=backend.peak_memory, rounds=repeat, warmup_rounds=0)
+    return {"n": n, "seconds": timed["ms"] / 1e3, "peak_bytes": timed["peak_bytes"]}
 
 
 def report_variant(backend, variant: Variant, lengths, repeat: int, fit: int) -> dict:

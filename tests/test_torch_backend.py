@@ -1,14 +1,9 @@
-"""The torch backend's own parts: compiled steps equal eager ones, tile planning, variants, scripts."""
+"""The torch backend's own parts: compiled steps equal eager ones, tile planning, variants."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,8 +12,6 @@ from attnspec import load_backend  # noqa: E402
 from attnspec.backends.torch_tiled import kernel  # noqa: E402
 from attnspec.backends.torch_tiled.steps import Steps, tile_softmax  # noqa: E402
 from attnspec.contract import BackendError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -137,19 +130,3 @@ def test_split_kv_of_nothing(shape):
     q, kv = torch.zeros(shape), torch.zeros(shape[0], 1, 3, 4)
     out, lse = be.split_kv(q, kv, kv, num_splits=1)
     assert out.shape == shape and lse.shape == shape[:3]
-
-
-def test_benchmark_smoke_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"), str(tmp_path), "--smoke",
-                           "--no-flex"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads((tmp_path / "bench-forward-smoke.json").read_text())
-    sections = {row["section"] for row in doc["cases"]}
-    assert sections == {"forward", "tiles", "decode"}
-    tiles = next(row for row in doc["cases"] if row["section"] == "tiles")["results"]
-    assert {"torch", "torch:eager"} <= set(tiles) and all("ms" in r for r in tiles.values()), tiles
-    assert np.isfinite([r["ms"] for r in tiles.values()]).all()
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"),
-                    str(tmp_path / "bench-forward-smoke.json"), "--render"], check=True, timeout=120)
-    rendered = json.loads((tmp_path / "bench-forward-smoke.json").read_text())
-    assert rendered["cases"] == doc["cases"] and "peak_memory_exponent_all_n" in rendered["targets"]
