@@ -24,7 +24,7 @@ def _limit_name() -> str:
 def compile_with_limit(fn, recompile_limit: int, **options):
     """``torch.compile(fn, **options)`` that recompiles up to ``recompile_limit`` times."""
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
-        return torch.compile(fn, recompile_limit=recompile_limit, **options)
+        return torch.compile(fn, recompile_limit=recompile_limit, **options)  # type: ignore[call-overload]
     name = _limit_name()
     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), recompile_limit))
     return torch.compile(fn, **options)

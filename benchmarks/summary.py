@@ -172,9 +172,9 @@ def plot(doc: dict, stem: Path) -> list[str]:
     rows = [r for r in forward if r["role"] == "backend"]
     dims = sorted({r["d"] for r in rows} & {64, 128}) or sorted({r["d"] for r in rows})[-1:] or [128]
     fig, axes = plt.subplots(1, len(dims), figsize=(5.5 * len(dims), 4), sharey=True, squeeze=False)
-    for ax, d in zip(axes[0], dims):
-        for (spec, causal), pts in _series(rows, specs, lambda r: r["d"] == d, lambda r: r["causal"]).items():
-            ax.plot(*zip(*[(r["n"], r["ratio_vs_sdpa"]) for r in pts]), marker="o",
+    for ax, d in zip(axes[0], dims, strict=True):
+        for (spec, causal), pts in _series(rows, specs, lambda r, d=d: r["d"] == d, lambda r: r["causal"]).items():
+            ax.plot(*zip(*[(r["n"], r["ratio_vs_sdpa"]) for r in pts], strict=True), marker="o",
                     label=f"{spec} {'causal' if causal else 'full'}")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set(xscale="log", xlabel="N", title=f"D = {d}: speed vs SDPA default (same run)")
@@ -185,11 +185,12 @@ def plot(doc: dict, stem: Path) -> list[str]:
     d = 128 if 128 in {r["d"] for r in forward} else max((r["d"] for r in forward), default=128)
     scaling = [r for r in forward if r["d"] == d and not r["causal"]]
     for ax, (label, value) in zip(axes, (("time per sequence, ms", lambda r: r["ms"] / r["b"]),
-                                         ("peak memory per sequence, bytes", lambda r: (r.get("peak_bytes") or 0) / r["b"]))):
+                                         ("peak memory per sequence, bytes", lambda r: (r.get("peak_bytes") or 0) / r["b"])),
+                                  strict=True):
         for (spec, role), pts in _series(scaling, specs, lambda r: True, lambda r: r["role"]).items():
             pts = [(r["n"], value(r)) for r in pts if value(r) > 0]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{spec} {role}: exponent {_num(exponent(pts), 2)}")
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{spec} {role}: exponent {_num(exponent(pts), 2)}")
         ax.set(xscale="log", yscale="log", xlabel="N", title=f"{label} (D = {d}, non-causal)")
         _legend(ax)
     names.append(_save(fig, stem, "scaling"))

@@ -160,7 +160,7 @@ def timer_name(device: str) -> str:
 
 def environment(device: str) -> dict:
     """Device, package versions, driver and date: what a committed result is read against."""
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    env: dict[str, str | None] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": _device_name(device), "python": platform.python_version(),
            "processor": platform.processor() or platform.machine(), "timer": timer_name(device)}
     for package in ("attnspec", "numpy", "torch", "triton", "cupy"):

@@ -151,7 +151,7 @@ def _unimplemented(stub: Callable, clause_id: str | None, op: str) -> Callable:
                                   f"reference of operation {op!r} is {reference_name(op)}")
 
     if clause_id:
-        text_only.clause_id = clause_id
+        text_only.clause_id = clause_id  # type: ignore[attr-defined]
     return text_only
 
 

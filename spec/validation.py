@@ -10,11 +10,15 @@ these functions; a backend imports them to reject exactly what the reference rej
 from __future__ import annotations
 
 import numbers
+from typing import TypeVar
 
 import numpy as np
 
 #: The values of ``causal``: no causal rule, or aligned to the top-left or the bottom-right corner.
 CAUSAL = (None, "top_left", "bottom_right")
+
+
+T = TypeVar("T")
 
 
 def float_array(name: str, x, *, ndim: int | None = None) -> np.ndarray:
@@ -87,7 +91,7 @@ def finite_float(name: str, x) -> float:
     return float(x)
 
 
-def choice(name: str, x, options: tuple) -> object:
+def choice(name: str, x, options: tuple[T, ...]) -> T:
     if x not in options:
         raise ValueError(f"{name} must be one of {options}; got {x!r}")
     return x

@@ -54,7 +54,8 @@ class Problem:
     def rules(self) -> vis.Rules:
         """The options as visibility rules and score modifiers, with the host lengths (to plan tiles)."""
         b, h_kv, g, n_q, n_k, _ = self.shape
-        return vis.Rules(n_q, n_k, self.causal, *vis.window_sides(self.window), self.q_lens, self.kv_lens, self.mask,
+        left, right = vis.window_sides(self.window)
+        return vis.Rules(n_q, n_k, self.causal, left, right, self.q_lens, self.kv_lens, self.mask,
                          self.softcap, self.bias, None if self.slopes is None else self.slopes.reshape(b, h_kv * g))
 
     @cached_property
