@@ -12,8 +12,12 @@ import ml_dtypes
 import numpy as np
 import torch
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-                "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 

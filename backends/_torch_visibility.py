@@ -46,13 +46,17 @@ class Tile(NamedTuple):
 def tile(batch: int, heads: tuple[int, ...], rows: range, cols: range, device) -> Tile:
     """Rows x keys of the score matrix laid out ``(B, *heads, rows, cols)``; the tiled kernel's
     ``heads`` are ``(H_kv, G)``, query heads grouped by their KV head."""
-    def read(x, *_):  # x (B, H_q, N_q, N_k), a broadcast view
-        return x[:, :, rows.start:rows.stop, cols.start:cols.stop].reshape(batch, *heads, len(rows), len(cols))
 
-    return Tile(torch.arange(batch, device=device).view(batch, *(1,) * len(heads), 1, 1),
-                torch.arange(math.prod(heads), device=device).view(1, *heads, 1, 1),
-                torch.arange(rows.start, rows.stop, device=device)[:, None],
-                torch.arange(cols.start, cols.stop, device=device)[None, :], read)
+    def read(x, *_):  # x (B, H_q, N_q, N_k), a broadcast view
+        return x[:, :, rows.start : rows.stop, cols.start : cols.stop].reshape(batch, *heads, len(rows), len(cols))
+
+    return Tile(
+        torch.arange(batch, device=device).view(batch, *(1,) * len(heads), 1, 1),
+        torch.arange(math.prod(heads), device=device).view(1, *heads, 1, 1),
+        torch.arange(rows.start, rows.stop, device=device)[:, None],
+        torch.arange(cols.start, cols.stop, device=device)[None, :],
+        read,
+    )
 
 
 def full_grid(batch: int, heads: int, n_q: int, n_k: int, device) -> Tile:
@@ -97,8 +101,11 @@ class Rules:
 
     def to(self, device) -> Rules:
         """These rules with the lengths as tensors on ``device``."""
-        return replace(self, q_lens=torch.as_tensor(self.q_lens, device=device),
-                       kv_lens=torch.as_tensor(self.kv_lens, device=device))
+        return replace(
+            self,
+            q_lens=torch.as_tensor(self.q_lens, device=device),
+            kv_lens=torch.as_tensor(self.kv_lens, device=device),
+        )
 
     def offset(self, b):
         """``offset(b) = kv_len(b) - q_len(b)``: query ``i`` is aligned with key ``i + offset(b)``."""
@@ -107,8 +114,11 @@ class Rules:
     def diagonals(self, offset) -> Diagonals:
         """The bounds on ``j - i`` for ``offset`` (``offset(b)`` of the items in question)."""
         causal = 0 if self.causal == "top_left" else offset if self.causal == "bottom_right" else None
-        return Diagonals(causal, None if self.left is None else offset - self.left,
-                         None if self.right is None else offset + self.right)
+        return Diagonals(
+            causal,
+            None if self.left is None else offset - self.left,
+            None if self.right is None else offset + self.right,
+        )
 
     def key_present(self, b, j):
         """``j < kv_len(b)``: the key half of ``sdpa.padding`` (keys past it are never read)."""

@@ -32,8 +32,20 @@ RECOMPILE_LIMIT = 100_000
 
 class FlexBackend(Backend):
     name = "flex"
-    clauses = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
-               "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+    clauses = (
+        "sdpa",
+        "sdpa.scale",
+        "sdpa.lse",
+        "sdpa.fully_masked",
+        "sdpa.gqa",
+        "sdpa.mask",
+        "sdpa.bias",
+        "sdpa.softcap",
+        "sdpa.alibi",
+        "sdpa.causal.*",
+        "sdpa.window",
+        "sdpa.padding",
+    )
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 
@@ -55,13 +67,36 @@ class FlexBackend(Backend):
     def to_numpy(self, value):
         return arrays.to_numpy(value)
 
-    def sdpa(self, q, k, v, *, return_lse=False, scale=None, causal=None, window=None, mask=None, bias=None,
-             softcap=None, alibi_slopes=None, q_lens=None, kv_lens=None):
+    def sdpa(
+        self,
+        q,
+        k,
+        v,
+        *,
+        return_lse=False,
+        scale=None,
+        causal=None,
+        window=None,
+        mask=None,
+        bias=None,
+        softcap=None,
+        alibi_slopes=None,
+        q_lens=None,
+        kv_lens=None,
+    ):
         score_mod = _score_mod(q, k, softcap, bias, alibi_slopes, q_lens, kv_lens)
         try:
             block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens)
-            result = self._flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                                enable_gqa=q.shape[1] != k.shape[1], return_lse=q.is_cuda)
+            result = self._flex(
+                q,
+                k,
+                v,
+                score_mod=score_mod,
+                block_mask=block_mask,
+                scale=scale,
+                enable_gqa=q.shape[1] != k.shape[1],
+                return_lse=q.is_cuda,
+            )
             out, lse = result if q.is_cuda else (result, None)
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -85,15 +120,33 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
         return None
     per_batch = q_lens is not None or kv_lens is not None or mask is not None
     q_l, kv_l = vis.lengths(q, k, q_lens, kv_lens)
-    key = None if mask is not None else (n_q, n_k, causal, window, b if per_batch else None,
-                                         tuple(q_l.tolist()) if per_batch else None, tuple(kv_l.tolist()) if per_batch else None)
+    key = (
+        None
+        if mask is not None
+        else (
+            n_q,
+            n_k,
+            causal,
+            window,
+            b if per_batch else None,
+            tuple(q_l.tolist()) if per_batch else None,
+            tuple(kv_l.tolist()) if per_batch else None,
+        )
+    )
     if key is not None and key in _BLOCK_MASKS:
         return _BLOCK_MASKS[key]
     mask_mod = _mask_mod(q, k, causal, window, mask, q_l, kv_l, per_batch)
     batch, heads = b if per_batch else 1, h_q if mask is not None else 1
     with recompiles_up_to(RECOMPILE_LIMIT):
-        block = create_block_mask(mask_mod, b if per_batch else None, h_q if mask is not None else None, n_q, n_k,
-                                  device=q.device, _compile=batch * heads * n_q * n_k > _EAGER_MASK_PAIRS)
+        block = create_block_mask(
+            mask_mod,
+            b if per_batch else None,
+            h_q if mask is not None else None,
+            n_q,
+            n_k,
+            device=q.device,
+            _compile=batch * heads * n_q * n_k > _EAGER_MASK_PAIRS,
+        )
     if key is not None:
         _BLOCK_MASKS[key] = block
     return block
@@ -107,8 +160,15 @@ def _mask_mod(q, k, causal, window, mask, q_lens, kv_lens, per_batch: bool):
     (b, h_q, n_q, _), n_k = q.shape, k.shape[2]
     # window sides go in as tensors: Dynamo would specialise (recompile) on each captured int
     left, right = (None if x is None else torch.tensor(x, device=q.device) for x in vis.window_sides(window))
-    rules = vis.Rules(n_q, n_k, causal, left, right, mask=None if mask is None else mask.expand(b, h_q, n_q, n_k),
-                      **(dict(q_lens=q_lens, kv_lens=kv_lens) if per_batch else {}))
+    rules = vis.Rules(
+        n_q,
+        n_k,
+        causal,
+        left,
+        right,
+        mask=None if mask is None else mask.expand(b, h_q, n_q, n_k),
+        **(dict(q_lens=q_lens, kv_lens=kv_lens) if per_batch else {}),
+    )
 
     def mask_mod(b, h, q_idx, kv_idx):
         return rules.visible(b, h, q_idx, kv_idx)
@@ -124,9 +184,15 @@ def _score_mod(q, k, softcap, bias, alibi_slopes, q_lens, kv_lens):
     q_lens, kv_lens = vis.lengths(q, k, q_lens, kv_lens)
     # softcap as a tensor: a captured float would be specialised (a compile per value)
     cap = None if softcap is None else torch.tensor(softcap, dtype=torch.float32, device=q.device)
-    rules = vis.Rules(n_q, n_k, q_lens=q_lens, kv_lens=kv_lens, softcap=cap,
-                      bias=None if bias is None else bias.expand(b, h_q, n_q, n_k),
-                      slopes=None if alibi_slopes is None else alibi_slopes.to(torch.float32).expand(b, h_q))
+    rules = vis.Rules(
+        n_q,
+        n_k,
+        q_lens=q_lens,
+        kv_lens=kv_lens,
+        softcap=cap,
+        bias=None if bias is None else bias.expand(b, h_q, n_q, n_k),
+        slopes=None if alibi_slopes is None else alibi_slopes.to(torch.float32).expand(b, h_q),
+    )
 
     def score_mod(score, b, h, q_idx, kv_idx):
         return rules.modify(score, b, h, q_idx, kv_idx)

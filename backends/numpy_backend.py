@@ -49,7 +49,8 @@ def _rounded(fn: Callable) -> Callable:
     signature = inspect.signature(fn)
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-       parameters=[self_parameter, *signature.parameters.values()])
+        parameters=[self_parameter, *signature.parameters.values()]
+    )
     return method
 
 

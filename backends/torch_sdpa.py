@@ -19,14 +19,28 @@ from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.contract import Backend, Unsupported
 
-KERNELS = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
-           "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+KERNELS = {
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 
 
 class TorchSdpaBackend(Backend):
     name = "torch-sdpa"
-    clauses = ("sdpa", "sdpa.scale", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias", "sdpa.alibi",
-               "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+    clauses = (
+        "sdpa",
+        "sdpa.scale",
+        "sdpa.fully_masked",
+        "sdpa.gqa",
+        "sdpa.mask",
+        "sdpa.bias",
+        "sdpa.alibi",
+        "sdpa.causal.*",
+        "sdpa.window",
+        "sdpa.padding",
+    )
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 
@@ -45,8 +59,21 @@ class TorchSdpaBackend(Backend):
     def to_numpy(self, value):
         return arrays.to_numpy(value)
 
-    def sdpa(self, q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, alibi_slopes=None,
-             q_lens=None, kv_lens=None):
+    def sdpa(
+        self,
+        q,
+        k,
+        v,
+        *,
+        scale=None,
+        causal=None,
+        window=None,
+        mask=None,
+        bias=None,
+        alibi_slopes=None,
+        q_lens=None,
+        kv_lens=None,
+    ):
         kwargs = dict(scale=scale, enable_gqa=q.shape[1] != k.shape[1])
         masked = vis.restricts(window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
         biased = bias is not None or alibi_slopes is not None
@@ -79,10 +106,16 @@ def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
     float (their sum, ``-inf`` where a key is hidden) in ``q``'s dtype."""
     (b, h_q, n_q, _), n_k = q.shape, k.shape[2]
     dtype = torch.promote_types(q.dtype, torch.float32)
-    rules = vis.Rules(n_q, n_k, causal, *vis.window_sides(window), *vis.lengths(q, k, q_lens, kv_lens),
-                      mask=None if mask is None else mask.to(q.device, torch.bool),
-                      bias=None if bias is None else bias.to(q.device),
-                      slopes=None if alibi_slopes is None else alibi_slopes.to(q.device, dtype).expand(b, h_q))
+    rules = vis.Rules(
+        n_q,
+        n_k,
+        causal,
+        *vis.window_sides(window),
+        *vis.lengths(q, k, q_lens, kv_lens),
+        mask=None if mask is None else mask.to(q.device, torch.bool),
+        bias=None if bias is None else bias.to(q.device),
+        slopes=None if alibi_slopes is None else alibi_slopes.to(q.device, dtype).expand(b, h_q),
+    )
     grid = vis.full_grid(b, h_q, n_q, n_k, q.device)
     visible = rules.visible(*grid) if vis.restricts(causal, window, mask, q_lens, kv_lens) else None
     if not rules.modifies:

@@ -15,8 +15,11 @@ NUMPY_DTYPES = {"float64": np.float64, "float32": np.float32, "float16": np.floa
 
 def shapes(case: Case) -> dict[str, tuple[int, ...]]:
     n_q = 1 if case.kind == "decode" else case.n
-    return {"q": (case.b, case.h, n_q, case.d), "k": (case.b, case.kv_heads, case.n, case.d),
-            "v": (case.b, case.kv_heads, case.n, case.d)}
+    return {
+        "q": (case.b, case.h, n_q, case.d),
+        "k": (case.b, case.kv_heads, case.n, case.d),
+        "v": (case.b, case.kv_heads, case.n, case.d),
+    }
 
 
 def inputs(case: Case, backend, seed: int) -> dict[str, Any]:
@@ -27,8 +30,10 @@ def inputs(case: Case, backend, seed: int) -> dict[str, Any]:
     if type(probe).__module__.startswith("torch"):
         return _torch_inputs(case, probe.device, seed)
     rng = np.random.default_rng(seed)
-    arrays = {name: rng.standard_normal(shape, dtype=np.float32).astype(NUMPY_DTYPES[case.dtype])
-              for name, shape in shapes(case).items()}
+    arrays = {
+        name: rng.standard_normal(shape, dtype=np.float32).astype(NUMPY_DTYPES[case.dtype])
+        for name, shape in shapes(case).items()
+    }
     native = {name: backend.to_native(a) for name, a in arrays.items()}
     lens = np.full(case.b, case.n, np.int64)
     native["cache_lens"] = lens if case.lens == "host" else backend.to_native(lens)
@@ -41,10 +46,14 @@ def _torch_inputs(case: Case, device, seed: int) -> dict[str, Any]:
     from attnspec.backends._torch_arrays import TORCH_DTYPES
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = {name: torch.randn(shape, generator=gen, device=device, dtype=TORCH_DTYPES[case.dtype])
-           for name, shape in shapes(case).items()}
+    out = {
+        name: torch.randn(shape, generator=gen, device=device, dtype=TORCH_DTYPES[case.dtype])
+        for name, shape in shapes(case).items()
+    }
     # lengths on the device cost a backend that reads them on the host a synchronisation per call
-    out["cache_lens"] = torch.full((case.b,), case.n, dtype=torch.int64, device="cpu" if case.lens == "host" else device)
+    out["cache_lens"] = torch.full(
+        (case.b,), case.n, dtype=torch.int64, device="cpu" if case.lens == "host" else device
+    )
     return out
 
 

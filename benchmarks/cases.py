@@ -44,7 +44,9 @@ class Case:
     @property
     def id(self) -> str:
         if self.kind == "decode":
-            return f"decode-N{self.n}-B{self.b}-H{self.h}-KV{self.kv_heads}-D{self.d}-splits{self.splits}-lens_{self.lens}"
+            return (
+                f"decode-N{self.n}-B{self.b}-H{self.h}-KV{self.kv_heads}-D{self.d}-splits{self.splits}-lens_{self.lens}"
+            )
         mask = f"window{self.window}" if self.window else "causal" if self.causal else "full"
         return f"{self.kind}-D{self.d}-N{self.n}-B{self.b}-H{self.h}-{mask}"
 
@@ -63,14 +65,21 @@ def _forward(n, d, causal, kind="forward", tokens=16384, width=2048, **kw) -> Ca
 
 def gpu_matrix() -> list[Case]:
     """bf16 on an H100: the rows issues 4, 12 and 13 state targets for."""
-    cases = [_forward(n, d, c) for d in (64, 128) for n in (512, 1024, 2048, 4096, 8192, 16384)
-             for c in (False, True)]
+    cases = [_forward(n, d, c) for d in (64, 128) for n in (512, 1024, 2048, 4096, 8192, 16384) for c in (False, True)]
     cases += [_forward(4000, d, c) for d in (80, 96, 128) for c in (False, True)]  # D and N not powers of two
     cases += [_forward(16384, 128, True, kind="window", window=w, compare=("flex",)) for w in (512, 2048)]
-    cases += [_forward(n, d, c, kind="floor", only=("torch",)) for d in (64, 128)
-              for n in (2048, 4096, 8192, 16384) for c in (False, True)]
-    return cases + [Case("decode", n, 128, b=8, h=32, h_kv=8, splits=s, lens=where)
-                    for n in (8192, 32768, 131072) for where in ("device", "host") for s in (1, 16, 64)]
+    cases += [
+        _forward(n, d, c, kind="floor", only=("torch",))
+        for d in (64, 128)
+        for n in (2048, 4096, 8192, 16384)
+        for c in (False, True)
+    ]
+    return cases + [
+        Case("decode", n, 128, b=8, h=32, h_kv=8, splits=s, lens=where)
+        for n in (8192, 32768, 131072)
+        for where in ("device", "host")
+        for s in (1, 16, 64)
+    ]
 
 
 def smoke_matrix() -> list[Case]:
@@ -78,10 +87,15 @@ def smoke_matrix() -> list[Case]:
     small = dict(tokens=256, width=32, dtype="float32")
     cases = [_forward(n, 16, c, **small) for n in (64, 128) for c in (False, True)]
     # the comparator here is the reference: FlexAttention compiles for a minute on the CPU
-    cases += [_forward(128, 16, True, kind="window", window=32, compare=("numpy",), **small),
-              _forward(128, 16, True, kind="floor", only=("torch",), **small)]
-    return cases + [Case("decode", 256, 16, b=1, h=4, h_kv=2, splits=s, lens=where, dtype="float32")
-                    for s in (1, 2) for where in ("device", "host")]
+    cases += [
+        _forward(128, 16, True, kind="window", window=32, compare=("numpy",), **small),
+        _forward(128, 16, True, kind="floor", only=("torch",), **small),
+    ]
+    return cases + [
+        Case("decode", 256, 16, b=1, h=4, h_kv=2, splits=s, lens=where, dtype="float32")
+        for s in (1, 2)
+        for where in ("device", "host")
+    ]
 
 
 MATRICES = {"gpu": gpu_matrix, "smoke": smoke_matrix}
@@ -110,8 +124,7 @@ def mask_options(case: Case, role: str) -> dict:
     as bottom-right when N_q = N_k) and, on window cases, no window (SDPA has no window fast path)."""
     if role == "sdpa-default":
         return {"causal": "top_left" if case.causal else None}
-    return {"causal": "bottom_right" if case.causal else None,
-            "window": (case.window - 1, 0) if case.window else None}
+    return {"causal": "bottom_right" if case.causal else None, "window": (case.window - 1, 0) if case.window else None}
 
 
 def work(case: Case, role: str, itemsize: int) -> tuple[str, float]:
@@ -142,6 +155,5 @@ def scores_floor(q, k, causal: bool, tile: int = FLOOR_TILE):
     top = None
     for c0 in range(0, n_k, tile):
         first_row = int(np.searchsorted(hi, c0))  # hi is non-decreasing: rows from here see the tile
-        top = grouped_matmul(q[:, :, :, first_row:], k[:, :, c0:c0 + tile].transpose(-1, -2), torch.float32).amax(-1)
+        top = grouped_matmul(q[:, :, :, first_row:], k[:, :, c0 : c0 + tile].transpose(-1, -2), torch.float32).amax(-1)
     return top
-

@@ -22,12 +22,24 @@ from benchmarks.harness import Session  # noqa: E402
 
 def pytest_addoption(parser):
     group = parser.getgroup("attnspec-bench", "attnspec benchmark")
-    group.addoption("--bench-matrix", choices=("auto", *MATRICES), default="auto",
-                    help="case matrix: 'gpu' (bf16, issues 4/12/13), 'smoke' (tiny, float32); auto: gpu on CUDA")
-    group.addoption("--bench-log", metavar="FILE", type=Path,
-                    help="append each timed row to FILE as it ends (JSON lines): what a cut-off run keeps")
-    group.addoption("--bench-rounds", type=int, default=None,
-                    help="timed rounds per row (default: about 100 ms of them, 10 to 1000)")
+    group.addoption(
+        "--bench-matrix",
+        choices=("auto", *MATRICES),
+        default="auto",
+        help="case matrix: 'gpu' (bf16, issues 4/12/13), 'smoke' (tiny, float32); auto: gpu on CUDA",
+    )
+    group.addoption(
+        "--bench-log",
+        metavar="FILE",
+        type=Path,
+        help="append each timed row to FILE as it ends (JSON lines): what a cut-off run keeps",
+    )
+    group.addoption(
+        "--bench-rounds",
+        type=int,
+        default=None,
+        help="timed rounds per row (default: about 100 ms of them, 10 to 1000)",
+    )
 
 
 def pytest_collect_file(file_path, parent):

@@ -40,8 +40,15 @@ class Session:
         self._helpers: dict[str, object] = {}
         self._data: dict[tuple, dict] = {}
         self.baseline_ms: dict[str, float] = {}
-        self.write({"session": self.id, "spec": spec, "backend": backend.name, "environment": self.environment,
-                    "backend_info": backend_info(backend)})
+        self.write(
+            {
+                "session": self.id,
+                "spec": spec,
+                "backend": backend.name,
+                "environment": self.environment,
+                "backend_info": backend_info(backend),
+            }
+        )
 
     def write(self, line: dict) -> None:
         if self.log is not None:
@@ -71,8 +78,11 @@ class Session:
             record["backend"] = "floor" if role == "floor" else backend.name
             data = self.data(case, backend, seed)
             fn = calls.call(case, role, backend, data)
-            record.update(timing.measure(fn, self.device, runner=runner, rounds=self.rounds,
-                                         peak_memory=peak_counter(backend, data["q"])))
+            record.update(
+                timing.measure(
+                    fn, self.device, runner=runner, rounds=self.rounds, peak_memory=peak_counter(backend, data["q"])
+                )
+            )
         except Unsupported as exc:
             record["declined"] = str(exc)
         except Exception as exc:  # an error (OOM, a compile failure) is the row's result; the run goes on

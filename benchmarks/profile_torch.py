@@ -49,8 +49,10 @@ def kernels(fn, top=12) -> list[dict]:
         torch.cuda.synchronize()
     rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "device_time_total", 0) > 0]
     rows.sort(key=lambda e: -getattr(e, "device_time_total", 0))
-    return [{"name": e.key[:120], "calls": e.count, "device_ms": getattr(e, "device_time_total", 0) / 1e3}
-            for e in rows[:top]]
+    return [
+        {"name": e.key[:120], "calls": e.count, "device_ms": getattr(e, "device_time_total", 0) / 1e3}
+        for e in rows[:top]
+    ]
 
 
 def main() -> None:
@@ -81,8 +83,12 @@ def markdown(doc) -> str:
     env = doc["environment"]
     lines = ["# Profile of the torch backend", "", f"{env['date']} | {env['device']} | torch {env['torch']}", ""]
     for row in doc["cases"]:
-        lines += [f"## {row['case']}: {row['steps']}: {row.get('ms', row.get('error'))} ms", "",
-                  "| kernel | calls | device ms |", "|---|---|---|"]
+        lines += [
+            f"## {row['case']}: {row['steps']}: {row.get('ms', row.get('error'))} ms",
+            "",
+            "| kernel | calls | device ms |",
+            "|---|---|---|",
+        ]
         lines += [f"| `{k['name']}` | {k['calls']} | {k['device_ms']:.3f} |" for k in row.get("kernels", [])]
         lines.append("")
     return "\n".join(lines)

@@ -35,8 +35,10 @@ def read_targets(path: Path = TARGETS) -> dict:
             metric = rule.get("metric")
             bounds = [k for k in ("min", "max", "min_of") if k in rule]
             if unknown or metric not in (*FIELDS, "memory_exponent") or len(bounds) != 1 or "what" not in rule:
-                raise ValueError(f"{path}: [[{backend}]] rule {rule}: needs 'what', a metric of "
-                                 f"{[*FIELDS, 'memory_exponent']} and one of min/max/min_of; unknown keys {sorted(unknown)}")
+                raise ValueError(
+                    f"{path}: [[{backend}]] rule {rule}: needs 'what', a metric of "
+                    f"{[*FIELDS, 'memory_exponent']} and one of min/max/min_of; unknown keys {sorted(unknown)}"
+                )
     return targets
 
 
@@ -93,16 +95,26 @@ def _judge_rows(rule, rows, doc) -> list[dict]:
 
 
 def _comparator(doc, row, role) -> float | None:
-    found = [r.get("ratio_vs_sdpa") for r in doc["records"]
-             if r["session"] == row["session"] and r["case"] == row["case"] and r["role"] == role]
+    found = [
+        r.get("ratio_vs_sdpa")
+        for r in doc["records"]
+        if r["session"] == row["session"] and r["case"] == row["case"] and r["role"] == role
+    ]
     return found[0] if found else None
 
 
 def _verdict(rule, value, bound, row, where) -> dict:
     upper = "max" in rule
     met = None if value is None or bound is None else (value <= bound if upper else value >= bound)
-    return {"metric": rule["metric"], "value": value, "bound": bound, "op": "<=" if upper else ">=",
-            "met": met, "where": where, "record": None if row is None else (row["session"], row["case"])}
+    return {
+        "metric": rule["metric"],
+        "value": value,
+        "bound": bound,
+        "op": "<=" if upper else ">=",
+        "met": met,
+        "where": where,
+        "record": None if row is None else (row["session"], row["case"]),
+    }
 
 
 def _num(x, digits=3) -> str:
@@ -115,13 +127,13 @@ def _mark(v) -> str:
 
 SECTIONS = {
     "forward": "`sdpa-default`: SDPA with PyTorch's kernel choice, `is_causal=True` on causal rows (= bottom-right, "
-               "N_q = N_k). TFLOP/s over the visible pairs.",
+    "N_q = N_k). TFLOP/s over the visible pairs.",
     "window": "`sdpa-default`: SDPA `is_causal=True` on the same shape (it has no window fast path; TFLOP/s over "
-              "every causal pair); the others with the window (keys seen, bottom-right).",
+    "every causal pair); the others with the window (keys seen, bottom-right).",
     "floor": "`floor`: not attention, only QK^T per key tile, float32 scores written once and read once (causal "
-             "rows by key tiles of 256): a bound for tiled implementations that keep float32 scores in memory.",
+    "rows by key tiles of 256): a bound for tiled implementations that keep float32 scores in memory.",
     "decode": "One query per head against a full cache; `sdpa-default`: SDPA `enable_gqa=True`, no mask. GB/s: "
-              "K and V read once; 'of copy': fraction of the copy rate measured in the same session.",
+    "K and V read once; 'of copy': fraction of the copy rate measured in the same session.",
 }
 
 
@@ -130,9 +142,11 @@ def markdown(doc: dict, verdicts: list[dict], plots: list[str] = ()) -> str:
     lines = ["# Attention benchmark", ""]
     for s in doc["sessions"]:
         env = s["environment"]
-        lines.append(f"- `{s['spec']}` ({s['backend']}): {env['date']} | {env['device']} | torch {env.get('torch')} | "
-                     f"triton {env.get('triton')} | CUDA {env.get('cuda')} | driver {env.get('driver')} | "
-                     f"{env['timer']} | copy rate {_num(env.get('copy_rate_GBps'))} GB/s")
+        lines.append(
+            f"- `{s['spec']}` ({s['backend']}): {env['date']} | {env['device']} | torch {env.get('torch')} | "
+            f"triton {env.get('triton')} | CUDA {env.get('cuda')} | driver {env.get('driver')} | "
+            f"{env['timer']} | copy rate {_num(env.get('copy_rate_GBps'))} GB/s"
+        )
     marks = {v["record"]: _mark(v) for v in verdicts if v["record"]}
     order = {case: i for i, case in enumerate(dict.fromkeys(r["case"] for r in doc["records"]))}
     for kind, note in SECTIONS.items():
@@ -140,21 +154,38 @@ def markdown(doc: dict, verdicts: list[dict], plots: list[str] = ()) -> str:
         if not rows:
             continue
         decode = kind == "decode"
-        lines += ["", f"## {kind}", "", note, "",
-                  f"| case | run | role | ms | {'GB/s | of copy' if decode else 'TFLOP/s'} | vs SDPA | "
-                  "first call ms | peak MiB | target |", "|---" * (10 if decode else 9) + "|"]
+        lines += [
+            "",
+            f"## {kind}",
+            "",
+            note,
+            "",
+            f"| case | run | role | ms | {'GB/s | of copy' if decode else 'TFLOP/s'} | vs SDPA | "
+            "first call ms | peak MiB | target |",
+            "|---" * (10 if decode else 9) + "|",
+        ]
         for r in sorted(rows, key=lambda r: order[r["case"]]):
             rate = f"{_num(r.get('GBps'))} | {_num(r.get('frac_copy'))}" if decode else _num(r.get("tflops"))
             peak = None if r.get("peak_bytes") is None else r["peak_bytes"] / 2**20
             note_ = r.get("error") or (f"declined: {r['declined']}" if "declined" in r else "")
-            lines.append(f"| {r['case']} | {specs[r['session']]} | {r.get('backend', r['role']) if r['role'] == 'backend' else r['role']} | "
-                         f"{_num(r.get('ms'))} | {rate} | {_num(r.get('ratio_vs_sdpa'))} | "
-                         f"{_num(r.get('first_call_ms'), 1)} | {_num(peak, 1)} | "
-                         f"{marks.get((r['session'], r['case']), '') if r['role'] == 'backend' else ''} {note_} |")
-    lines += ["", "## Targets (`benchmarks/targets.toml`, copied into the JSON)", "",
-              "| backend | target | row | value | bound | verdict |", "|---|---|---|---|---|---|"]
-    lines += [f"| {v['backend']} | {v['what']} | {v['where']} | {_num(v['value'])} | {v['op']} {_num(v['bound'])} | "
-              f"{_mark(v).split(': ')[1]} |" for v in verdicts]
+            lines.append(
+                f"| {r['case']} | {specs[r['session']]} | {r.get('backend', r['role']) if r['role'] == 'backend' else r['role']} | "
+                f"{_num(r.get('ms'))} | {rate} | {_num(r.get('ratio_vs_sdpa'))} | "
+                f"{_num(r.get('first_call_ms'), 1)} | {_num(peak, 1)} | "
+                f"{marks.get((r['session'], r['case']), '') if r['role'] == 'backend' else ''} {note_} |"
+            )
+    lines += [
+        "",
+        "## Targets (`benchmarks/targets.toml`, copied into the JSON)",
+        "",
+        "| backend | target | row | value | bound | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {v['backend']} | {v['what']} | {v['where']} | {_num(v['value'])} | {v['op']} {_num(v['bound'])} | "
+        f"{_mark(v).split(': ')[1]} |"
+        for v in verdicts
+    ]
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
 
@@ -174,8 +205,11 @@ def plot(doc: dict, stem: Path) -> list[str]:
     fig, axes = plt.subplots(1, len(dims), figsize=(5.5 * len(dims), 4), sharey=True, squeeze=False)
     for ax, d in zip(axes[0], dims, strict=True):
         for (spec, causal), pts in _series(rows, specs, lambda r, d=d: r["d"] == d, lambda r: r["causal"]).items():
-            ax.plot(*zip(*[(r["n"], r["ratio_vs_sdpa"]) for r in pts], strict=True), marker="o",
-                    label=f"{spec} {'causal' if causal else 'full'}")
+            ax.plot(
+                *zip(*[(r["n"], r["ratio_vs_sdpa"]) for r in pts], strict=True),
+                marker="o",
+                label=f"{spec} {'causal' if causal else 'full'}",
+            )
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set(xscale="log", xlabel="N", title=f"D = {d}: speed vs SDPA default (same run)")
         _legend(ax)
@@ -184,9 +218,14 @@ def plot(doc: dict, stem: Path) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     d = 128 if 128 in {r["d"] for r in forward} else max((r["d"] for r in forward), default=128)
     scaling = [r for r in forward if r["d"] == d and not r["causal"]]
-    for ax, (label, value) in zip(axes, (("time per sequence, ms", lambda r: r["ms"] / r["b"]),
-                                         ("peak memory per sequence, bytes", lambda r: (r.get("peak_bytes") or 0) / r["b"])),
-                                  strict=True):
+    for ax, (label, value) in zip(
+        axes,
+        (
+            ("time per sequence, ms", lambda r: r["ms"] / r["b"]),
+            ("peak memory per sequence, bytes", lambda r: (r.get("peak_bytes") or 0) / r["b"]),
+        ),
+        strict=True,
+    ):
         for (spec, role), pts in _series(scaling, specs, lambda r: True, lambda r: r["role"]).items():
             pts = [(r["n"], value(r)) for r in pts if value(r) > 0]
             if pts:

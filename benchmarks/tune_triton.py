@@ -27,14 +27,21 @@ from attnspec.backends.triton import configs, launch
 from attnspec.backends.triton.configs import Config
 
 #: (BLOCK_M, BLOCK_N, num_warps, num_stages)
-CANDIDATES = [Config(128, 64, 4, 3), Config(128, 64, 8, 3), Config(128, 128, 8, 3), Config(64, 64, 4, 3),
-              Config(128, 64, 4, 3, tma=True), Config(128, 64, 8, 3, tma=True), Config(128, 128, 8, 3, tma=True)]
+CANDIDATES = [
+    Config(128, 64, 4, 3),
+    Config(128, 64, 8, 3),
+    Config(128, 128, 8, 3),
+    Config(64, 64, 4, 3),
+    Config(128, 64, 4, 3, tma=True),
+    Config(128, 64, 8, 3, tma=True),
+    Config(128, 128, 8, 3, tma=True),
+]
 TOKENS, WIDTH = 16384, 2048  # B * N and H * D held fixed, as in the anchors' tables
 
 
 def shapes(quick: bool):
     """The forward rows, the ends of the N range first (a run cut short still has them)."""
-    for n in ((2048, 16384) if quick else (2048, 16384, 4096, 8192)):
+    for n in (2048, 16384) if quick else (2048, 16384, 4096, 8192):
         for d in (64, 128):
             for causal in (False, True):
                 yield dict(d=d, n=n, causal=causal)
@@ -73,25 +80,40 @@ def run_row(row: dict) -> dict:
             first = time.perf_counter() - start
             ms = do_bench(functools.partial(launch.attention, problem, lens, config=cfg), return_mode="median")
             err = (out.float() - ref.float()).abs().max().item()
-            result["configs"].append(dict(config=list(cfg.__dict__.values()), ms=ms, ratio=sdpa_ms / ms,
-                                          first_call_s=first, max_abs_err_vs_sdpa=err))
+            result["configs"].append(
+                dict(
+                    config=list(cfg.__dict__.values()),
+                    ms=ms,
+                    ratio=sdpa_ms / ms,
+                    first_call_s=first,
+                    max_abs_err_vs_sdpa=err,
+                )
+            )
         except Exception as exc:  # out of shared memory or registers: recorded, not fatal
-            result["configs"].append(dict(config=list(cfg.__dict__.values()), error=f"{type(exc).__name__}: {exc}"[:300]))
-    chosen = launch.tma_eligible(problem, lens) and configs.choose_tma(row["d"], causal) or configs.choose(
-        q, row["d"], row["d"], rows=row["n"], n_k=row["n"])
+            result["configs"].append(
+                dict(config=list(cfg.__dict__.values()), error=f"{type(exc).__name__}: {exc}"[:300])
+            )
+    chosen = (
+        launch.tma_eligible(problem, lens)
+        and configs.choose_tma(row["d"], causal)
+        or configs.choose(q, row["d"], row["d"], rows=row["n"], n_k=row["n"])
+    )
     for c in result["configs"]:
         c["chosen"] = c["config"] == list(chosen.__dict__.values())
     best = max((c for c in result["configs"] if "ratio" in c), key=lambda c: c["ratio"], default=None)
     result["best"] = best
-    print(f"D={row['d']} N={row['n']} causal={causal}: sdpa {sdpa_ms:.3f} ms; best {best and best['config']} "
-          f"ratio {best and round(best['ratio'], 3)}", flush=True)
+    print(
+        f"D={row['d']} N={row['n']} causal={causal}: sdpa {sdpa_ms:.3f} ms; best {best and best['config']} "
+        f"ratio {best and round(best['ratio'], 3)}",
+        flush=True,
+    )
     return result
 
 
 def decode_rows(quick: bool):
     """1 query x 32 heads, 8 KV heads, D = 128, against the device-to-device copy rate of the same bytes."""
     out = []
-    for n in ((8192, 131072) if quick else (8192, 32768, 65536, 131072)):
+    for n in (8192, 131072) if quick else (8192, 32768, 65536, 131072):
         gen = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(1, 32, 1, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
         k, v = (torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
@@ -105,12 +127,21 @@ def decode_rows(quick: bool):
         problem = torch_kernel.prepare(q, k, v, causal="bottom_right")
         row = dict(kind="decode", n=n, copy_gbs=copy_rate, splits=[])
         for splits in (16, 32, 64, 128):
-            call = functools.partial(launch.attention, problem, launch.Lens(None, lens), num_splits=splits, pack_gqa=True)
+            call = functools.partial(
+                launch.attention, problem, launch.Lens(None, lens), num_splits=splits, pack_gqa=True
+            )
             o, _ = call()
             ms = do_bench(call, return_mode="median")
             rate = kv_bytes / ms / 1e9
-            row["splits"].append(dict(splits=splits, ms=ms, read_gbs=rate, of_copy=rate / copy_rate,
-                                      max_abs_err_vs_sdpa=(o.float() - ref.float()).abs().max().item()))
+            row["splits"].append(
+                dict(
+                    splits=splits,
+                    ms=ms,
+                    read_gbs=rate,
+                    of_copy=rate / copy_rate,
+                    max_abs_err_vs_sdpa=(o.float() - ref.float()).abs().max().item(),
+                )
+            )
         row["best"] = max(row["splits"], key=lambda r: r["of_copy"])
         print(f"decode N={n}: copy {copy_rate:.0f} GB/s; best {row['best']}", flush=True)
         out.append(row)
@@ -135,9 +166,21 @@ def window_rows():
 
         block_mask = create_block_mask(sliding, None, None, q.shape[2], k.shape[2], device="cuda")
         flex_ms = do_bench(functools.partial(flex, q, k, v, block_mask=block_mask), return_mode="median")
-        out.append(dict(kind="window", window=w, ms=ms, sdpa_causal_ms=causal_ms, flex_ms=flex_ms,
-                        speedup=causal_ms / ms, flex_speedup=causal_ms / flex_ms))
-        print(f"window {w}: {ms:.3f} ms, x{causal_ms / ms:.2f} over SDPA causal (flex x{causal_ms / flex_ms:.2f})", flush=True)
+        out.append(
+            dict(
+                kind="window",
+                window=w,
+                ms=ms,
+                sdpa_causal_ms=causal_ms,
+                flex_ms=flex_ms,
+                speedup=causal_ms / ms,
+                flex_speedup=causal_ms / flex_ms,
+            )
+        )
+        print(
+            f"window {w}: {ms:.3f} ms, x{causal_ms / ms:.2f} over SDPA causal (flex x{causal_ms / flex_ms:.2f})",
+            flush=True,
+        )
     return out
 
 
@@ -170,34 +213,55 @@ DECODE_TARGET = {8192: 0.6}  # of the copy rate; 0.8 from 32k keys on
 def render(doc: dict) -> str:
     """The Markdown table of a sweep: per row the backend's own choice and the best candidate, against the target."""
     env = doc["environment"]
-    lines = [f"# Triton kernel sweep: {env['device']}, torch {env['torch']}, triton {env['triton']}, "
-             f"CUDA {env['cuda']}, {env['date']}", "",
-             "Ratios are SDPA default time / Triton time in the same process (bf16, B*N = 16384, H*D = 2048; "
-             "`do_bench` median).", "",
-             "| D | N | causal | SDPA TFLOP/s | chosen config | ratio | best config | best ratio | target | met | first call s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Triton kernel sweep: {env['device']}, torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}, {env['date']}",
+        "",
+        "Ratios are SDPA default time / Triton time in the same process (bf16, B*N = 16384, H*D = 2048; "
+        "`do_bench` median).",
+        "",
+        "| D | N | causal | SDPA TFLOP/s | chosen config | ratio | best config | best ratio | target | met | first call s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in doc["rows"]:
         chosen = next((c for c in row["configs"] if c.get("chosen")), None) or row["best"]
         target = FORWARD_TARGET[row["d"]]
         best = row["best"]
-        lines.append(f"| {row['d']} | {row['n']} | {row['causal']} | {row['sdpa_tflops']:.0f} | {chosen['config']} | "
-                     f"{chosen['ratio']:.3f} | {best['config']} | {best['ratio']:.3f} | {target} | "
-                     f"{'yes' if chosen['ratio'] >= target else 'no'} | {chosen['first_call_s']:.1f} |")
-    lines += ["", "| decode keys | copy GB/s | best splits | read GB/s | of copy | target | met |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {row['d']} | {row['n']} | {row['causal']} | {row['sdpa_tflops']:.0f} | {chosen['config']} | "
+            f"{chosen['ratio']:.3f} | {best['config']} | {best['ratio']:.3f} | {target} | "
+            f"{'yes' if chosen['ratio'] >= target else 'no'} | {chosen['first_call_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "| decode keys | copy GB/s | best splits | read GB/s | of copy | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in doc.get("decode", []):
         best, target = row["best"], DECODE_TARGET.get(row["n"], 0.8)
-        lines.append(f"| {row['n']} | {row['copy_gbs']:.0f} | {best['splits']} | {best['read_gbs']:.0f} | "
-                     f"{best['of_copy']:.3f} | {target} | {'yes' if best['of_copy'] >= target else 'no'} |")
+        lines.append(
+            f"| {row['n']} | {row['copy_gbs']:.0f} | {best['splits']} | {best['read_gbs']:.0f} | "
+            f"{best['of_copy']:.3f} | {target} | {'yes' if best['of_copy'] >= target else 'no'} |"
+        )
     window = doc.get("window", [])
     if isinstance(window, list):
-        lines += ["", "| window (N = 16k, D = 128) | triton ms | x over SDPA causal | flex x over SDPA causal | met |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {w['window']} | {w['ms']:.3f} | {w['speedup']:.2f} | {w['flex_speedup']:.2f} | "
-                  f"{'yes' if w['speedup'] >= w['flex_speedup'] else 'no'} |" for w in window]
+        lines += [
+            "",
+            "| window (N = 16k, D = 128) | triton ms | x over SDPA causal | flex x over SDPA causal | met |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {w['window']} | {w['ms']:.3f} | {w['speedup']:.2f} | {w['flex_speedup']:.2f} | "
+            f"{'yes' if w['speedup'] >= w['flex_speedup'] else 'no'} |"
+            for w in window
+        ]
     memory = doc.get("memory", {})
     if "exponent" in memory:
-        lines += ["", f"Peak memory beyond inputs and output, N = 2k..16k: exponent {memory['exponent']:.2f} "
-                  f"(linear is 1; {[r['peak_bytes'] for r in memory['rows']]} bytes)."]
+        lines += [
+            "",
+            f"Peak memory beyond inputs and output, N = 2k..16k: exponent {memory['exponent']:.2f} "
+            f"(linear is 1; {[r['peak_bytes'] for r in memory['rows']]} bytes).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -206,16 +270,25 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--render", action="store_true", help="only write OUT's Markdown table (OUT with .md)")
-    parser.add_argument("--forward-budget", type=float, default=1e9,
-                        help="seconds for the forward rows; the decode, window and memory rows run after them")
+    parser.add_argument(
+        "--forward-budget",
+        type=float,
+        default=1e9,
+        help="seconds for the forward rows; the decode, window and memory rows run after them",
+    )
     args = parser.parse_args()
     if args.render:
         args.out.with_suffix(".md").write_text(render(json.loads(args.out.read_text())))
         return
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    doc["environment"] = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                              device=torch.cuda.get_device_name(), torch=torch.__version__,
-                              triton=triton.__version__, cuda=torch.version.cuda, python=sys.version.split()[0])
+    doc["environment"] = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        cuda=torch.version.cuda,
+        python=sys.version.split()[0],
+    )
     done = {(r["d"], r["n"], r["causal"]) for r in doc["rows"]}
     deadline = time.monotonic() + args.forward_budget
     for row in shapes(args.quick):

@@ -41,7 +41,8 @@ class Checker:
         __tracebackhide__ = True
         raise ConformanceError(
             f"[{self.clause}] backend {self.backend!r} ({self.dtype}, {self.device}): {headline}\n"
-            f"  case: {case!r}\n  {details}\n  reproduce: {self.reproduce}")
+            f"  case: {case!r}\n  {details}\n  reproduce: {self.reproduce}"
+        )
 
     def close(self, actual, expected, bound: Bound, *, what: str, case) -> None:
         """``max|actual - expected| <= bound``; non-finite where ``expected`` is finite fails."""
@@ -49,23 +50,31 @@ class Checker:
         actual, expected = _as_float64(actual), _as_float64(expected)
         self.same_shape(actual, expected, what=what, case=case)
         if np.isnan(expected).any():
-            raise HarnessError(f"[{self.clause}] the reference {what} holds NaN at "
-                               f"{_index(np.argwhere(np.isnan(expected))[0])} for {case!r}")
+            raise HarnessError(
+                f"[{self.clause}] the reference {what} holds NaN at "
+                f"{_index(np.argwhere(np.isnan(expected))[0])} for {case!r}"
+            )
         mismatch = np.isfinite(expected) != np.isfinite(actual)
         mismatch |= ~np.isfinite(expected) & (actual != expected)
         if mismatch.any():
             at = _index(np.argwhere(mismatch)[0])
-            self.fail(f"{what} is non-finite where the reference is not (or the reverse)", case,
-                      f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
-                      f"{int(mismatch.sum())} such elements")
+            self.fail(
+                f"{what} is non-finite where the reference is not (or the reverse)",
+                case,
+                f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
+                f"{int(mismatch.sum())} such elements",
+            )
         with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
             err = np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
         if err.size and err.max() > bound.value:
             at = _index(np.unravel_index(np.argmax(err), err.shape))
-            self.fail(f"{what} differs from the float64 reference", case,
-                      f"worst element: {what}{at} = {actual[at]:.6g}, reference {expected[at]:.6g}, "
-                      f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
-                      f"{err.size} elements out of bound")
+            self.fail(
+                f"{what} differs from the float64 reference",
+                case,
+                f"worst element: {what}{at} = {actual[at]:.6g}, reference {expected[at]:.6g}, "
+                f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
+                f"{err.size} elements out of bound",
+            )
 
     def exact(self, actual, expected, *, what: str, case) -> None:
         """Element-wise equality (integers, gathers, exact zeros and -inf)."""
@@ -77,9 +86,12 @@ class Checker:
             wrong &= ~(np.isnan(actual) & np.isnan(expected))
         if wrong.any():
             at = _index(np.argwhere(wrong)[0])
-            self.fail(f"{what} is not exactly as specified", case,
-                      f"first wrong element: {what}{at} = {actual[at]!r}, expected {expected[at]!r}; "
-                      f"{int(wrong.sum())} of {wrong.size} elements wrong")
+            self.fail(
+                f"{what} is not exactly as specified",
+                case,
+                f"first wrong element: {what}{at} = {actual[at]!r}, expected {expected[at]!r}; "
+                f"{int(wrong.sum())} of {wrong.size} elements wrong",
+            )
 
     def pattern(self, actual: np.ndarray, expected: np.ndarray, *, what: str, case) -> None:
         """Boolean patterns (which keys carry weight) must match exactly."""
@@ -89,9 +101,12 @@ class Checker:
         if wrong.any():
             at = _index(np.argwhere(wrong)[0])
             verb = "gets weight but must be invisible" if actual[at] else "gets no weight but is visible"
-            self.fail(f"{what}: the attention pattern is wrong", case,
-                      f"first wrong (b, h, query, key) = {at}: the key {verb}; "
-                      f"{int(wrong.sum())} of {wrong.size} pairs wrong")
+            self.fail(
+                f"{what}: the attention pattern is wrong",
+                case,
+                f"first wrong (b, h, query, key) = {at}: the key {verb}; "
+                f"{int(wrong.sum())} of {wrong.size} pairs wrong",
+            )
 
     def differs(self, a, b, *, more_than: float, what: str, case) -> None:
         """``max|a - b| > more_than``: the change must be visible in the result."""
@@ -116,8 +131,7 @@ class Checker:
     def same_shape(self, actual, expected, *, what: str, case) -> None:
         __tracebackhide__ = True
         if np.shape(actual) != np.shape(expected):
-            self.fail(f"{what} has the wrong shape", case,
-                      f"got {np.shape(actual)}, expected {np.shape(expected)}")
+            self.fail(f"{what} has the wrong shape", case, f"got {np.shape(actual)}, expected {np.shape(expected)}")
 
 
 def _as_float64(x) -> np.ndarray:

@@ -39,11 +39,15 @@ def linear_bounds(q, k, v, state: dict, options: dict, dtype: str, ref) -> tuple
     causal, n_k, d = options["causal"], k.shape[2], q.shape[3]
     phi_q, fk, v64 = linear.phi(q, options["feature_map"]), linear.phi(k, options["feature_map"]), np.asarray(v, float)
     s0, z0 = _carried(state, fk.shape[:2] + fk.shape[-1:], v.shape[-1])
-    mag = linear.parallel(np.abs(phi_q) * options["scale"], np.abs(fk), np.abs(v64), np.abs(s0), np.abs(z0),
-                          causal=causal)
+    mag = linear.parallel(
+        np.abs(phi_q) * options["scale"], np.abs(fk), np.abs(v64), np.abs(s0), np.abs(z0), causal=causal
+    )
     den = linear.parts(q, k, v, **options, **state).den
-    scales = (_linear_out_scale(mag, den, ref[0], options), finite_max(mag.state, 1e-30),
-              finite_max(mag.normalizer, 1e-30))
+    scales = (
+        _linear_out_scale(mag, den, ref[0], options),
+        finite_max(mag.state, 1e-30),
+        finite_max(mag.normalizer, 1e-30),
+    )
 
     def parallel(fq, fk, v, s0, z0):
         p = linear.parallel(fq, fk, v, s0, z0, causal=causal)
@@ -59,8 +63,10 @@ def linear_bounds(q, k, v, state: dict, options: dict, dtype: str, ref) -> tuple
 def _carried(state: dict, features: tuple, d_v: int) -> tuple[np.ndarray, np.ndarray]:
     """The carried state and normalizer as float64, zero where the call has none."""
     s0, z0 = state.get("initial_state"), state.get("initial_normalizer")
-    return (np.asarray(np.zeros(features + (d_v,)) if s0 is None else s0, np.float64),
-            np.asarray(np.zeros(features) if z0 is None else z0, np.float64))
+    return (
+        np.asarray(np.zeros(features + (d_v,)) if s0 is None else s0, np.float64),
+        np.asarray(np.zeros(features) if z0 is None else z0, np.float64),
+    )
 
 
 def _linear_out_scale(mag, den, ref_out, options) -> float:
@@ -78,11 +84,20 @@ def efficient_bound(q, k, v, dtype: str, ref) -> Bound:
     by ``sqrt(N_k)``. At 64 bits the exponent arguments carry their own magnitude's rounding."""
     q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
     vmax, size = finite_max(v, 1e-30), k.shape[2] + q.shape[3] + 2 * (finite_max(q) + finite_max(k)) + 10
-    jitters = ((q64, Jitter(np.abs(q64) + np.abs(q64).max(-1, keepdims=True), absolute=True)),
-               (k64, Jitter(np.abs(k64) + np.abs(k64).max(-2, keepdims=True), absolute=True)),
-               (v64, Jitter(math.sqrt(k.shape[2]))))
-    return policy_bounds(dtype, (ref,), (vmax,), reference=partial(linear.efficient_attention, q, k, v),
-                         sizes=lambda: (vmax * size,), exact=linear.efficient_attention, jitters=jitters)[0]
+    jitters = (
+        (q64, Jitter(np.abs(q64) + np.abs(q64).max(-1, keepdims=True), absolute=True)),
+        (k64, Jitter(np.abs(k64) + np.abs(k64).max(-2, keepdims=True), absolute=True)),
+        (v64, Jitter(math.sqrt(k.shape[2]))),
+    )
+    return policy_bounds(
+        dtype,
+        (ref,),
+        (vmax,),
+        reference=partial(linear.efficient_attention, q, k, v),
+        sizes=lambda: (vmax * size,),
+        exact=linear.efficient_attention,
+        jitters=jitters,
+    )[0]
 
 
 # Performer: the FAVOR+ estimator's logits (features and the Gram check are in .hand_bounds)
@@ -104,12 +119,21 @@ def performer_bound(q, k, v, w, causal: bool, dtype: str, ref, scale: float | No
     size_q, size_k = logit_size(q64, w), logit_size(k64, w)
     vmax = finite_max(v, 1e-30)
     lq, lk = performer.logits(q64, w64, performer.EXACT), performer.logits(k64, w64, performer.EXACT)
-    jitters = ((lq, Jitter(math.sqrt(d) * size_q + 1, absolute=True)),
-               (lk, Jitter(math.sqrt(d) * size_k + 1, absolute=True)), (v, Jitter(math.sqrt(k.shape[2]))))
+    jitters = (
+        (lq, Jitter(math.sqrt(d) * size_q + 1, absolute=True)),
+        (lk, Jitter(math.sqrt(d) * size_k + 1, absolute=True)),
+        (v, Jitter(math.sqrt(k.shape[2]))),
+    )
     size = vmax * 2 * (d * (size_q.max() + size_k.max()) + w.shape[0] + k.shape[2] + 4)
-    return policy_bounds(dtype, (ref,), (vmax,), sizes=lambda: (size,),
-                         reference=partial(performer.performer, q, k, v, projection=w, causal=causal, scale=scale),
-                         exact=partial(performer.attend_logits, causal=causal), jitters=jitters)[0]
+    return policy_bounds(
+        dtype,
+        (ref,),
+        (vmax,),
+        sizes=lambda: (size,),
+        reference=partial(performer.performer, q, k, v, projection=w, causal=causal, scale=scale),
+        exact=partial(performer.attend_logits, causal=causal),
+        jitters=jitters,
+    )[0]
 
 
 def orthogonal_bound(g, norms, dtype: str, ref) -> Bound:
@@ -118,11 +142,15 @@ def orthogonal_bound(g, norms, dtype: str, ref) -> Bound:
     ``cond(G_b)`` times the rounding, times ``max norm``."""
     g64, n64 = np.asarray(g, np.float64), np.asarray(norms, np.float64)
     d = g.shape[-1]
-    return policy_bounds(dtype, (ref,), (finite_max(ref, 1e-30),),
-                         sizes=lambda: (finite_max(n64, 1e-30) * d * float(np.linalg.cond(g64).max()),),
-                         reference=partial(performer.orthogonal_projection, g, norms),
-                         exact=performer.orthogonal_projection,
-                         jitters=((g64, Jitter(math.sqrt(d))), (n64, Jitter())))[0]
+    return policy_bounds(
+        dtype,
+        (ref,),
+        (finite_max(ref, 1e-30),),
+        sizes=lambda: (finite_max(n64, 1e-30) * d * float(np.linalg.cond(g64).max()),),
+        reference=partial(performer.orthogonal_projection, g, norms),
+        exact=performer.orthogonal_projection,
+        jitters=((g64, Jitter(math.sqrt(d))), (n64, Jitter())),
+    )[0]
 
 
 # Retention
@@ -143,14 +171,23 @@ def retention_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_state) -> t
     """
     problem = prepare(q, k, v, **{n: kwargs.get(n) for n in ("gammas", "scale", "initial_state")})
     d_k, n = problem.q.shape[-1], problem.q.shape[2]
-    jitters = ((problem.q, Jitter(np.sqrt(d_k))), (problem.k, Jitter()), (problem.v, Jitter(np.sqrt(n + 1))),
-               (problem.state, Jitter(np.sqrt(d_k))))
+    jitters = (
+        (problem.q, Jitter(np.sqrt(d_k))),
+        (problem.k, Jitter()),
+        (problem.v, Jitter(np.sqrt(n + 1))),
+        (problem.state, Jitter(np.sqrt(d_k))),
+    )
     folded = dtype in ("float16", "bfloat16")
-    return policy_bounds(dtype, (ref_out, ref_state), (finite_max(ref_out, 1e-30), finite_max(ref_state, 1e-30)),
-                         reference=partial(retention, q, k, v, **kwargs, return_state=True),
-                         sizes=lambda: propagation_sizes(problem), jitters=jitters,
-                         exact=lambda q, k, v, state: block(q, k, v, problem.gammas, problem.scale, state),
-                         extra_sensitivity=lambda: (folded_scale_error(problem, ref_out, dtype),) if folded else ())
+    return policy_bounds(
+        dtype,
+        (ref_out, ref_state),
+        (finite_max(ref_out, 1e-30), finite_max(ref_state, 1e-30)),
+        reference=partial(retention, q, k, v, **kwargs, return_state=True),
+        sizes=lambda: propagation_sizes(problem),
+        jitters=jitters,
+        exact=lambda q, k, v, state: block(q, k, v, problem.gammas, problem.scale, state),
+        extra_sensitivity=lambda: (folded_scale_error(problem, ref_out, dtype),) if folded else (),
+    )
 
 
 def propagation_sizes(problem) -> tuple[float, float]:
@@ -170,8 +207,15 @@ def propagation_sizes(problem) -> tuple[float, float]:
         log_g = np.abs(np.log(np.where(gammas > 0, gammas, 1.0))).reshape((-1,) + (1,) * e.ndim)
         return decay_powers(gammas, e, dtype) * (base + e * (1 + log_g))
 
-    out, state = block(np.abs(problem.q), np.abs(problem.k), np.abs(problem.v), problem.gammas,
-                       abs(problem.scale), np.abs(problem.state), powers=weighted)
+    out, state = block(
+        np.abs(problem.q),
+        np.abs(problem.k),
+        np.abs(problem.v),
+        problem.gammas,
+        abs(problem.scale),
+        np.abs(problem.state),
+        powers=weighted,
+    )
     return finite_max(out), finite_max(state)
 
 
@@ -181,6 +225,7 @@ def folded_scale_error(problem, ref_out, dtype: str) -> float:
     Either is the output of an exact kernel that folds the scale (with ``k`` folded the initial
     state is scaled too, exactly, since it holds unscaled products); the larger error counts.
     """
+
     def stored(x):
         return rounded(x * problem.scale, dtype).astype(np.float64)
 
@@ -224,9 +269,16 @@ def linformer_bound(q, k, v, kwargs: dict, dtype: str, ref_out) -> Bound:
         return (max_error(reference.sdpa(q64, k_stored, v_stored, scale=kwargs.get("scale")), ref_out),)
 
     jitters = ((q64, Jitter(np.sqrt(d))), (k64, Jitter(np.sqrt(n))), (v64, Jitter(np.sqrt(n + k_proj))))
-    return policy_bounds(dtype, (ref_out,), (vmax,), reference=partial(lowrank.linformer, q, k, v, **kwargs),
-                         sizes=size, exact=partial(lowrank.linformer, **kwargs), jitters=jitters,
-                         extra_sensitivity=stored)[0]
+    return policy_bounds(
+        dtype,
+        (ref_out,),
+        (vmax,),
+        reference=partial(lowrank.linformer, q, k, v, **kwargs),
+        sizes=size,
+        exact=partial(lowrank.linformer, **kwargs),
+        jitters=jitters,
+        extra_sensitivity=stored,
+    )[0]
 
 
 def routed_bounds(q, k, v, kwargs: dict, dtype: str, ref_out, ref_lse) -> tuple[Bound, Bound]:

@@ -12,8 +12,10 @@ from attnspec.contract import Unsupported
 def call_unguarded(op: str, *args, **kwargs):
     """``backend.<op>`` with arrays converted, letting every exception through (``Unsupported`` too)."""
     backend = current().backend
-    return getattr(backend, op)(*[_to_native(backend, a) for a in args],
-                                **{k: _to_native(backend, v) for k, v in kwargs.items() if v is not None})
+    return getattr(backend, op)(
+        *[_to_native(backend, a) for a in args],
+        **{k: _to_native(backend, v) for k, v in kwargs.items() if v is not None},
+    )
 
 
 def call(op: str, *args, **kwargs):

@@ -43,8 +43,11 @@ class SdpaCase:
     def __repr__(self) -> str:
         """Valid Python that rebuilds the case: the shape always, other fields where not default."""
         defaults = SdpaCase()
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for i, f in enumerate(fields(self))
-                 if i < 8 or getattr(self, f.name) != getattr(defaults, f.name)]
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for i, f in enumerate(fields(self))
+            if i < 8 or getattr(self, f.name) != getattr(defaults, f.name)
+        ]
         return f"SdpaCase({', '.join(shown)})"
 
     def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints falsifying examples this way
@@ -81,6 +84,8 @@ class SdpaCase:
         return q, k, v, options
 
     def _broadcast_shape(self, form: str) -> tuple[int, ...]:
-        return {"full": (self.batch, self.h_q, self.n_q, self.n_k),
-                "per_key": (self.batch, 1, 1, self.n_k),
-                "per_head": (1, self.h_q, self.n_q, self.n_k)}[form]
+        return {
+            "full": (self.batch, self.h_q, self.n_q, self.n_k),
+            "per_key": (self.batch, 1, 1, self.n_k),
+            "per_head": (1, self.h_q, self.n_q, self.n_k),
+        }[form]

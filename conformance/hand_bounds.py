@@ -94,8 +94,10 @@ def nsa_bound(problem: NSA, dtype: str) -> Bound:
         value = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)[0].value
         if c == 0 and dtype == "float64":
             v_abs = _abs_compress(problem, problem.v, problem.compress_v)
-            value += float64_bound(finite_max(v, 1e-30) * 2 * _cmp_size(problem)
-                                   + _reduction(problem, problem.compress_v, v.shape[-1]) * finite_max(v_abs)).value
+            value += float64_bound(
+                finite_max(v, 1e-30) * 2 * _cmp_size(problem)
+                + _reduction(problem, problem.compress_v, v.shape[-1]) * finite_max(v_abs)
+            ).value
         gate = finite_max(problem.gates[..., c])
         total, scale = total + gate * value, scale + gate * finite_max(ref_out)
         parts.append(f"{gate:.3g} x {value:.3g}")
@@ -156,9 +158,14 @@ def features_bound(x, w, dtype: str, ref) -> Bound:
     size = logit_size(x, w)
     d = x.shape[-1]
     sens = finite_max(ref * UNIT32 * (math.sqrt(d) * size + 1))
-    return policy_bounds(dtype, (ref,), (finite_max(ref, 1e-30),), extra_sensitivity=lambda: (sens,),
-                         reference=lambda arithmetic: performer.performer_features(x, w, arithmetic=arithmetic),
-                         sizes=lambda: (finite_max(ref * (d * size + 2), 1e-30),))[0]
+    return policy_bounds(
+        dtype,
+        (ref,),
+        (finite_max(ref, 1e-30),),
+        extra_sensitivity=lambda: (sens,),
+        reference=lambda arithmetic: performer.performer_features(x, w, arithmetic=arithmetic),
+        sizes=lambda: (finite_max(ref * (d * size + 2), 1e-30),),
+    )[0]
 
 
 def gram_bound(norms, d: int, dtype: str) -> Bound:

@@ -87,8 +87,14 @@ class NsaCase(_Case):
     scale: float | None = None
 
     def blocking(self) -> dict:
-        return dict(cmp_len=self.cmp_len, cmp_stride=self.cmp_stride, sel_len=self.sel_len, top_n=self.top_n,
-                    init_blocks=self.init_blocks, local_blocks=self.local_blocks)
+        return dict(
+            cmp_len=self.cmp_len,
+            cmp_stride=self.cmp_stride,
+            sel_len=self.sel_len,
+            top_n=self.top_n,
+            init_blocks=self.init_blocks,
+            local_blocks=self.local_blocks,
+        )
 
     def inputs(self, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """``(q, k, v, kwargs)`` for ``nsa``; ``nsa_select`` takes the same minus v, gates, window, compress_v."""
@@ -98,8 +104,14 @@ class NsaCase(_Case):
             q = np.zeros_like(q)
         k = _normal(rng, (self.batch, self.h_kv, self.n_k, self.d_qk), dtype)
         v = _normal(rng, (self.batch, self.h_kv, self.n_k, self.d_v), dtype)
-        kwargs = dict(self.blocking(), window=self.window, scale=self.scale, gates=self._gates(rng, dtype),
-                      compress_k=self._weights(rng, self.d_qk, dtype), compress_v=self._weights(rng, self.d_v, dtype))
+        kwargs = dict(
+            self.blocking(),
+            window=self.window,
+            scale=self.scale,
+            gates=self._gates(rng, dtype),
+            compress_k=self._weights(rng, self.d_qk, dtype),
+            compress_v=self._weights(rng, self.d_v, dtype),
+        )
         if not self.zero_q:
             q = separate_selection(q, k, kwargs, dtype, rng)
         return q, k, v, kwargs
@@ -123,8 +135,11 @@ class NsaCase(_Case):
 
 def select_call(kwargs: dict) -> dict:
     """The keyword arguments of ``nsa_select`` among those of ``nsa``."""
-    return {name: kwargs[name] for name in ("cmp_len", "cmp_stride", "sel_len", "top_n", "init_blocks",
-                                            "local_blocks", "compress_k", "scale") if name in kwargs}
+    return {
+        name: kwargs[name]
+        for name in ("cmp_len", "cmp_stride", "sel_len", "top_n", "init_blocks", "local_blocks", "compress_k", "scale")
+        if name in kwargs
+    }
 
 
 def selection_gap(problem: NSA, imp: np.ndarray) -> np.ndarray:
@@ -284,15 +299,29 @@ def separate_buckets(qk, rotations, dtype: str, draw) -> np.ndarray:
 LENGTHS = (1, 2, 3, 5, 8, 13, 16, 17, 31, 33, 48, 64)
 #: (cmp_len, cmp_stride, sel_len): tiling and overlapping compression, selection blocks equal to,
 #: a multiple of, and not aligned with the compression blocks.
-BLOCKINGS = ((1, 1, 1), (2, 1, 2), (2, 2, 2), (2, 2, 4), (4, 2, 4), (4, 2, 6), (4, 2, 8), (4, 4, 4), (4, 4, 8),
-             (3, 3, 6), (6, 3, 6), (8, 4, 8), (4, 1, 6))
+BLOCKINGS = (
+    (1, 1, 1),
+    (2, 1, 2),
+    (2, 2, 2),
+    (2, 2, 4),
+    (4, 2, 4),
+    (4, 2, 6),
+    (4, 2, 8),
+    (4, 4, 4),
+    (4, 4, 8),
+    (3, 3, 6),
+    (6, 3, 6),
+    (8, 4, 8),
+    (4, 1, 6),
+)
 HEADS = ((1, 1), (2, 1), (3, 3), (4, 2), (3, 1))
 DIMS = (1, 3, 8, 16, 32)
 
 
 def lengths(top: int = 64, low: int = 1) -> st.SearchStrategy[int]:
-    return st.deferred(lambda: st.sampled_from(
-        [n for n in LENGTHS if low <= n <= _limit(current().backend.max_seq_len, top)]))
+    return st.deferred(
+        lambda: st.sampled_from([n for n in LENGTHS if low <= n <= _limit(current().backend.max_seq_len, top)])
+    )
 
 
 def dims() -> st.SearchStrategy[int]:
@@ -324,37 +353,88 @@ def nsa_cases(draw, *, gates: str = "random", zero_q: bool = False, all_blocks: 
         top_n = max(top_n, -(-n_k // sel_len))
     init_blocks = draw(st.integers(0, min(2, top_n)))
     local_blocks = draw(st.integers(0, min(2, top_n - init_blocks)))
-    return NsaCase(batch=draw(st.integers(1, 2)), h_q=h_q, h_kv=h_kv, n_q=n_q, n_k=n_k, d_qk=draw(dims()),
-                   d_v=draw(dims()), seed=draw(seeds()), cmp_len=cmp_len, cmp_stride=cmp_stride, sel_len=sel_len,
-                   top_n=top_n, window=draw(st.one_of(st.integers(1, 9), st.just(n_k), st.just(n_k + 3))),
-                   init_blocks=init_blocks, local_blocks=local_blocks,
-                   compress=draw(st.sampled_from(["mean", "weights", "linear"])), gates=gates, zero_q=zero_q,
-                   scale=draw(st.sampled_from([None, None, 0.3, 1.7])))
+    return NsaCase(
+        batch=draw(st.integers(1, 2)),
+        h_q=h_q,
+        h_kv=h_kv,
+        n_q=n_q,
+        n_k=n_k,
+        d_qk=draw(dims()),
+        d_v=draw(dims()),
+        seed=draw(seeds()),
+        cmp_len=cmp_len,
+        cmp_stride=cmp_stride,
+        sel_len=sel_len,
+        top_n=top_n,
+        window=draw(st.one_of(st.integers(1, 9), st.just(n_k), st.just(n_k + 3))),
+        init_blocks=init_blocks,
+        local_blocks=local_blocks,
+        compress=draw(st.sampled_from(["mean", "weights", "linear"])),
+        gates=gates,
+        zero_q=zero_q,
+        scale=draw(st.sampled_from([None, None, 0.3, 1.7])),
+    )
 
 
 CAUSAL = (None, "top_left", "bottom_right")
 
 
 @st.composite
-def routed_cases(draw, *, causal: tuple = CAUSAL, clusters: tuple = (1, 2, 3, 5, 8), min_q: int = 1,
-                 split: bool = False, ties: bool = False) -> RoutedCase:
+def routed_cases(
+    draw,
+    *,
+    causal: tuple = CAUSAL,
+    clusters: tuple = (1, 2, 3, 5, 8),
+    min_q: int = 1,
+    split: bool = False,
+    ties: bool = False,
+) -> RoutedCase:
     """A routed case with ``causal`` and the number of clusters drawn from the given choices."""
     h_q, h_kv = draw(st.sampled_from(HEADS))
-    return RoutedCase(batch=draw(st.integers(1, 2)), h_q=h_q, h_kv=h_kv,
-                      n_q=draw(lengths(low=min_q)), n_k=draw(lengths()), d_qk=draw(dims()),
-                      d_v=draw(dims()), seed=draw(seeds()), clusters=draw(st.sampled_from(clusters)),
-                      causal=draw(st.sampled_from(causal)), scale=draw(st.sampled_from([None, 0.3, 1.7])),
-                      split=split, ties=ties)
+    return RoutedCase(
+        batch=draw(st.integers(1, 2)),
+        h_q=h_q,
+        h_kv=h_kv,
+        n_q=draw(lengths(low=min_q)),
+        n_k=draw(lengths()),
+        d_qk=draw(dims()),
+        d_v=draw(dims()),
+        seed=draw(seeds()),
+        clusters=draw(st.sampled_from(clusters)),
+        causal=draw(st.sampled_from(causal)),
+        scale=draw(st.sampled_from([None, 0.3, 1.7])),
+        split=split,
+        ties=ties,
+    )
 
 
 @st.composite
-def lsh_cases(draw, *, causal: bool | None = None, rounds: tuple[int, int] = (1, 4), one_chunk: bool = False,
-              one_bucket: bool = False, ties: bool = False, top: int = 64, min_len: int = 1) -> LshCase:
+def lsh_cases(
+    draw,
+    *,
+    causal: bool | None = None,
+    rounds: tuple[int, int] = (1, 4),
+    one_chunk: bool = False,
+    one_bucket: bool = False,
+    ties: bool = False,
+    top: int = 64,
+    min_len: int = 1,
+) -> LshCase:
     """An LSH case; ``causal`` None draws it; ``chunk_len`` a divisor of ``N`` (``N`` itself if ``one_chunk``)."""
     n = draw(lengths(top, low=min_len))
     chunk_len = n if one_chunk else draw(st.sampled_from([c for c in range(1, n + 1) if n % c == 0]))
-    return LshCase(batch=draw(st.integers(1, 2)), heads=draw(st.integers(1, 2)), n=n, d=draw(dims()),
-                   d_v=draw(dims()), seed=draw(seeds()), n_rounds=draw(st.integers(*rounds)),
-                   n_buckets=draw(st.sampled_from([4, 6, 8, 16] if ties else [2, 4, 6, 8, 16])), chunk_len=chunk_len,
-                   causal=draw(st.booleans()) if causal is None else causal,
-                   scale=draw(st.sampled_from([None, 0.5, 2.0])), ties=ties, one_bucket=one_bucket)
+    return LshCase(
+        batch=draw(st.integers(1, 2)),
+        heads=draw(st.integers(1, 2)),
+        n=n,
+        d=draw(dims()),
+        d_v=draw(dims()),
+        seed=draw(seeds()),
+        n_rounds=draw(st.integers(*rounds)),
+        n_buckets=draw(st.sampled_from([4, 6, 8, 16] if ties else [2, 4, 6, 8, 16])),
+        chunk_len=chunk_len,
+        causal=draw(st.booleans()) if causal is None else causal,
+        scale=draw(st.sampled_from([None, 0.5, 2.0])),
+        ties=ties,
+        one_bucket=one_bucket,
+    )

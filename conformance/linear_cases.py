@@ -46,8 +46,11 @@ class LinearCase:
     def __repr__(self) -> str:
         """Valid Python that rebuilds the case: the shape always, other fields where not default."""
         defaults = LinearCase()
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for i, f in enumerate(fields(self))
-                 if i < 7 or getattr(self, f.name) != getattr(defaults, f.name)]
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for i, f in enumerate(fields(self))
+            if i < 7 or getattr(self, f.name) != getattr(defaults, f.name)
+        ]
         return f"LinearCase({', '.join(shown)})"
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -57,8 +60,9 @@ class LinearCase:
         return replace(self, **changes)
 
     def options(self) -> dict:
-        return dict(feature_map=self.feature_map, causal=self.causal, normalize=self.normalize,
-                    scale=self.scale, eps=self.eps)
+        return dict(
+            feature_map=self.feature_map, causal=self.causal, normalize=self.normalize, scale=self.scale, eps=self.eps
+        )
 
     def inputs(self, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
         """``(q, k, v, state)``: arrays in ``dtype``; ``state`` holds ``initial_state`` and/or
@@ -87,9 +91,17 @@ def dims() -> st.SearchStrategy[int]:
 
 
 @st.composite
-def linear_cases(draw, *, causal: bool | None = None, feature_maps=linear.FEATURE_MAPS, normalize: bool | None = None,
-                 state: bool | None = None, dead: bool | None = None, max_len: int = MAX_LEN,
-                 scales=(1.0, 1.0, 0.125, 3.0)) -> LinearCase:
+def linear_cases(
+    draw,
+    *,
+    causal: bool | None = None,
+    feature_maps=linear.FEATURE_MAPS,
+    normalize: bool | None = None,
+    state: bool | None = None,
+    dead: bool | None = None,
+    max_len: int = MAX_LEN,
+    scales=(1.0, 1.0, 0.125, 3.0),
+) -> LinearCase:
     """A case with the named options; ``None`` draws them (``state``: only if the backend declares
     ``linear.state``; with a state, ``S0``, ``z0`` or both). ``identity`` is always unnormalised."""
     feature_map = draw(st.sampled_from(feature_maps))
@@ -107,19 +119,30 @@ def linear_cases(draw, *, causal: bool | None = None, feature_maps=linear.FEATUR
     # den -> 0 (relu rows, eps = 1e-6), and 16-bit dtypes cannot hold it.
     pairs = [(True, True), (False, True)] + ([] if normalize else [(True, False)])
     carried = draw(st.sampled_from(pairs)) if state else (False, False)
-    return LinearCase(batch=draw(st.integers(1, 2)), heads=draw(st.sampled_from([1, 3])), n_q=n_q, n_k=n_k,
-                      d_qk=d_qk, d_v=draw(st.one_of(st.just(d_qk), dims())), seed=draw(st.integers(0, 2**32 - 1)),
-                      feature_map=feature_map, causal=causal, normalize=normalize,
-                      scale=draw(st.sampled_from(scales)),
-                      eps=draw(st.sampled_from([0.0, 0.0, 1e-6, 0.5])) if normalize else 0.0,
-                      initial_state=carried[0], initial_normalizer=carried[1],
-                      dead=feature_map == "relu" and (draw(st.booleans()) if dead is None else dead))
+    return LinearCase(
+        batch=draw(st.integers(1, 2)),
+        heads=draw(st.sampled_from([1, 3])),
+        n_q=n_q,
+        n_k=n_k,
+        d_qk=d_qk,
+        d_v=draw(st.one_of(st.just(d_qk), dims())),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        feature_map=feature_map,
+        causal=causal,
+        normalize=normalize,
+        scale=draw(st.sampled_from(scales)),
+        eps=draw(st.sampled_from([0.0, 0.0, 1e-6, 0.5])) if normalize else 0.0,
+        initial_state=carried[0],
+        initial_normalizer=carried[1],
+        dead=feature_map == "relu" and (draw(st.booleans()) if dead is None else dead),
+    )
 
 
 def forms(n: int) -> st.SearchStrategy[tuple[str, int | None]]:
     """``(form, chunk_size)``: the three forms, chunks of 1, of sizes that do not divide ``n``, and ``>= n``."""
-    return st.one_of(st.sampled_from([("parallel", None), ("recurrent", None)]),
-                     block_sizes(n).map(lambda c: ("chunked", c)))
+    return st.one_of(
+        st.sampled_from([("parallel", None), ("recurrent", None)]), block_sizes(n).map(lambda c: ("chunked", c))
+    )
 
 
 def try_call(op: str, *args, **kwargs):

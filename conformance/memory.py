@@ -20,8 +20,14 @@ from attnspec.contract import Unsupported
 LIMIT = 8.0
 
 
-def check_linear_memory(check: Checker, op: str, build: Callable[[int], tuple[tuple, dict, object]], *,
-                        sizes: tuple[int, int] = (256, 1024), axis: str = "N") -> None:
+def check_linear_memory(
+    check: Checker,
+    op: str,
+    build: Callable[[int], tuple[tuple, dict, object]],
+    *,
+    sizes: tuple[int, int] = (256, 1024),
+    axis: str = "N",
+) -> None:
     """``backend.<op>(*args, **kwargs)`` with ``build(size) -> (args, kwargs, case)`` at both sizes.
 
     The first size runs once unmeasured: one-time allocations (imports, caches, a BLAS workspace)
@@ -51,10 +57,13 @@ def check_linear_memory(check: Checker, op: str, build: Callable[[int], tuple[tu
         peaks.append(peak)
     growth = peaks[1] / max(peaks[0], 1)
     if not growth < LIMIT:
-        check.fail(f"peak memory grows faster than linearly in {axis}", case,
-                   f"peak {peaks[0]} bytes at {axis} = {sizes[0]}, {peaks[1]} at {axis} = {sizes[1]}: "
-                   f"x{growth:.1f} for x4 in {axis} (linear is x4, an N x N array gives x16; "
-                   f"the limit is x{LIMIT:g})")
+        check.fail(
+            f"peak memory grows faster than linearly in {axis}",
+            case,
+            f"peak {peaks[0]} bytes at {axis} = {sizes[0]}, {peaks[1]} at {axis} = {sizes[1]}: "
+            f"x{growth:.1f} for x4 in {axis} (linear is x4, an N x N array gives x16; "
+            f"the limit is x{LIMIT:g})",
+        )
 
 
 def _native(backend, value):

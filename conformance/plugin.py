@@ -24,15 +24,18 @@ from attnspec.contract import BackendError
 from attnspec.registry import load_backend
 
 # Function-scoped fixtures here ('check') carry no per-example state, so Hypothesis may reuse them.
-_COMMON: dict[str, Any] = dict(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-               deadline=None, print_blob=True)
+_COMMON: dict[str, Any] = dict(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None, print_blob=True
+)
 try:  # extend Hypothesis's own CI profile (derandomised, no database) where it has one
     _CI_BASE = settings.get_profile("ci")
 except Exception:
     _CI_BASE = settings(derandomize=True, database=None)
 settings.register_profile("ci", _CI_BASE, max_examples=50, **_COMMON)
 # For the project's mutant tests: as "ci", without shrinking (only the failure matters there).
-settings.register_profile("mutants", _CI_BASE, max_examples=50, phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON)
+settings.register_profile(
+    "mutants", _CI_BASE, max_examples=50, phases=[Phase.explicit, Phase.reuse, Phase.generate], **_COMMON
+)
 settings.register_profile("dev", max_examples=12, **_COMMON)
 settings.register_profile("nightly", max_examples=400, **_COMMON)
 # For backends that compile per shape (FlexAttention): derandomised, few examples, pinned ones kept.
@@ -46,16 +49,29 @@ PROFILE = pytest.StashKey[str]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("attnspec", "attnspec conformance")
-    group.addoption("--backend", help="backend to check: a built-in name (numpy), an installed plugin, "
-                    "'package.module:object' or 'path/to/file.py:object'")
+    group.addoption(
+        "--backend",
+        help="backend to check: a built-in name (numpy), an installed plugin, "
+        "'package.module:object' or 'path/to/file.py:object'",
+    )
     group.addoption("--device", help="device for the backend (default: the first it declares)")
-    group.addoption("--dtype", action="append", default=[],
-                    help="dtype(s) to check, repeatable or comma-separated (default: all the backend declares)")
-    group.addoption("--clauses", default="", help="only tests of these clauses, comma-separated globs (e.g. 'sdpa.causal.*')")
+    group.addoption(
+        "--dtype",
+        action="append",
+        default=[],
+        help="dtype(s) to check, repeatable or comma-separated (default: all the backend declares)",
+    )
+    group.addoption(
+        "--clauses", default="", help="only tests of these clauses, comma-separated globs (e.g. 'sdpa.causal.*')"
+    )
     group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
-    group.addoption("--shapes", choices=("all", "menu"), default="all",
-                    help="'menu': draw sizes from a short fixed menu, for backends that compile once per shape "
-                         "(pinned examples keep their shapes); default 'all'")
+    group.addoption(
+        "--shapes",
+        choices=("all", "menu"),
+        default="all",
+        help="'menu': draw sizes from a short fixed menu, for backends that compile once per shape "
+        "(pinned examples keep their shapes); default 'all'",
+    )
 
 
 def pytest_configure(config):
@@ -80,8 +96,9 @@ def _target(config) -> target.Target:
             backend = load_backend(spec, device=config.getoption("device"))
         except BackendError as exc:
             raise pytest.UsageError(f"attnspec: {exc}") from None
-        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend),
-                                       shape_menu=config.getoption("shapes") == "menu")
+        target.CURRENT = target.Target(
+            backend, spec, _dtypes(config, backend), shape_menu=config.getoption("shapes") == "menu"
+        )
     return target.CURRENT
 
 
@@ -89,17 +106,20 @@ def _dtypes(config, backend) -> tuple[str, ...]:
     asked = [d.strip() for opt in config.getoption("dtype") for d in opt.split(",") if d.strip()]
     wrong = [d for d in asked if d not in backend.dtypes]
     if wrong:
-        raise pytest.UsageError(f"attnspec: backend {backend.name!r} declares dtypes {backend.dtypes}; "
-                                f"--dtype asked for {wrong}")
+        raise pytest.UsageError(
+            f"attnspec: backend {backend.name!r} declares dtypes {backend.dtypes}; --dtype asked for {wrong}"
+        )
     return tuple(asked) or tuple(backend.dtypes)
 
 
 def pytest_report_header(config):
     if config.getoption("backend"):
         t = _target(config)
-        return (f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
-                f"dtypes {', '.join(t.dtypes)}; hypothesis profile {config.stash[PROFILE]}"
-                + ("; shapes from the menu" if t.shape_menu else ""))
+        return (
+            f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
+            f"dtypes {', '.join(t.dtypes)}; hypothesis profile {config.stash[PROFILE]}"
+            + ("; shapes from the menu" if t.shape_menu else "")
+        )
     return None
 
 
@@ -115,8 +135,10 @@ def pytest_collection_modifyitems(config, items):
     patterns = [p.strip() for p in config.getoption("clauses").split(",") if p.strip()]
     for pattern in patterns:
         if not fnmatch.filter(CATALOG, pattern):
-            raise pytest.UsageError(f"--clauses: {pattern!r} matches no clause (clause IDs are listed by "
-                                    "'python -m attnspec'; use a glob such as 'sdpa.causal.*')")
+            raise pytest.UsageError(
+                f"--clauses: {pattern!r} matches no clause (clause IDs are listed by "
+                "'python -m attnspec'; use a glob such as 'sdpa.causal.*')"
+            )
     selected, deselected = [], []
     for item in items:
         ids = clause_ids(item)
@@ -151,10 +173,17 @@ def backend(request):
 @pytest.fixture
 def check(request, dtype) -> Checker:
     t = _target(request.config)
-    command = (f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
-               f"--hypothesis-profile={request.config.stash[PROFILE]}" + (" --shapes=menu" if t.shape_menu else ""))
-    return Checker(clause=clause_ids(request.node)[0], backend=t.backend.name, device=t.backend.device,
-                   dtype=dtype, reproduce=command)
+    command = (
+        f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
+        f"--hypothesis-profile={request.config.stash[PROFILE]}" + (" --shapes=menu" if t.shape_menu else "")
+    )
+    return Checker(
+        clause=clause_ids(request.node)[0],
+        backend=t.backend.name,
+        device=t.backend.device,
+        dtype=dtype,
+        reproduce=command,
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -173,7 +202,12 @@ def pytest_runtest_makereport(item, call):
     if not ids:
         return
     declines = target.CURRENT.declines.get(item.nodeid) if target.CURRENT else None
-    if rep.when == "call" and rep.failed and declines and call.excinfo.errisinstance((Unsatisfiable, FailedHealthCheck)):
+    if (
+        rep.when == "call"
+        and rep.failed
+        and declines
+        and call.excinfo.errisinstance((Unsatisfiable, FailedHealthCheck))
+    ):
         rep.outcome = "skipped"  # the backend refused every case Hypothesis drew: unsupported, not wrong
         rep.longrepr = (str(item.path), item.location[1], f"declined by the backend: {declines[0]}")
     rep.user_properties.append(("attnspec_clauses", list(ids)))
@@ -193,7 +227,8 @@ class _Collector:
             return
         if report.when == "call" or report.outcome != "passed":
             self.results[report.nodeid] = _report.outcome(
-                tuple(props["attnspec_clauses"]), report, props["attnspec_declines"])
+                tuple(props["attnspec_clauses"]), report, props["attnspec_declines"]
+            )
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -72,10 +72,16 @@ def check_pattern(check: Checker, case: SdpaCase, dtype: str) -> None:
         one_hot = np.zeros((case.n_k, width), dtype=v.dtype)
         keys = np.arange(start, min(start + width, case.n_k))
         one_hot[keys, keys - start] = 1
-        out, _ = call_sdpa(q, k, np.broadcast_to(one_hot, v.shape[:2] + one_hot.shape).copy(), options, return_lse=False)
-        weights.append(np.asarray(out, np.float64)[..., :len(keys)])
-    check.pattern(np.concatenate(weights, axis=-1) != 0, visibility(case, q, k, v, options),
-                  what="weights read through one-hot V", case=case)
+        out, _ = call_sdpa(
+            q, k, np.broadcast_to(one_hot, v.shape[:2] + one_hot.shape).copy(), options, return_lse=False
+        )
+        weights.append(np.asarray(out, np.float64)[..., : len(keys)])
+    check.pattern(
+        np.concatenate(weights, axis=-1) != 0,
+        visibility(case, q, k, v, options),
+        what="weights read through one-hot V",
+        case=case,
+    )
 
 
 def check_poisoned(check: Checker, case: SdpaCase, dtype: str) -> None:
@@ -111,8 +117,16 @@ def check_fully_masked_rows(check: Checker, case: SdpaCase, dtype: str) -> None:
     with_lse = "sdpa.lse" in current().backend.declared
     out, lse = call_sdpa(q, k, v, options, return_lse=with_lse)
     empty = ~visibility(case, q, k, v, options).any(axis=-1)
-    check.exact(np.asarray(out, np.float64)[empty], np.zeros((int(empty.sum()), case.d_v)),
-                what="out of fully masked rows", case=case)
+    check.exact(
+        np.asarray(out, np.float64)[empty],
+        np.zeros((int(empty.sum()), case.d_v)),
+        what="out of fully masked rows",
+        case=case,
+    )
     if with_lse:
-        check.exact(np.asarray(lse, np.float64)[empty], np.full(int(empty.sum()), -np.inf),
-                    what="lse of fully masked rows", case=case)
+        check.exact(
+            np.asarray(lse, np.float64)[empty],
+            np.full(int(empty.sum()), -np.inf),
+            what="lse of fully masked rows",
+            case=case,
+        )

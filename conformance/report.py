@@ -42,13 +42,22 @@ def per_clause(target, results: dict) -> dict:
     for clause_id in sorted(CATALOG):
         mine = {node: r for node, r in results.items() if r["clauses"][0] == clause_id}
         counts = Counter(r["outcome"] for r in mine.values())
-        status = ("unsupported" if clause_id not in target.backend.declared
-                  else status_of(counts["passed"], counts["failed"], counts["skipped"]))
+        status = (
+            "unsupported"
+            if clause_id not in target.backend.declared
+            else status_of(counts["passed"], counts["failed"], counts["skipped"])
+        )
         table[clause_id] = {
-            "status": status, "passed": counts["passed"], "failed": counts["failed"],
-            "skipped": counts["skipped"], "tests": sorted(mine),
-            "failures": [{"test": n, "message": r.get("message", "")} for n, r in sorted(mine.items())
-                         if r["outcome"] == "failed"],
+            "status": status,
+            "passed": counts["passed"],
+            "failed": counts["failed"],
+            "skipped": counts["skipped"],
+            "tests": sorted(mine),
+            "failures": [
+                {"test": n, "message": r.get("message", "")}
+                for n, r in sorted(mine.items())
+                if r["outcome"] == "failed"
+            ],
             "skips": sorted({r.get("reason", "") for r in mine.values() if r["outcome"] == "skipped"}),
         }
     return table
@@ -57,8 +66,10 @@ def per_clause(target, results: dict) -> dict:
 def print_summary(terminalreporter, target, results: dict) -> None:
     table = per_clause(target, results)
     tr = terminalreporter
-    tr.section(f"attnspec conformance: backend {target.backend.name} ({target.backend.device}), "
-               f"dtypes {', '.join(target.dtypes)}")
+    tr.section(
+        f"attnspec conformance: backend {target.backend.name} ({target.backend.device}), "
+        f"dtypes {', '.join(target.dtypes)}"
+    )
     tr.write_line(f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7}")
     for clause_id, row in table.items():
         if row["status"] == "not run" and not row["tests"]:
@@ -76,10 +87,15 @@ def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> 
         "backend": {"name": target.backend.name, "spec": target.spec, "device": target.backend.device},
         "dtypes": list(target.dtypes),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
-                        "numpy": np.__version__, "hypothesis": hypothesis.__version__,
-                        "hypothesis_profile": hypothesis_profile,
-                        "shapes": "menu" if target.shape_menu else "all", **_frameworks()},
+        "environment": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "numpy": np.__version__,
+            "hypothesis": hypothesis.__version__,
+            "hypothesis_profile": hypothesis_profile,
+            "shapes": "menu" if target.shape_menu else "all",
+            **_frameworks(),
+        },
         "clauses": per_clause(target, results),
         "tests": results,
     }
@@ -90,8 +106,11 @@ def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> 
 
 def _frameworks() -> dict:
     """Versions of the array frameworks the backend loaded (and the GPU it ran on), if any."""
-    found: dict[str, str] = {name: getattr(sys.modules[name], "__version__", "?")
-             for name in ("torch", "triton", "cupy", "ml_dtypes") if name in sys.modules}
+    found: dict[str, str] = {
+        name: getattr(sys.modules[name], "__version__", "?")
+        for name in ("torch", "triton", "cupy", "ml_dtypes")
+        if name in sys.modules
+    }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         found["gpu"] = torch.cuda.get_device_name()

@@ -51,9 +51,13 @@ class RetentionCase:
         k = rounded(rng.standard_normal((self.batch, self.heads, self.n, self.d_k)), dtype)
         v = rounded(rng.standard_normal((self.batch, self.heads, self.n, self.d_v)), dtype)
         state = rng.standard_normal((self.batch, self.heads, self.d_k, self.d_v))
-        kwargs = dict(gammas=np.asarray(self.gammas, dtype=gamma_dtype(dtype)), scale=self.scale,
-                      initial_state=rounded(state, dtype) if self.initial_state else None,
-                      form=self.form, chunk_size=self.chunk_size)
+        kwargs = dict(
+            gammas=np.asarray(self.gammas, dtype=gamma_dtype(dtype)),
+            scale=self.scale,
+            initial_state=rounded(state, dtype) if self.initial_state else None,
+            form=self.form,
+            chunk_size=self.chunk_size,
+        )
         return q, k, v, kwargs
 
 
@@ -82,9 +86,16 @@ def retention_cases(draw, *, form: str | None = "parallel", initial_state: bool 
     n = draw(lengths(max_len))  # N = 0 is a pinned example of the tests
     d_k = draw(dims)
     gamma = st.one_of(st.sampled_from(GAMMAS), st.floats(0.0, 1.0))
-    return RetentionCase(batch=draw(st.integers(1, 2)), heads=heads, n=n, d_k=d_k,
-                         d_v=draw(st.one_of(st.just(d_k), dims)),
-                         gammas=tuple(draw(st.lists(gamma, min_size=heads, max_size=heads))), form=form,
-                         chunk_size=draw(chunk_sizes(n)) if form == "chunkwise" else None,
-                         scale=draw(st.sampled_from([None, 0.3, 1.7])), initial_state=initial_state,
-                         seed=draw(st.integers(0, 2**32 - 1)))
+    return RetentionCase(
+        batch=draw(st.integers(1, 2)),
+        heads=heads,
+        n=n,
+        d_k=d_k,
+        d_v=draw(st.one_of(st.just(d_k), dims)),
+        gammas=tuple(draw(st.lists(gamma, min_size=heads, max_size=heads))),
+        form=form,
+        chunk_size=draw(chunk_sizes(n)) if form == "chunkwise" else None,
+        scale=draw(st.sampled_from([None, 0.3, 1.7])),
+        initial_state=initial_state,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )

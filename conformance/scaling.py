@@ -62,10 +62,14 @@ def report_variant(backend, variant: Variant, lengths, repeat: int, fit: int) ->
     tail = rows[-fit:]
     ns = [r["n"] for r in tail]
     return {
-        "variant": variant.name, "clause": variant.clause, "backend": backend.name, "rows": rows,
+        "variant": variant.name,
+        "clause": variant.clause,
+        "backend": backend.name,
+        "rows": rows,
         "time_exponent": exponent(ns, [r["seconds"] for r in tail]),
         "memory_exponent": exponent(ns, [r["peak_bytes"] for r in tail]),
-        "expected_time": variant.expected_time, "expected_memory": variant.expected_memory,
+        "expected_time": variant.expected_time,
+        "expected_memory": variant.expected_memory,
     }
 
 
@@ -78,11 +82,19 @@ def run_report(backends, lengths, *, repeat: int = 3, fit: int = 3, only: str | 
             result = report_variant(backend, variant, lengths, repeat, fit)
             log(_line(result))
             results.append(result)
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "attnspec": __version__, "numpy": np.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "versions": _versions(backends), "lengths": list(lengths), "fit_points": fit, "repeat": repeat,
-            "results": results}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "attnspec": __version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": _versions(backends),
+        "lengths": list(lengths),
+        "fit_points": fit,
+        "repeat": repeat,
+        "results": results,
+    }
 
 
 def _versions(backends) -> dict:
@@ -102,17 +114,22 @@ def _fmt(value) -> str:
 def _line(r: dict) -> str:
     largest = r["rows"][-1]
     peak = "n/a" if largest["peak_bytes"] is None else f"{largest['peak_bytes'] / 2**20:.1f} MiB"
-    return (f"{r['backend']:<8} {r['variant']:<34} time {_fmt(r['time_exponent'])} (expect {r['expected_time']:g})"
-            f"  memory {_fmt(r['memory_exponent'])} (expect {r['expected_memory']:g})"
-            f"  at N={largest['n']}: {largest['seconds'] * 1e3:8.1f} ms, {peak}")
+    return (
+        f"{r['backend']:<8} {r['variant']:<34} time {_fmt(r['time_exponent'])} (expect {r['expected_time']:g})"
+        f"  memory {_fmt(r['memory_exponent'])} (expect {r['expected_memory']:g})"
+        f"  at N={largest['n']}: {largest['seconds'] * 1e3:8.1f} ms, {peak}"
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnspec.conformance.scaling", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m attnspec.conformance.scaling", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--backend", action="append", default=[], help="backend(s) to measure (default: numpy)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
-                        help="comma-separated sequence lengths, ascending")
+    parser.add_argument(
+        "--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="comma-separated sequence lengths, ascending"
+    )
     parser.add_argument("--fit", type=int, default=3, help="fit the exponent over this many largest lengths")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per point (the median is kept)")
     parser.add_argument("--only", default=None, help="only variants whose name contains this text")
@@ -127,7 +144,7 @@ def main(argv=None) -> int:
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1; got {args.repeat}")
     backends = [load_backend(spec, device=args.device) for spec in (args.backend or ["numpy"])]
-    print(f"exponents of cost against N, fitted over N = {lengths[-args.fit:]}")
+    print(f"exponents of cost against N, fitted over N = {lengths[-args.fit :]}")
     report = run_report(backends, lengths, repeat=args.repeat, fit=args.fit, only=args.only)
     if not report["results"]:
         print("no variant matched: check --backend and --only", file=sys.stderr)
@@ -145,20 +162,27 @@ def main(argv=None) -> int:
 
 def markdown(report: dict) -> str:
     """The report as a markdown table, with the machine, versions and date it was measured on."""
-    fitted = report["lengths"][-report["fit_points"]:]
-    lines = [f"# Scaling report, {report['date']}", "",
-             f"attnspec {report['attnspec']}, numpy {report['numpy']}, python {report['python']}, "
-             f"{report['processor']}; {', '.join(f'{k} {v}' for k, v in report.get('versions', {}).items())}", "",
-             f"Exponents of time and peak memory against N, least-squares fit over N = {fitted}; "
-             f"median of {report['repeat']} runs. Timings are a report; the suite gates on peak memory only.", "",
-             "| backend | variant | clause | time exp. | reference | memory exp. | reference | ms at largest N | MiB at largest N |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    fitted = report["lengths"][-report["fit_points"] :]
+    lines = [
+        f"# Scaling report, {report['date']}",
+        "",
+        f"attnspec {report['attnspec']}, numpy {report['numpy']}, python {report['python']}, "
+        f"{report['processor']}; {', '.join(f'{k} {v}' for k, v in report.get('versions', {}).items())}",
+        "",
+        f"Exponents of time and peak memory against N, least-squares fit over N = {fitted}; "
+        f"median of {report['repeat']} runs. Timings are a report; the suite gates on peak memory only.",
+        "",
+        "| backend | variant | clause | time exp. | reference | memory exp. | reference | ms at largest N | MiB at largest N |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         last = r["rows"][-1]
         mib = "n/a" if last["peak_bytes"] is None else f"{last['peak_bytes'] / 2**20:.1f}"
-        lines.append(f"| {r['backend']} | {r['variant']} | `{r['clause']}` | {_fmt(r['time_exponent']).strip()} | "
-                     f"{r['expected_time']:g} | {_fmt(r['memory_exponent']).strip()} | {r['expected_memory']:g} | "
-                     f"{last['seconds'] * 1e3:.1f} | {mib} |")
+        lines.append(
+            f"| {r['backend']} | {r['variant']} | `{r['clause']}` | {_fmt(r['time_exponent']).strip()} | "
+            f"{r['expected_time']:g} | {_fmt(r['memory_exponent']).strip()} | {r['expected_memory']:g} | "
+            f"{last['seconds'] * 1e3:.1f} | {mib} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -53,8 +53,11 @@ class SparseCase:
 
     def __repr__(self) -> str:
         defaults = SparseCase("")
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for i, f in enumerate(fields(self))
-                 if i < 9 or getattr(self, f.name) != getattr(defaults, f.name)]
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for i, f in enumerate(fields(self))
+            if i < 9 or getattr(self, f.name) != getattr(defaults, f.name)
+        ]
         return f"SparseCase({', '.join(shown)})"
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -70,8 +73,17 @@ class SparseCase:
 
     def inputs(self, dtype: str):
         """``(q, k, v, kwargs)``: arrays rounded to ``dtype``; ``kwargs`` holds pattern, scale and parameters."""
-        shape = SdpaCase(batch=self.batch, h_q=self.h_q, h_kv=self.h_kv, n_q=self.n_q, n_k=self.n_k,
-                         d_qk=self.d_qk, d_v=self.d_v, seed=self.seed, magnitude=self.magnitude)
+        shape = SdpaCase(
+            batch=self.batch,
+            h_q=self.h_q,
+            h_kv=self.h_kv,
+            n_q=self.n_q,
+            n_k=self.n_k,
+            d_qk=self.d_qk,
+            d_v=self.d_v,
+            seed=self.seed,
+            magnitude=self.magnitude,
+        )
         q, k, v, _ = shape.inputs(dtype)
         return q, k, v, {"pattern": self.pattern, "scale": self.scale, **self.pattern_params()}
 
@@ -130,10 +142,19 @@ def sparse_cases(draw, pattern: str, *, max_len: int = 96, shorter_queries: bool
     top = current().backend.max_head_dim or max(HEAD_DIMS)
     dims = st.sampled_from([d for d in HEAD_DIMS if d <= top])
     d_qk = draw(dims)
-    case = SparseCase(pattern, batch=draw(st.integers(1, 2)), h_q=h_q, h_kv=h_kv, n_q=n_q, n_k=n_k, d_qk=d_qk,
-                      d_v=draw(st.one_of(st.just(d_qk), dims)), seed=draw(st.integers(0, 2**32 - 1)),
-                      magnitude=draw(st.sampled_from(("unit", "large"))),
-                      scale=draw(st.sampled_from([None, 0.3])) if declares("sdpa.scale") else None)
+    case = SparseCase(
+        pattern,
+        batch=draw(st.integers(1, 2)),
+        h_q=h_q,
+        h_kv=h_kv,
+        n_q=n_q,
+        n_k=n_k,
+        d_qk=d_qk,
+        d_v=draw(st.one_of(st.just(d_qk), dims)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+        magnitude=draw(st.sampled_from(("unit", "large"))),
+        scale=draw(st.sampled_from([None, 0.3])) if declares("sdpa.scale") else None,
+    )
     return case.with_(params=draw(CASES[pattern].params(case)))
 
 
@@ -191,9 +212,12 @@ def pattern_cases(clause_id: str, *, edges, probe: int = 0, budget=None, causal:
     def register(draw_params):
         name = clause_id.removeprefix("sparse.")
         if name not in patterns_with_builders():
-            raise ValueError(f"cases for {clause_id!r}, which has no reference builder (attnspec.reference.sparse.builds)")
-        cases = PatternCases(st.composite(draw_params), tuple(edges), probe, budget, causal,
-                             inspect.getdoc(draw_params) or "")
+            raise ValueError(
+                f"cases for {clause_id!r}, which has no reference builder (attnspec.reference.sparse.builds)"
+            )
+        cases = PatternCases(
+            st.composite(draw_params), tuple(edges), probe, budget, causal, inspect.getdoc(draw_params) or ""
+        )
         CASES[name] = cases
         attach(clause_id, "cases", cases)
         return draw_params
@@ -207,11 +231,18 @@ def patterns_with_builders() -> tuple[str, ...]:
     return tuple(BUILDERS)
 
 
-@pattern_cases("sparse.dilated", probe=1, budget=lambda n, heads: dict(window=8, dilation=2), edges=[
-    SparseCase("dilated", n_q=1, n_k=1, params=(("window", 2),)),
-    SparseCase("dilated", h_q=2, h_kv=1, n_q=5, n_k=37, params=(("window", 3), ("dilation", (1, 3)), ("causal", True))),
-    SparseCase("dilated", n_q=17, n_k=17, params=(("window", 2), ("dilation", 4))),
-])
+@pattern_cases(
+    "sparse.dilated",
+    probe=1,
+    budget=lambda n, heads: dict(window=8, dilation=2),
+    edges=[
+        SparseCase("dilated", n_q=1, n_k=1, params=(("window", 2),)),
+        SparseCase(
+            "dilated", h_q=2, h_kv=1, n_q=5, n_k=37, params=(("window", 3), ("dilation", (1, 3)), ("causal", True))
+        ),
+        SparseCase("dilated", n_q=17, n_k=17, params=(("window", 2), ("dilation", 4))),
+    ],
+)
 def _dilated(draw, case):
     """Keys d apart within w steps on each side (per-head d), causal or not."""
     per_head = st.tuples(*[st.integers(1, 4)] * case.h_q)
@@ -223,10 +254,14 @@ def _longformer_budget(n: int, heads: int) -> dict:
     return dict(window=16, global_tokens=np.isin(np.arange(n), [0, n - 1]))
 
 
-@pattern_cases("sparse.longformer", budget=_longformer_budget, edges=[
-    SparseCase("longformer", n_q=20, n_k=20, params=(("window", 1), ("global_tokens", (19,)))),
-    SparseCase("longformer", batch=2, n_q=3, n_k=21, params=(("window", 0), ("global_tokens", ((0,), (20,))))),
-])
+@pattern_cases(
+    "sparse.longformer",
+    budget=_longformer_budget,
+    edges=[
+        SparseCase("longformer", n_q=20, n_k=20, params=(("window", 1), ("global_tokens", (19,)))),
+        SparseCase("longformer", batch=2, n_q=3, n_k=21, params=(("window", 0), ("global_tokens", ((0,), (20,))))),
+    ],
+)
 def _longformer(draw, case):
     """Window plus global tokens in both directions, also a global token at the last position."""
     return (("window", draw(_sides())), ("global_tokens", draw(_per_batch(case, _positions(case.n_k, 4)))))
@@ -234,39 +269,65 @@ def _longformer(draw, case):
 
 def _bigbird_budget(n: int, heads: int) -> dict:
     n_blocks = math.ceil(n / 16)
-    return dict(block=16, window_blocks=1, global_blocks=np.array([0, n_blocks - 1]),
-                random_blocks=patterns.bigbird_random_blocks(n_blocks, 2, heads=heads, seed=0))
+    return dict(
+        block=16,
+        window_blocks=1,
+        global_blocks=np.array([0, n_blocks - 1]),
+        random_blocks=patterns.bigbird_random_blocks(n_blocks, 2, heads=heads, seed=0),
+    )
 
 
-@pattern_cases("sparse.bigbird", budget=_bigbird_budget, edges=[
-    SparseCase("bigbird", h_q=2, h_kv=2, n_q=37, n_k=37,
-               params=(("block", 8), ("window_blocks", 1), ("global_blocks", (0, 4)), ("random", (2, 2)))),
-    SparseCase("bigbird", n_q=1, n_k=1, params=(("block", 4), ("window_blocks", 0))),
-    SparseCase("bigbird", n_q=30, n_k=30, params=(("block", 3), ("window_blocks", 0), ("random", (1, 1)))),
-])
+@pattern_cases(
+    "sparse.bigbird",
+    budget=_bigbird_budget,
+    edges=[
+        SparseCase(
+            "bigbird",
+            h_q=2,
+            h_kv=2,
+            n_q=37,
+            n_k=37,
+            params=(("block", 8), ("window_blocks", 1), ("global_blocks", (0, 4)), ("random", (2, 2))),
+        ),
+        SparseCase("bigbird", n_q=1, n_k=1, params=(("block", 4), ("window_blocks", 0))),
+        SparseCase("bigbird", n_q=30, n_k=30, params=(("block", 3), ("window_blocks", 0), ("random", (1, 1)))),
+    ],
+)
 def _bigbird(draw, case):
     """Block window, global and per-head random blocks; N not a multiple of the block."""
     block = draw(_sizes(case.n_k))
     n_blocks = -(-case.n_k // block)
     global_blocks = draw(_positions(n_blocks, 2))
     random = (draw(st.sampled_from([1, case.h_q])), draw(st.sampled_from([0, 1, 2, 3])))
-    return (("block", block), ("window_blocks", draw(st.sampled_from([0, 1, 2]))), ("global_blocks", global_blocks),
-            ("random", random))
+    return (
+        ("block", block),
+        ("window_blocks", draw(st.sampled_from([0, 1, 2]))),
+        ("global_blocks", global_blocks),
+        ("random", random),
+    )
 
 
-@pattern_cases("sparse.strided", causal=True, edges=[
-    SparseCase("strided", n_q=20, n_k=20, params=(("stride", 4), ("factor", "a1"))),
-    SparseCase("strided", n_q=4, n_k=29, params=(("stride", 5),)),
-])
+@pattern_cases(
+    "sparse.strided",
+    causal=True,
+    edges=[
+        SparseCase("strided", n_q=20, n_k=20, params=(("stride", 4), ("factor", "a1"))),
+        SparseCase("strided", n_q=4, n_k=29, params=(("stride", 5),)),
+    ],
+)
 def _strided(draw, case):
     """A1 holds the previous l keys and itself; A2 every l-th earlier key; causal."""
     return (("stride", draw(_sizes(case.n_k))), ("factor", draw(st.sampled_from(patterns.FACTORS))))
 
 
-@pattern_cases("sparse.fixed", causal=True, edges=[
-    SparseCase("fixed", n_q=24, n_k=24, params=(("stride", 6), ("summary", 2))),
-    SparseCase("fixed", n_q=1, n_k=1, params=(("stride", 3), ("summary", 3), ("factor", "a2"))),
-])
+@pattern_cases(
+    "sparse.fixed",
+    causal=True,
+    edges=[
+        SparseCase("fixed", n_q=24, n_k=24, params=(("stride", 6), ("summary", 2))),
+        SparseCase("fixed", n_q=1, n_k=1, params=(("stride", 3), ("summary", 3), ("factor", "a2"))),
+    ],
+)
 def _fixed(draw, case):
     """A1 the query's own block; A2 the last c positions of every block; causal."""
     stride = draw(_sizes(case.n_k))
@@ -280,21 +341,37 @@ def _block_sparse_budget(n: int, heads: int) -> dict:
     return dict(layout=band[None], block_q=32, block_k=32)
 
 
-@pattern_cases("sparse.block_sparse", budget=_block_sparse_budget, edges=[
-    SparseCase("block_sparse", h_q=2, h_kv=2, n_q=37, n_k=37, params=(("block_q", 16), ("block_k", 5), ("layout", (2, 0.5)))),
-    SparseCase("block_sparse", n_q=1, n_k=1, params=(("block_q", 64), ("block_k", 64), ("layout", (1, 1.0)))),
-    SparseCase("block_sparse", n_q=9, n_k=33, params=(("block_q", 4), ("block_k", 4), ("layout", (1, 0.3)))),
-])
+@pattern_cases(
+    "sparse.block_sparse",
+    budget=_block_sparse_budget,
+    edges=[
+        SparseCase(
+            "block_sparse",
+            h_q=2,
+            h_kv=2,
+            n_q=37,
+            n_k=37,
+            params=(("block_q", 16), ("block_k", 5), ("layout", (2, 0.5))),
+        ),
+        SparseCase("block_sparse", n_q=1, n_k=1, params=(("block_q", 64), ("block_k", 64), ("layout", (1, 1.0)))),
+        SparseCase("block_sparse", n_q=9, n_k=33, params=(("block_q", 4), ("block_k", 4), ("layout", (1, 0.3)))),
+    ],
+)
 def _block_sparse(draw, case):
     """Per-head layouts of block_q x block_k tiles, block sizes that do not divide N."""
     layout = (draw(st.sampled_from([1, case.h_q])), draw(st.sampled_from([0.0, 0.3, 0.7, 1.0])))
     return (("block_q", draw(_sizes(case.n_k))), ("block_k", draw(_sizes(case.n_k))), ("layout", layout))
 
 
-@pattern_cases("sparse.prefix_lm", probe=1, causal=True, edges=[
-    SparseCase("prefix_lm", batch=2, n_q=13, n_k=13, params=(("prefix_lens", (0, 13)),)),
-    SparseCase("prefix_lm", batch=2, n_q=4, n_k=13, params=(("prefix_lens", (5, 12)),)),
-])
+@pattern_cases(
+    "sparse.prefix_lm",
+    probe=1,
+    causal=True,
+    edges=[
+        SparseCase("prefix_lm", batch=2, n_q=13, n_k=13, params=(("prefix_lens", (0, 13)),)),
+        SparseCase("prefix_lm", batch=2, n_q=4, n_k=13, params=(("prefix_lens", (5, 12)),)),
+    ],
+)
 def _prefix_lm(draw, case):
     """Bidirectional inside the per-batch prefix (exclusive of position prefix_lens), causal after."""
     edge = st.sampled_from(sorted({0, 1, case.n_k - 1, case.n_k}))
@@ -302,24 +379,36 @@ def _prefix_lm(draw, case):
     return (("prefix_lens", tuple(draw(lens))),)
 
 
-@pattern_cases("sparse.document", probe=1, budget=lambda n, heads: dict(document_ids=np.arange(n) // 64, causal=True),
-               edges=[
-    SparseCase("document", n_q=9, n_k=9, params=(("document_lengths", (3, 0, 5, 1)), ("causal", True))),
-    SparseCase("document", batch=2, n_q=3, n_k=9, params=(("document_lengths", ((0, 9), (4, 4, 1))),)),
-])
+@pattern_cases(
+    "sparse.document",
+    probe=1,
+    budget=lambda n, heads: dict(document_ids=np.arange(n) // 64, causal=True),
+    edges=[
+        SparseCase("document", n_q=9, n_k=9, params=(("document_lengths", (3, 0, 5, 1)), ("causal", True))),
+        SparseCase("document", batch=2, n_q=3, n_k=9, params=(("document_lengths", ((0, 9), (4, 4, 1))),)),
+    ],
+)
 def _document(draw, case):
     """Packed documents, empty ones and documents spanning several runs included."""
     cuts = st.lists(st.integers(0, case.n_k), max_size=5).map(sorted)
     lengths = cuts.map(lambda c: tuple(int(x) for x in np.diff([0, *c, case.n_k])))  # zeros: empty documents
-    return (("document_lengths", draw(_per_batch(case, lengths))), ("labels", draw(st.sampled_from(["runs", "alternating"]))),
-            ("causal", draw(st.booleans())))
+    return (
+        ("document_lengths", draw(_per_batch(case, lengths))),
+        ("labels", draw(st.sampled_from(["runs", "alternating"]))),
+        ("causal", draw(st.booleans())),
+    )
 
 
-@pattern_cases("sparse.chunked", probe=1, budget=lambda n, heads: dict(chunk=64, causal=True), edges=[
-    SparseCase("chunked", n_q=37, n_k=37, params=(("chunk", 8), ("causal", True))),
-    SparseCase("chunked", n_q=3, n_k=17, params=(("chunk", 8),)),
-    SparseCase("chunked", n_q=1, n_k=1, params=(("chunk", 1), ("causal", True))),
-])
+@pattern_cases(
+    "sparse.chunked",
+    probe=1,
+    budget=lambda n, heads: dict(chunk=64, causal=True),
+    edges=[
+        SparseCase("chunked", n_q=37, n_k=37, params=(("chunk", 8), ("causal", True))),
+        SparseCase("chunked", n_q=3, n_k=17, params=(("chunk", 8),)),
+        SparseCase("chunked", n_q=1, n_k=1, params=(("chunk", 1), ("causal", True))),
+    ],
+)
 def _chunked(draw, case):
     """Chunks of absolute positions, also when decoding the last rows only."""
     return (("chunk", draw(_sizes(case.n_k))), ("causal", draw(st.booleans())))
@@ -346,8 +435,15 @@ EDGES = {p: list(cases.edges) for p, cases in CASES.items()}
 
 #: Rows without keys beside rows with keys (clause ``sparse``, ``sdpa.fully_masked``): with seed 2
 #: head 1's first tile row of the layout is empty, 16 rows of 80 (a check in tests/ keeps it so).
-EMPTY_ROWS = SparseCase("block_sparse", h_q=2, h_kv=1, n_q=40, n_k=40, seed=2,
-                        params=(("block_q", 16), ("block_k", 8), ("layout", (2, 0.3))))
+EMPTY_ROWS = SparseCase(
+    "block_sparse",
+    h_q=2,
+    h_kv=1,
+    n_q=40,
+    n_k=40,
+    seed=2,
+    params=(("block_q", 16), ("block_k", 8), ("layout", (2, 0.3))),
+)
 
 
 def budgeted_params(pattern: str, n: int, heads: int = 1) -> dict:

@@ -33,8 +33,14 @@ MAX_SCORES = 2 * 6 * 129 * 129
 #: ``--shapes=menu``: (batch, H_q, H_kv, N_q, N_k, D_qk, D_v). Single elements; N_q below, equal to
 #: and above N_k; one 128-wide block and a partial one; odd and unequal head dims; batch 2 (per-batch
 #: lengths); GQA ratio 3 (H_kv = H_q where GQA is not drawn).
-MENU_SHAPES = ((1, 1, 1, 1, 1, 8, 8), (2, 3, 3, 17, 17, 80, 80), (1, 6, 2, 5, 17, 64, 16),
-               (2, 6, 2, 17, 5, 8, 80), (1, 6, 2, 17, 129, 80, 80), (2, 3, 3, 129, 17, 8, 8))
+MENU_SHAPES = (
+    (1, 1, 1, 1, 1, 8, 8),
+    (2, 3, 3, 17, 17, 80, 80),
+    (1, 6, 2, 5, 17, 64, 16),
+    (2, 6, 2, 17, 5, 8, 80),
+    (1, 6, 2, 17, 129, 80, 80),
+    (2, 3, 3, 129, 17, 8, 8),
+)
 MENU_LENGTHS = (1, 17, 129)
 
 
@@ -72,8 +78,10 @@ def _menu_shapes(gqa: bool, max_len: int | None) -> st.SearchStrategy[tuple[int,
     backend = current().backend
     top_n = _limit(backend.max_seq_len, _limit(max_len, max(LENGTHS)))
     top_d = _limit(backend.max_head_dim, max(HEAD_DIMS))
-    shapes = [(b, h_q, h_kv if gqa else h_q, min(n_q, top_n), min(n_k, top_n), min(d_qk, top_d), min(d_v, top_d))
-              for b, h_q, h_kv, n_q, n_k, d_qk, d_v in MENU_SHAPES]
+    shapes = [
+        (b, h_q, h_kv if gqa else h_q, min(n_q, top_n), min(n_k, top_n), min(d_qk, top_d), min(d_v, top_d))
+        for b, h_q, h_kv, n_q, n_k, d_qk, d_v in MENU_SHAPES
+    ]
     return st.sampled_from(sorted(set(shapes), key=shapes.index))
 
 
@@ -105,10 +113,22 @@ def windows() -> st.SearchStrategy[tuple[int, int]]:
 
 
 @st.composite
-def sdpa_cases(draw, *, causal: str | None = None, window: bool = False, mask: bool = False,
-               bias: bool = False, softcap: bool = False, alibi: bool = False, padding: bool = False,
-               gqa: bool | None = None, scale: bool = False, extras: bool = False,
-               magnitudes: tuple[str, ...] = ("unit", "large"), max_len: int | None = None) -> SdpaCase:
+def sdpa_cases(
+    draw,
+    *,
+    causal: str | None = None,
+    window: bool = False,
+    mask: bool = False,
+    bias: bool = False,
+    softcap: bool = False,
+    alibi: bool = False,
+    padding: bool = False,
+    gqa: bool | None = None,
+    scale: bool = False,
+    extras: bool = False,
+    magnitudes: tuple[str, ...] = ("unit", "large"),
+    max_len: int | None = None,
+) -> SdpaCase:
     """A case with the named options on; ``extras`` adds other declared options at random.
 
     ``gqa`` None draws GQA shapes only if the backend declares ``sdpa.gqa``.
@@ -116,14 +136,29 @@ def sdpa_cases(draw, *, causal: str | None = None, window: bool = False, mask: b
     if gqa is None:
         gqa = declares("sdpa.gqa")
     batch, h_q, h_kv, n_q, n_k, d_qk, d_v = draw(_shapes(gqa, max_len))
-    case = SdpaCase(batch=batch, h_q=h_q, h_kv=h_kv, n_q=n_q, n_k=n_k, d_qk=d_qk, d_v=d_v,
-                    seed=draw(st.integers(0, 2**32 - 1)), magnitude=draw(st.sampled_from(magnitudes)),
-                    causal=causal)
+    case = SdpaCase(
+        batch=batch,
+        h_q=h_q,
+        h_kv=h_kv,
+        n_q=n_q,
+        n_k=n_k,
+        d_qk=d_qk,
+        d_v=d_v,
+        seed=draw(st.integers(0, 2**32 - 1)),
+        magnitude=draw(st.sampled_from(magnitudes)),
+        causal=causal,
+    )
     on = dict(window=window, mask=mask, bias=bias, softcap=softcap, alibi=alibi, padding=padding, scale=scale)
     if extras:
-        for name, clause_id in (("window", "sdpa.window"), ("mask", "sdpa.mask"), ("bias", "sdpa.bias"),
-                                ("softcap", "sdpa.softcap"), ("alibi", "sdpa.alibi"),
-                                ("padding", "sdpa.padding"), ("scale", "sdpa.scale")):
+        for name, clause_id in (
+            ("window", "sdpa.window"),
+            ("mask", "sdpa.mask"),
+            ("bias", "sdpa.bias"),
+            ("softcap", "sdpa.softcap"),
+            ("alibi", "sdpa.alibi"),
+            ("padding", "sdpa.padding"),
+            ("scale", "sdpa.scale"),
+        ):
             on[name] = on[name] or (declares(clause_id) and draw(st.booleans()))
         if case.causal is None and draw(st.booleans()):
             options = [c for c in ("top_left", "bottom_right") if declares(f"sdpa.causal.{c}")]

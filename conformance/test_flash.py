@@ -26,10 +26,17 @@ def test_tiled_equals_direct(check, dtype, case, data):
 
 
 @pytest.mark.clause("flash.memory")
-@pytest.mark.parametrize("options", [{}, {"causal": "bottom_right"}, {"window": (32, 0)}], ids=["dense", "causal", "window"])
+@pytest.mark.parametrize(
+    "options", [{}, {"causal": "bottom_right"}, {"window": (32, 0)}], ids=["dense", "causal", "window"]
+)
 def test_tiled_memory_is_linear(check, dtype, options):
     """Peak memory of the tiled pass grows linearly in N: x4 in N must stay well under x16."""
-    if "causal" in options and not declares("sdpa.causal.bottom_right") or "window" in options and not declares("sdpa.window"):
+    if (
+        "causal" in options
+        and not declares("sdpa.causal.bottom_right")
+        or "window" in options
+        and not declares("sdpa.window")
+    ):
         pytest.skip("unsupported: the backend does not declare this option")
 
     def build(n):
@@ -71,8 +78,11 @@ def test_merge_partials(check, dtype, case, data):
 
 
 @pytest.mark.clause("flash.decode")
-@given(case=sdpa_cases(extras=True, magnitudes=("unit",)), capacity_extra=st.integers(0, 9),
-       num_splits=st.sampled_from([1, 3]))
+@given(
+    case=sdpa_cases(extras=True, magnitudes=("unit",)),
+    capacity_extra=st.integers(0, 9),
+    num_splits=st.sampled_from([1, 3]),
+)
 def test_decode(check, dtype, case, capacity_extra, num_splits):
     """New queries against a cache of lengths cache_lens; unused capacity holds NaN."""
     case = case.with_(causal=None, q_lens=None, kv_lens=None, mask=None, bias=None)  # both sized to N_k
@@ -85,7 +95,9 @@ def test_decode(check, dtype, case, capacity_extra, num_splits):
     out, lse = call("decode", q, k_cache, v_cache, cache_lens=cache_lens, num_splits=num_splits, **options)
     as_sdpa = {**options, "causal": "bottom_right", "kv_lens": cache_lens}
     ref_out, ref_lse = reference.sdpa(q, k_cache, v_cache, return_lse=True, **as_sdpa)
-    bound_out, bound_lse = sdpa_bounds(q, np.nan_to_num(k_cache), np.nan_to_num(v_cache), as_sdpa, dtype, ref_out, ref_lse)
+    bound_out, bound_lse = sdpa_bounds(
+        q, np.nan_to_num(k_cache), np.nan_to_num(v_cache), as_sdpa, dtype, ref_out, ref_lse
+    )
     check.close(out, ref_out, bound_out, what="decoded out", case=case)
     check.close(lse, ref_lse, bound_lse, what="decoded lse", case=case)
 
@@ -107,7 +119,7 @@ def test_decoding_step_by_step_equals_causal_pass(check, dtype, case):
     for t in range(case.n_k):
         k_cache[:, :, t], v_cache[:, :, t] = k[:, :, t], v[:, :, t]
         lens = np.full(case.batch, t + 1, dtype=np.int32)
-        out_t, _ = call("decode", q[:, :, t:t + 1], k_cache, v_cache, cache_lens=lens, **options)
+        out_t, _ = call("decode", q[:, :, t : t + 1], k_cache, v_cache, cache_lens=lens, **options)
         rows.append(np.asarray(out_t, np.float64))
     ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, causal="bottom_right", **options)
     bound, _ = sdpa_bounds(q, k, v, {**options, "causal": "bottom_right"}, dtype, ref_out, ref_lse)

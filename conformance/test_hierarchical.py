@@ -66,11 +66,16 @@ def _check_nsa_causal(check, dtype, case: NsaCase, data):
     q, k, v, kwargs = case.inputs(dtype)
     p = data.draw(st.integers(0, case.n_k - 2), label="p")
     poisoned_k, poisoned_v = k.copy(), v.copy()
-    poisoned_k[:, :, p + 1:], poisoned_v[:, :, p + 1:] = _poison(dtype), _poison(dtype)
+    poisoned_k[:, :, p + 1 :], poisoned_v[:, :, p + 1 :] = _poison(dtype), _poison(dtype)
     out = np.asarray(call("nsa", q, poisoned_k, poisoned_v, **kwargs), np.float64)
     problem = NSA.build(q, k, v, **kwargs)
-    check.close(out[:, :, :p + 1], problem.output()[:, :, :p + 1], nsa_bound(problem, dtype),
-                what=f"nsa rows 0..{p} with the keys after {p} poisoned", case=case)
+    check.close(
+        out[:, :, : p + 1],
+        problem.output()[:, :, : p + 1],
+        nsa_bound(problem, dtype),
+        what=f"nsa rows 0..{p} with the keys after {p} poisoned",
+        case=case,
+    )
 
 
 @pytest.mark.clause("nsa.combine")
@@ -128,8 +133,21 @@ def test_nsa_select(check, dtype, case):
 @pytest.mark.clause("nsa.select.ties")
 @given(case=nsa_cases(zero_q=True))
 @example(case=NsaCase(n_q=32, n_k=32, cmp_len=4, cmp_stride=4, sel_len=4, top_n=3, zero_q=True))
-@example(case=NsaCase(h_q=3, h_kv=1, n_q=1, n_k=64, cmp_len=2, cmp_stride=2, sel_len=4, top_n=4, init_blocks=1,
-                      local_blocks=1, zero_q=True))
+@example(
+    case=NsaCase(
+        h_q=3,
+        h_kv=1,
+        n_q=1,
+        n_k=64,
+        cmp_len=2,
+        cmp_stride=2,
+        sel_len=4,
+        top_n=4,
+        init_blocks=1,
+        local_blocks=1,
+        zero_q=True,
+    )
+)
 def test_nsa_select_ties_go_to_the_lower_index(check, dtype, case):
     """With q = 0 every visible compressed block is equally probable: the tie rule decides."""
     _check_select(check, dtype, case)
@@ -137,8 +155,9 @@ def test_nsa_select_ties_go_to_the_lower_index(check, dtype, case):
 
 @pytest.mark.clause("nsa.select.ties")
 @given(case=nsa_cases(gates="slc", zero_q=True))
-@example(case=NsaCase(h_q=4, h_kv=2, n_q=24, n_k=24, cmp_len=2, cmp_stride=2, sel_len=2, top_n=3, gates="slc",
-                      zero_q=True))
+@example(
+    case=NsaCase(h_q=4, h_kv=2, n_q=24, n_k=24, cmp_len=2, cmp_stride=2, sel_len=2, top_n=3, gates="slc", zero_q=True)
+)
 def test_nsa_selected_branch_ties_go_to_the_lower_index(check, dtype, case):
     """q = 0 in the fused op: the selected branch is the mean of the values of the blocks the tie rule picks."""
     _check_nsa(check, dtype, case)
@@ -153,8 +172,9 @@ def test_nsa_select_takes_every_candidate(check, dtype, case):
     current = (np.arange(case.n_q) + case.n_k - case.n_q) // case.sel_len
     slots = np.arange(case.top_n)
     expected = np.where(slots[None, :] <= current[:, None], slots[None, :], -1)
-    check.exact(got, np.broadcast_to(expected, (case.batch, case.h_kv, case.n_q, case.top_n)),
-                what="selected blocks", case=case)
+    check.exact(
+        got, np.broadcast_to(expected, (case.batch, case.h_kv, case.n_q, case.top_n)), what="selected blocks", case=case
+    )
 
 
 @pytest.mark.clause("nsa.selected")
@@ -170,8 +190,17 @@ def test_nsa_selected_branch(check, dtype, case):
 def test_nsa_every_block_selected_is_causal_dense(check, dtype, case):
     q, k, v, kwargs = case.inputs(dtype)
     out = call("nsa", q, k, v, **kwargs)
-    _check_dense(check, dtype, case, out, q, k, v, {"causal": "bottom_right", "scale": case.scale},
-                 "nsa out with every block selected")
+    _check_dense(
+        check,
+        dtype,
+        case,
+        out,
+        q,
+        k,
+        v,
+        {"causal": "bottom_right", "scale": case.scale},
+        "nsa out with every block selected",
+    )
 
 
 @pytest.mark.clause("nsa.window")
@@ -213,8 +242,9 @@ def test_routed(check, dtype, case):
 def test_routed_one_cluster_is_dense(check, dtype, case):
     q, k, v, kwargs = case.inputs(dtype)
     out, _ = call("routed", q, k, v, **kwargs)
-    _check_dense(check, dtype, case, out, q, k, v, {"causal": case.causal, "scale": case.scale},
-                 "routed out with one cluster")
+    _check_dense(
+        check, dtype, case, out, q, k, v, {"causal": case.causal, "scale": case.scale}, "routed out with one cluster"
+    )
 
 
 @pytest.mark.clause("routed")
@@ -226,10 +256,18 @@ def test_routed_rows_without_keys(check, dtype, case):
     out, lse = call("routed", q, k, v, **kwargs)
     empty = np.isneginf(routed_ref.routed(q, k, v, **kwargs)[1])
     assume(empty.any())
-    check.exact(np.asarray(out, np.float64)[empty], np.zeros((int(empty.sum()), case.d_v)),
-                what="out of rows without keys", case=case)
-    check.exact(np.asarray(lse, np.float64)[empty], np.full(int(empty.sum()), -np.inf),
-                what="lse of rows without keys", case=case)
+    check.exact(
+        np.asarray(out, np.float64)[empty],
+        np.zeros((int(empty.sum()), case.d_v)),
+        what="out of rows without keys",
+        case=case,
+    )
+    check.exact(
+        np.asarray(lse, np.float64)[empty],
+        np.full(int(empty.sum()), -np.inf),
+        what="lse of rows without keys",
+        case=case,
+    )
 
 
 @pytest.mark.clause("routed")
@@ -251,14 +289,19 @@ def test_routed_is_causal(check, dtype, case, data):
     q, k, v, kwargs = case.inputs(dtype)
     p = data.draw(st.integers(0, case.n_k - 1), label="p")
     poisoned_k, poisoned_v = k.copy(), v.copy()
-    poisoned_k[:, :, p + 1:], poisoned_v[:, :, p + 1:] = _poison(dtype), _poison(dtype)
+    poisoned_k[:, :, p + 1 :], poisoned_v[:, :, p + 1 :] = _poison(dtype), _poison(dtype)
     out, _ = call("routed", q, poisoned_k, poisoned_v, **kwargs)
     offset = 0 if case.causal == "top_left" else case.n_k - case.n_q
     rows = np.arange(case.n_q) + offset <= p
     ref_out, ref_lse = routed_ref.routed(q, k, v, **kwargs)
     bound = routed_bounds(q, k, v, kwargs, dtype, ref_out, ref_lse)[0]
-    check.close(np.asarray(out, np.float64)[:, :, rows], ref_out[:, :, rows], bound,
-                what=f"routed rows that see at most key {p}, later keys poisoned", case=case)
+    check.close(
+        np.asarray(out, np.float64)[:, :, rows],
+        ref_out[:, :, rows],
+        bound,
+        what=f"routed rows that see at most key {p}, later keys poisoned",
+        case=case,
+    )
 
 
 @pytest.mark.clause("routed")
@@ -270,13 +313,19 @@ def test_routed_hidden_values_do_not_leak(check, dtype, case):
     visible = sdpa_visible(prepare(rq, rk, rv, **options), range(case.n_q), range(case.n_k))
     group = case.h_q // case.h_kv
     unseen = ~np.broadcast_to(visible, (case.batch, case.h_q, case.n_q, case.n_k)).reshape(
-        case.batch, case.h_kv, group * case.n_q, case.n_k).any(axis=2)
+        case.batch, case.h_kv, group * case.n_q, case.n_k
+    ).any(axis=2)
     poisoned_v = v.copy()
     poisoned_v[unseen] = _poison(dtype)
     out, _ = call("routed", q, k, poisoned_v, **kwargs)
     ref_out, ref_lse = routed_ref.routed(q, k, v, **kwargs)
-    check.close(out, ref_out, routed_bounds(q, k, v, kwargs, dtype, ref_out, ref_lse)[0],
-                what="routed out with hidden values poisoned", case=case)
+    check.close(
+        out,
+        ref_out,
+        routed_bounds(q, k, v, kwargs, dtype, ref_out, ref_lse)[0],
+        what="routed out with hidden values poisoned",
+        case=case,
+    )
 
 
 def _check_assign(check, dtype, case: RoutedCase):
@@ -382,8 +431,7 @@ def test_lsh_one_bucket_is_banded(check, dtype, case):
     x = qk.astype(np.float64)
     keys = x / np.where(np.linalg.norm(x, axis=-1, keepdims=True) > 0, np.linalg.norm(x, axis=-1, keepdims=True), 1)
     ref_out = reference.sdpa(qk, keys, v, mask=mask, scale=case.scale)
-    check.close(out, ref_out, lsh_bound(LSH.build(qk, v, **kwargs), dtype), what="lsh out in one bucket",
-                case=case)
+    check.close(out, ref_out, lsh_bound(LSH.build(qk, v, **kwargs), dtype), what="lsh out in one bucket", case=case)
 
 
 @pytest.mark.clause("lsh.chunks")
@@ -403,11 +451,16 @@ def test_lsh_is_causal(check, dtype, case, data):
     qk, v, kwargs = case.inputs(dtype)
     p = data.draw(st.integers(0, case.n - 2), label="p")
     poisoned = v.copy()
-    poisoned[:, :, p + 1:] = _poison(dtype)
+    poisoned[:, :, p + 1 :] = _poison(dtype)
     out = np.asarray(call("lsh", qk, poisoned, **kwargs), np.float64)
     problem = LSH.build(qk, v, **kwargs)
-    check.close(out[:, :, :p + 1], problem.output()[:, :, :p + 1], lsh_bound(problem, dtype),
-                what=f"lsh rows 0..{p} with later values poisoned", case=case)
+    check.close(
+        out[:, :, : p + 1],
+        problem.output()[:, :, : p + 1],
+        lsh_bound(problem, dtype),
+        what=f"lsh rows 0..{p} with later values poisoned",
+        case=case,
+    )
 
 
 @pytest.mark.clause("lsh.self_exclusion")

@@ -26,8 +26,17 @@ def check_linear(check, dtype, case: LinearCase, form: str, chunk_size=None, *, 
     """The backend's ``linear_attention`` on ``case`` in ``form`` against the reference."""
     __tracebackhide__ = True
     q, k, v, state = case.inputs(dtype)
-    result = call("linear_attention", q, k, v, **case.options(), form=form, chunk_size=chunk_size, **state,
-                  output_final_state=final_state or None)
+    result = call(
+        "linear_attention",
+        q,
+        k,
+        v,
+        **case.options(),
+        form=form,
+        chunk_size=chunk_size,
+        **state,
+        output_final_state=final_state or None,
+    )
     ref = linear.linear_attention(q, k, v, **case.options(), **state, output_final_state=True)
     bounds = linear_bounds(q, k, v, state, case.options(), dtype, ref)
     label = (case, dict(form=form, chunk_size=chunk_size))
@@ -35,7 +44,9 @@ def check_linear(check, dtype, case: LinearCase, form: str, chunk_size=None, *, 
         check.close(result, ref[0], bounds[0], what="out", case=label)
         return result, ref[0]
     if not (isinstance(result, tuple) and len(result) == 3):
-        check.fail("output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}")
+        check.fail(
+            "output_final_state=True must return (out, state, normalizer)", label, f"got {type(result).__name__}"
+        )
     for got, want, bound, what in zip(result, ref, bounds, ("out", "final state", "final normalizer"), strict=True):
         check.close(got, want, bound, what=what, case=label)
     return result[0], ref[0]
@@ -65,7 +76,9 @@ def test_recurrent(check, dtype, case):
 @example(case=LinearCase(n_q=3, n_k=65, feature_map="relu"), data=None)
 def test_chunked(check, dtype, case, data):
     """Every chunk size, dividing N or not, C = 1 and C >= N included, gives the parallel form's result."""
-    chunk = data.draw(st.one_of(block_sizes(case.n_k), st.integers(1, case.n_k + 1)), label="chunk_size") if data else 64
+    chunk = (
+        data.draw(st.one_of(block_sizes(case.n_k), st.integers(1, case.n_k + 1)), label="chunk_size") if data else 64
+    )
     check_linear(check, dtype, case, "chunked", chunk)
 
 
@@ -91,8 +104,12 @@ def test_normalizer(check, dtype, case, data):
     q, k, v, state = case.inputs(dtype)
     parts = linear.parts(q, k, v, **case.options(), **state)
     zero = parts.den + case.eps == 0
-    check.exact(np.asarray(out, np.float64)[zero], np.zeros((int(zero.sum()), case.d_v)),
-                what="out of rows whose den + eps is 0", case=(case, dict(form=form, chunk_size=chunk)))
+    check.exact(
+        np.asarray(out, np.float64)[zero],
+        np.zeros((int(zero.sum()), case.d_v)),
+        what="out of rows whose den + eps is 0",
+        case=(case, dict(form=form, chunk_size=chunk)),
+    )
 
 
 @pytest.mark.clause("linear.normalizer")
@@ -100,13 +117,16 @@ def test_signed_map_with_normalisation_is_an_error(check, dtype):
     """identity with normalize=True has a denominator of either sign: the spec makes it an error."""
     case = LinearCase(n_q=4, n_k=4, feature_map="identity")
     q, k, v, _ = case.inputs(dtype)
-    check.rejects(lambda: call_unguarded("linear_attention", q, k, v, feature_map="identity", normalize=True),
-                  what="feature_map='identity' with normalize=True", case=case)
+    check.rejects(
+        lambda: call_unguarded("linear_attention", q, k, v, feature_map="identity", normalize=True),
+        what="feature_map='identity' with normalize=True",
+        case=case,
+    )
 
 
 def _poisoned_after(x: np.ndarray, t: int, dtype: str) -> np.ndarray:
     poisoned = x.copy()
-    poisoned[:, :, t + 1:] = np.asarray(POISON, numpy_dtype(dtype))
+    poisoned[:, :, t + 1 :] = np.asarray(POISON, numpy_dtype(dtype))
     return poisoned
 
 
@@ -127,8 +147,13 @@ def test_future_keys_do_not_leak(check, dtype, case, data):
         if out is None:
             continue
         ran += 1
-        check.close(np.asarray(out)[:, :, :t + 1], ref[0][:, :, :t + 1], bound, what=f"rows 0..{t} with keys after {t} poisoned",
-                    case=(case, dict(form=form, chunk_size=c)))
+        check.close(
+            np.asarray(out)[:, :, : t + 1],
+            ref[0][:, :, : t + 1],
+            bound,
+            what=f"rows 0..{t} with keys after {t} poisoned",
+            case=(case, dict(form=form, chunk_size=c)),
+        )
     if not ran:
         decline("linear_attention: every form declined")
 
@@ -138,8 +163,9 @@ def test_causal_needs_equal_lengths(check, dtype):
     """Causal calls with N_q != N_k are errors: earlier tokens travel in the initial state."""
     case = LinearCase(n_q=3, n_k=5)
     q, k, v, _ = case.inputs(dtype)
-    check.rejects(lambda: call_unguarded("linear_attention", q, k, v, causal=True), what="causal with N_q = 3, N_k = 5",
-                  case=case)
+    check.rejects(
+        lambda: call_unguarded("linear_attention", q, k, v, causal=True), what="causal with N_q = 3, N_k = 5", case=case
+    )
 
 
 @pytest.mark.clause("linear.state")
@@ -165,13 +191,25 @@ def test_pieces_equal_the_whole(check, dtype, case, data):
     first = call("linear_attention", q[:, :, :t], k[:, :, :t], v[:, :, :t], **options, **state, output_final_state=True)
     if not (isinstance(first, tuple) and len(first) == 3):
         check.fail("output_final_state=True must return (out, state, normalizer)", case, f"got {type(first).__name__}")
-    second = call("linear_attention", q[:, :, t:], k[:, :, t:], v[:, :, t:], **options,
-                  initial_state=first[1], initial_normalizer=first[2])
+    second = call(
+        "linear_attention",
+        q[:, :, t:],
+        k[:, :, t:],
+        v[:, :, t:],
+        **options,
+        initial_state=first[1],
+        initial_normalizer=first[2],
+    )
     ref = linear.linear_attention(q, k, v, **case.options(), **state, output_final_state=True)
     bound = linear_bounds(q, k, v, state, case.options(), dtype, ref)[0]
     both = np.concatenate([np.asarray(first[0], np.float64), np.asarray(second, np.float64)], axis=2)
-    check.close(both, ref[0], bound, what=f"rows of [0, {t}) then [{t}, N) with the carried state",
-                case=(case, dict(form=form, chunk_size=chunk, t=t)))
+    check.close(
+        both,
+        ref[0],
+        bound,
+        what=f"rows of [0, {t}) then [{t}, N) with the carried state",
+        case=(case, dict(form=form, chunk_size=chunk, t=t)),
+    )
 
 
 @pytest.mark.clause("linear.cost")
@@ -179,6 +217,7 @@ def test_pieces_equal_the_whole(check, dtype, case, data):
 @pytest.mark.parametrize("form", ["recurrent", "chunked"])
 def test_memory_is_linear(check, dtype, form, causal):
     """Peak memory: x4 in N (256 -> 1024) and x4 in D = D_qk = D_v (16 -> 64) must each stay under x8."""
+
     def build(n, d):
         case = LinearCase(n_q=n, n_k=n, d_qk=d, d_v=d, causal=causal)
         options = dict(case.options(), form=form, **({"chunk_size": 64} if form == "chunked" else {}))
@@ -199,27 +238,38 @@ def test_efficient_attention(check, dtype, case, large):
         q, k = rounded(np.asarray(q, np.float64) * 30, dtype), rounded(np.asarray(k, np.float64) * 30, dtype)
     out = call("efficient_attention", q, k, v)
     ref = linear.efficient_attention(q, k, v)
-    check.close(out, ref, efficient_bound(q, k, v, dtype, ref), what="efficient attention out",
-                case=(case, dict(large=large)))
+    check.close(
+        out, ref, efficient_bound(q, k, v, dtype, ref), what="efficient attention out", case=(case, dict(large=large))
+    )
 
 
 @pytest.mark.clause("performer.features")
-@given(d=dims(), m=st.sampled_from([1, 2, 7, 16, 64, 257]), shape=st.sampled_from([(1,), (5,), (2, 3, 4)]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    d=dims(),
+    m=st.sampled_from([1, 2, 7, 16, 64, 257]),
+    shape=st.sampled_from([(1,), (5,), (2, 3, 4)]),
+    seed=st.integers(0, 2**32 - 1),
+)
 @example(d=16, m=7, shape=(5,), seed=0)
 def test_performer_features(check, dtype, d, m, shape, seed):
     """exp(W x - |x|^2 / 2) / sqrt(m), for x at the D^-1/4 scale Performer feeds it."""
     rng = np.random.default_rng(seed)
-    x = rounded(rng.standard_normal(shape + (d,)) * d ** -0.25, dtype)
+    x = rounded(rng.standard_normal(shape + (d,)) * d**-0.25, dtype)
     w = rounded(rng.standard_normal((m, d)), dtype)
     out = call("performer_features", x, w)
     ref = performer.performer_features(x, w)
-    check.close(out, ref, features_bound(x, w, dtype, ref), what="features", case=dict(d=d, m=m, shape=shape, seed=seed))
+    check.close(
+        out, ref, features_bound(x, w, dtype, ref), what="features", case=dict(d=d, m=m, shape=shape, seed=seed)
+    )
 
 
 @pytest.mark.clause("performer.orthogonal")
-@given(d=st.sampled_from([1, 2, 3, 8, 16, 31]), extra=st.sampled_from([-1, 0, 1, 5]), blocks=st.integers(1, 3),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    d=st.sampled_from([1, 2, 3, 8, 16, 31]),
+    extra=st.sampled_from([-1, 0, 1, 5]),
+    blocks=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
 @example(d=4, extra=1, blocks=2, seed=0)
 def test_orthogonal_projection(check, dtype, d, extra, blocks, seed):
     """Rows of one block are orthogonal with the given norms, and equal the sign-fixed QR construction."""
@@ -246,8 +296,11 @@ def test_singular_block_is_an_error(check, dtype, rank):
     d = 4
     g = np.stack([np.eye(d), rank * np.outer([1.0, 2.0, -1.0, 3.0], [2.0, -1.0, 1.0, 1.0])])
     g, norms = rounded(g, dtype), rounded(np.full(2 * d, 2.0), dtype)
-    check.rejects(lambda: call_unguarded("orthogonal_projection", g, norms),
-                  what=f"gaussian_blocks[1] of rank {rank}", case=dict(d=d, rank=rank))
+    check.rejects(
+        lambda: call_unguarded("orthogonal_projection", g, norms),
+        what=f"gaussian_blocks[1] of rank {rank}",
+        case=dict(d=d, rank=rank),
+    )
 
 
 #: Performer scales: None (the default 1 / sqrt(D_qk)) and given ones, small and large.
@@ -272,8 +325,12 @@ def _performer_inputs(case: LinearCase, m: int, dtype: str, scale: float | None 
 
 
 @pytest.mark.clause("performer")
-@given(case=linear_cases(feature_maps=("elu+1",), state=False, scales=(1.0,)),
-       m=st.sampled_from([1, 3, 16, 64, 257, 1024]), scale=st.sampled_from(PERFORMER_SCALES), far_key=st.booleans())
+@given(
+    case=linear_cases(feature_maps=("elu+1",), state=False, scales=(1.0,)),
+    m=st.sampled_from([1, 3, 16, 64, 257, 1024]),
+    scale=st.sampled_from(PERFORMER_SCALES),
+    far_key=st.booleans(),
+)
 @example(case=LinearCase(n_q=5, n_k=5, d_qk=16, causal=True), m=16, scale=None, far_key=False)
 @example(case=LinearCase(n_q=6, n_k=6, d_qk=16, causal=True), m=257, scale=0.3, far_key=False)
 @example(case=LinearCase(n_q=6, n_k=6, d_qk=16, causal=True), m=16, scale=None, far_key=True)
@@ -284,25 +341,46 @@ def test_performer(check, dtype, case, m, scale, far_key):
     q, k, v, w = _performer_inputs(case, m, dtype, scale, far_key)
     out = call("performer", q, k, v, projection=w, causal=case.causal, scale=scale)
     ref = performer.performer(q, k, v, projection=w, causal=case.causal, scale=scale)
-    check.close(out, ref, performer_bound(q, k, v, w, case.causal, dtype, ref, scale), what="performer out",
-                case=(case, dict(m=m, scale=scale, far_key=far_key)))
+    check.close(
+        out,
+        ref,
+        performer_bound(q, k, v, w, case.causal, dtype, ref, scale),
+        what="performer out",
+        case=(case, dict(m=m, scale=scale, far_key=far_key)),
+    )
 
 
 @pytest.mark.clause("performer")
-@given(case=linear_cases(feature_maps=("elu+1",), causal=True, state=False, scales=(1.0,)), m=st.sampled_from([4, 16]),
-       scale=st.sampled_from(PERFORMER_SCALES), far_key=st.booleans(), data=st.data())
+@given(
+    case=linear_cases(feature_maps=("elu+1",), causal=True, state=False, scales=(1.0,)),
+    m=st.sampled_from([4, 16]),
+    scale=st.sampled_from(PERFORMER_SCALES),
+    far_key=st.booleans(),
+    data=st.data(),
+)
 @example(case=LinearCase(n_q=6, n_k=6, d_qk=16, causal=True), m=16, scale=None, far_key=False, data=None)
 @example(case=LinearCase(n_q=6, n_k=6, d_qk=16, causal=True), m=16, scale=None, far_key=True, data=None)
 def test_performer_future_keys_do_not_leak(check, dtype, case, m, scale, far_key, data):
     """Causal FAVOR+: keys after row t hold 1e4, and rows 0..t do not change (nor underflow)."""
     t = data.draw(st.integers(0, case.n_q - 1), label="t") if data else 2
     q, k, v, w = _performer_inputs(case, m, dtype, scale, far_key)
-    out = call("performer", q, _poisoned_after(k, t, dtype), _poisoned_after(v, t, dtype), projection=w, causal=True,
-               scale=scale)
+    out = call(
+        "performer",
+        q,
+        _poisoned_after(k, t, dtype),
+        _poisoned_after(v, t, dtype),
+        projection=w,
+        causal=True,
+        scale=scale,
+    )
     ref = performer.performer(q, k, v, projection=w, causal=True, scale=scale)
-    check.close(np.asarray(out)[:, :, :t + 1], ref[:, :, :t + 1], performer_bound(q, k, v, w, True, dtype, ref, scale),
-                what=f"rows 0..{t} with keys after {t} poisoned",
-                case=(case, dict(m=m, scale=scale, far_key=far_key, t=t)))
+    check.close(
+        np.asarray(out)[:, :, : t + 1],
+        ref[:, :, : t + 1],
+        performer_bound(q, k, v, w, True, dtype, ref, scale),
+        what=f"rows 0..{t} with keys after {t} poisoned",
+        case=(case, dict(m=m, scale=scale, far_key=far_key, t=t)),
+    )
 
 
 # --- performer.estimator: statistical checks with fixed seeds -------------------------------------------
@@ -337,14 +415,14 @@ def test_feature_products_are_unbiased(check, dtype):
         u, r = np.linalg.qr(rng.standard_normal((d, 2)))
         u = u * np.sign(np.diag(r))
         xs.append(nx * u[:, 0])
-        ys.append(ny * (cosine * u[:, 0] + math.sqrt(1 - cosine ** 2) * u[:, 1]))
+        ys.append(ny * (cosine * u[:, 0] + math.sqrt(1 - cosine**2) * u[:, 1]))
     points = rounded(np.array(xs + ys), dtype)
     p64 = np.asarray(points, np.float64)
-    exact = np.exp((p64[:len(PAIRS)] * p64[len(PAIRS):]).sum(axis=-1))
+    exact = np.exp((p64[: len(PAIRS)] * p64[len(PAIRS) :]).sum(axis=-1))
     samples = np.empty((n, len(PAIRS)))
     for s in range(n):
         f = np.asarray(call("performer_features", points, rounded(rng.standard_normal((m, d)), dtype)), np.float64)
-        samples[s] = (f[:len(PAIRS)] * f[len(PAIRS):]).sum(axis=-1)
+        samples[s] = (f[: len(PAIRS)] * f[len(PAIRS) :]).sum(axis=-1)
     mean, sigma = samples.mean(axis=0), samples.std(axis=0, ddof=1)
     # The products and sums above are float64, so the only systematic rounding is the backend's
     # features: each within half an ulp (eps / 2) of its value, a product of two within eps, and a
@@ -355,10 +433,13 @@ def test_feature_products_are_unbiased(check, dtype):
     z = np.abs(mean - exact) / (sigma / math.sqrt(n) + rounding)
     if not (z <= Z_LIMIT).all():
         worst = int(np.argmax(z))
-        check.fail("the mean feature product is not exp(x.y): the estimator is biased", dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
-                   f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
-                   f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
-                   f"exceeds it with probability {FALSE_FAILURE} over random seeds)")
+        check.fail(
+            "the mean feature product is not exp(x.y): the estimator is biased",
+            dict(pairs=PAIRS, seed=ESTIMATOR_SEED),
+            f"pair {PAIRS[worst]} (cosine, |x|, |y|): mean of {n} estimates {mean[worst]:.5g}, exp(x.y) = "
+            f"{exact[worst]:.5g}, {z[worst]:.1f} standard errors away (limit {Z_LIMIT}; a correct backend "
+            f"exceeds it with probability {FALSE_FAILURE} over random seeds)",
+        )
 
 
 #: Feature counts, independent projections drawn at each (more where they are cheap), and the
@@ -403,8 +484,11 @@ def test_error_falls_like_inverse_sqrt_m(check, dtype, causal):
     falls = [a / b for a, b in itertools.pairwise(errors)]
     if not min(falls) >= MIN_FALL:
         slope = float(np.polyfit(np.log(FEATURE_COUNTS), np.log(errors), 1)[0])
-        check.fail("the error against softmax attention does not fall like m^-1/2", (case, dict(scale=scale)),
-                   f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
-                   f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
-                   f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
-                   f"estimates another kernel stops falling); fitted exponent {slope:.2f}")
+        check.fail(
+            "the error against softmax attention does not fall like m^-1/2",
+            (case, dict(scale=scale)),
+            f"mean |out - sdpa| at m = {FEATURE_COUNTS} ({PROJECTIONS} projections each): "
+            f"{', '.join(f'{e:.3g}' for e in errors)}; it falls {', '.join(f'{f:.2f}x' for f in falls)} per x4 "
+            f"in m (at least {MIN_FALL}x required, 2x for m^-1/2; a kernel that drops projection rows or "
+            f"estimates another kernel stops falling); fitted exponent {slope:.2f}",
+        )

@@ -63,8 +63,13 @@ def test_linformer_with_identity_or_permutation_is_sdpa(check, dtype, case, perm
     out = call("linformer", q, k, v, e=p, f=p, **options)
     ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
     bound, _ = sdpa_bounds(q, k, v, options, dtype, ref_out, ref_lse)
-    check.close(out, ref_out, bound, what="out with E = F = " + ("a permutation" if permute else "I"),
-                case=(case, dict(permute=permute)))
+    check.close(
+        out,
+        ref_out,
+        bound,
+        what="out with E = F = " + ("a permutation" if permute else "I"),
+        case=(case, dict(permute=permute)),
+    )
 
 
 @pytest.mark.clause("linformer")
@@ -74,10 +79,14 @@ def test_linformer_rejects_visibility_options(check, dtype, option):
     case = SdpaCase(n_q=6, n_k=6, d_qk=4, d_v=4)
     q, k, v, _ = case.inputs(dtype)
     e, f = projections(case, dtype, 3, per_head=False)
-    extra = {"causal_top_left": {"causal": "top_left"}, "causal_bottom_right": {"causal": "bottom_right"},
-             "mask": {"mask": np.tril(np.ones((6, 6), dtype=bool))}}[option]
-    check.rejects(lambda: call_unguarded("linformer", q, k, v, e=e, f=f, **extra), what=f"linformer with {option}",
-                  case=case)
+    extra = {
+        "causal_top_left": {"causal": "top_left"},
+        "causal_bottom_right": {"causal": "bottom_right"},
+        "mask": {"mask": np.tril(np.ones((6, 6), dtype=bool))},
+    }[option]
+    check.rejects(
+        lambda: call_unguarded("linformer", q, k, v, e=e, f=f, **extra), what=f"linformer with {option}", case=case
+    )
 
 
 @pytest.mark.clause("linformer.cost")
@@ -117,7 +126,7 @@ def check_weights_pattern(check, case: SdpaCase, dtype: str, visible: np.ndarray
         one_hot = np.zeros((n_keys, width), dtype=numpy_dtype(dtype))
         one_hot[keys, keys - start] = 1
         out = run(np.broadcast_to(one_hot, (case.batch, case.h_kv, n_keys, width)).copy())
-        weights.append(np.asarray(out, np.float64)[..., :len(keys)])
+        weights.append(np.asarray(out, np.float64)[..., : len(keys)])
     expected = np.broadcast_to(visible, (case.batch, case.h_q) + visible.shape)
     check.pattern(np.concatenate(weights, axis=-1) != 0, expected, what=what, case=shown)
 
@@ -155,11 +164,23 @@ def test_xl_memory_pattern(check, dtype, inputs):
     q, k, _, options = case.inputs(dtype)
     mem_k, _ = _memory(case, dtype, mem_len)
     i, j = np.arange(case.n_q)[:, None], np.arange(mem_len + case.n_k)[None, :]
-    check_weights_pattern(check, case, dtype, j <= i + mem_len,
-                          lambda values: call("xl_attention", np.zeros_like(q), k, values[:, :, mem_len:],
-                                              mem_k=mem_k, mem_v=values[:, :, :mem_len], **options),
-                          what="weights over [memory; segment] read through one-hot values",
-                          shown=(case, dict(mem_len=mem_len)))
+    check_weights_pattern(
+        check,
+        case,
+        dtype,
+        j <= i + mem_len,
+        lambda values: call(
+            "xl_attention",
+            np.zeros_like(q),
+            k,
+            values[:, :, mem_len:],
+            mem_k=mem_k,
+            mem_v=values[:, :, :mem_len],
+            **options,
+        ),
+        what="weights over [memory; segment] read through one-hot values",
+        shown=(case, dict(mem_len=mem_len)),
+    )
 
 
 @st.composite
@@ -167,8 +188,9 @@ def xl_recurrence_inputs(draw):
     case = draw(sdpa_cases(scale=True, max_len=MAX_LEN))
     n = case.n_k
     segment_len = draw(st.sampled_from(sorted({1, 2, 3, 5, 16, max(1, n - 1), n, n + 1})))
-    mem_len = draw(st.sampled_from(sorted({0, 1, 2, segment_len - 1, segment_len, segment_len + 1,
-                                           2 * segment_len + 3, 64})))
+    mem_len = draw(
+        st.sampled_from(sorted({0, 1, 2, segment_len - 1, segment_len, segment_len + 1, 2 * segment_len + 3, 64}))
+    )
     return case.with_(n_q=n), segment_len, mem_len
 
 
@@ -196,12 +218,17 @@ def test_xl_recurrence_pattern(check, dtype, inputs):
     case, segment_len, mem_len = inputs
     within_limits(case)
     q, k, _, options = case.inputs(dtype)
-    check_weights_pattern(check, case, dtype,
-                          lowrank.xl_band(case.n_k, segment_len, mem_len),
-                          lambda values: call("xl_recurrent", np.zeros_like(q), k, values, segment_len=segment_len,
-                                              mem_len=mem_len, **options),
-                          what="weights read through one-hot values",
-                          shown=(case, dict(segment_len=segment_len, mem_len=mem_len)))
+    check_weights_pattern(
+        check,
+        case,
+        dtype,
+        lowrank.xl_band(case.n_k, segment_len, mem_len),
+        lambda values: call(
+            "xl_recurrent", np.zeros_like(q), k, values, segment_len=segment_len, mem_len=mem_len, **options
+        ),
+        what="weights read through one-hot values",
+        shown=(case, dict(segment_len=segment_len, mem_len=mem_len)),
+    )
 
 
 def _within_limits(case: SdpaCase, n_keys: int) -> None:

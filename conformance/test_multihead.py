@@ -38,6 +38,7 @@ def mha_inputs(case: SdpaCase, dtype: str, d_model: int, self_attention: bool) -
         "w_k": rounded(rng.standard_normal((d_model, case.h_kv * case.d_qk)) * std, dtype),
         "w_v": rounded(rng.standard_normal((d_model, case.h_kv * case.d_v)) * std, dtype),
         "w_o": rounded(rng.standard_normal((case.h_q * case.d_v, d_model)) / np.sqrt(case.h_q * case.d_v), dtype),
-        "num_heads": case.h_q, "num_kv_heads": case.h_kv,
+        "num_heads": case.h_q,
+        "num_kv_heads": case.h_kv,
     }
     return x_q, x_kv, weights

@@ -23,8 +23,13 @@ def _check_sinusoidal(check, dtype, layout, positions, dim, base):
     case = dict(positions=positions, dim=dim, layout=layout, base=base)
     out = call("sinusoidal", pos, dim, layout=layout, base=base)
     ref = absolute.sinusoidal(pos, dim, layout=layout, base=base)
-    bound = positional_bound(ref, lambda a: absolute.sinusoidal(pos, dim, layout=layout, base=base, arithmetic=a),
-                             dtype, scale=1.0, propagation=1.0 + float(pos.max()))
+    bound = positional_bound(
+        ref,
+        lambda a: absolute.sinusoidal(pos, dim, layout=layout, base=base, arithmetic=a),
+        dtype,
+        scale=1.0,
+        propagation=1.0 + float(pos.max()),
+    )
     check.close(out, ref, bound, what="pe", case=case)
 
 
@@ -43,23 +48,34 @@ def test_sinusoidal_concat(check, dtype, positions, dim, base):
 
 
 @pytest.mark.clause("pe.learned")
-@given(max_positions=st.integers(1, 300), dim=st.integers(1, 16), shape=st.sampled_from([(5,), (2, 7), (1,)]),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    max_positions=st.integers(1, 300),
+    dim=st.integers(1, 16),
+    shape=st.sampled_from([(5,), (2, 7), (1,)]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_learned(check, dtype, max_positions, dim, shape, seed):
     rng = np.random.default_rng(seed)
     table = rounded(rng.standard_normal((max_positions, dim)), dtype)
     positions = rng.integers(0, max_positions, size=shape)
     positions.flat[0] = max_positions - 1  # the last row is valid
-    check.exact(np.asarray(call("learned", table, positions), np.float64), table[positions].astype(np.float64),
-                what="learned pe", case=dict(max_positions=max_positions, dim=dim, positions=positions.tolist()))
+    check.exact(
+        np.asarray(call("learned", table, positions), np.float64),
+        table[positions].astype(np.float64),
+        what="learned pe",
+        case=dict(max_positions=max_positions, dim=dim, positions=positions.tolist()),
+    )
 
 
 @pytest.mark.clause("pe.learned")
 def test_learned_rejects_positions_outside_the_table(check, dtype):
     table = rounded(np.ones((4, 2)), dtype)
     for bad in ([0, 4], [-1, 0]):
-        check.rejects(functools.partial(call_unguarded, "learned", table, np.asarray(bad)),
-                      what=f"positions {bad} for a 4-row table", case=dict(max_positions=4, positions=bad))
+        check.rejects(
+            functools.partial(call_unguarded, "learned", table, np.asarray(bad)),
+            what=f"positions {bad} for a 4-row table",
+            case=dict(max_positions=4, positions=bad),
+        )
 
 
 @st.composite
@@ -71,7 +87,12 @@ def rope_inputs(draw, rotary: bool = False):
     batch, heads = draw(st.integers(1, 2)), draw(st.sampled_from([1, 3]))
     offset = draw(st.sampled_from([0, 1, 4095, 32768]))
     seed = draw(st.integers(0, 2**32 - 1))
-    return SdpaCase(batch=batch, h_q=heads, h_kv=heads, n_q=n, n_k=n, d_qk=d, d_v=d, seed=seed), rotary_dim, offset, per_batch
+    return (
+        SdpaCase(batch=batch, h_q=heads, h_kv=heads, n_q=n, n_k=n, d_qk=d, d_v=d, seed=seed),
+        rotary_dim,
+        offset,
+        per_batch,
+    )
 
 
 def _check_rope(check, dtype, layout, inputs):
@@ -83,8 +104,13 @@ def _check_rope(check, dtype, layout, inputs):
     kwargs = dict(layout=layout, rotary_dim=rotary_dim)
     out = call("rope", x, positions, **kwargs)
     ref = rope.rope(x, positions, **kwargs)
-    bound = positional_bound(ref, lambda a: rope.rope(x, positions, arithmetic=a, **kwargs), dtype,
-                             scale=finite_max(x, 1e-30), propagation=1.0 + float(positions.max()))
+    bound = positional_bound(
+        ref,
+        lambda a: rope.rope(x, positions, arithmetic=a, **kwargs),
+        dtype,
+        scale=finite_max(x, 1e-30),
+        propagation=1.0 + float(positions.max()),
+    )
     check.close(out, ref, bound, what="rope(x)", case=(case, kwargs, f"positions from {offset}"))
 
 
@@ -120,17 +146,29 @@ def test_rope_scores_depend_on_position_differences(check, dtype, inputs, shift)
 
     def scores_at(t):
         pair = [np.asarray(call("rope", x, positions + t, layout="half_split"), np.float64) for x in (q, k)]
-        errors = [positional_bound(rope.rope(x, positions + t), lambda a, x=x: rope.rope(x, positions + t, arithmetic=a),
-                                   dtype, scale=finite_max(x, 1e-30), propagation=1.0 + t + case.n_q).value
-                  for x in (q, k)]
+        errors = [
+            positional_bound(
+                rope.rope(x, positions + t),
+                lambda a, x=x: rope.rope(x, positions + t, arithmetic=a),
+                dtype,
+                scale=finite_max(x, 1e-30),
+                propagation=1.0 + t + case.n_q,
+            ).value
+            for x in (q, k)
+        ]
         return pair[0] @ np.swapaxes(pair[1], -1, -2), errors
 
     s0, (eq0, ek0) = scores_at(0)
     s1, (eq1, ek1) = scores_at(shift)
     qmax, kmax = finite_max(q), finite_max(k)
     allowed = d * (qmax * (ek0 + ek1) + kmax * (eq0 + eq1) + (eq0 * ek0 + eq1 * ek1))
-    check.close(s1, s0, Bound(allowed, "each side's rope bound propagated through the dot product"),
-                what=f"q.k with positions shifted by {shift}", case=case)
+    check.close(
+        s1,
+        s0,
+        Bound(allowed, "each side's rope bound propagated through the dot product"),
+        what=f"q.k with positions shifted by {shift}",
+        case=case,
+    )
 
 
 @pytest.mark.clause("rope.half_split")
@@ -142,15 +180,20 @@ def test_rope_makes_order_matter(check, dtype, inputs):
     case = case.with_(n_q=n, n_k=n, magnitude="unit")
     q, k, _, _ = case.inputs(dtype)
     positions = np.arange(n)
-    swap = np.r_[n - 1, 1:n - 1, 0] if n > 2 else np.array([1, 0])
+    swap = np.r_[n - 1, 1 : n - 1, 0] if n > 2 else np.array([1, 0])
     rot_q = np.asarray(call("rope", q, positions, layout="half_split"), np.float64)
     rot_k = np.asarray(call("rope", k, positions, layout="half_split"), np.float64)
     rot_swapped = np.asarray(call("rope", k[:, :, swap], positions, layout="half_split"), np.float64)
     scores = rot_q @ np.swapaxes(rot_k, -1, -2)
     swapped = rot_q @ np.swapaxes(rot_swapped, -1, -2)
     # without positions the swapped scores would be a column permutation of the original ones
-    check.differs(swapped, scores[..., swap], more_than=1e-2 * finite_max(scores, 1.0),
-                  what="scores of keys moved to other positions", case=case)
+    check.differs(
+        swapped,
+        scores[..., swap],
+        more_than=1e-2 * finite_max(scores, 1.0),
+        what="scores of keys moved to other positions",
+        case=case,
+    )
 
 
 @pytest.mark.clause("alibi.slopes")
@@ -170,16 +213,20 @@ def test_alibi_bias(check, dtype, num_heads, n_q, n_k, form):
     slopes = rounded(alibi.alibi_slopes(num_heads), dtype)
     out = call("alibi_bias", slopes, n_q, n_k, form=form)
     ref = alibi.alibi_bias(slopes, n_q, n_k, form=form)
-    check.close(out, ref, rounding_bound(ref, dtype), what="alibi bias",
-                case=dict(num_heads=num_heads, n_q=n_q, n_k=n_k, form=form))
+    check.close(
+        out,
+        ref,
+        rounding_bound(ref, dtype),
+        what="alibi bias",
+        case=dict(num_heads=num_heads, n_q=n_q, n_k=n_k, form=form),
+    )
 
 
 BUCKET_SETTINGS = [(32, 128), (16, 50), (8, 20), (64, 256), (128, 128), (6, 7)]
 
 
 @pytest.mark.clause("t5.bucket")
-@given(setting=st.sampled_from(BUCKET_SETTINGS), bidirectional=st.booleans(),
-       span=st.sampled_from([8, 300, 5000]))
+@given(setting=st.sampled_from(BUCKET_SETTINGS), bidirectional=st.booleans(), span=st.sampled_from([8, 300, 5000]))
 def test_t5_bucket(check, dtype, setting, bidirectional, span):
     num_buckets, max_distance = setting
     rel = np.arange(-span, span + 1)
@@ -189,8 +236,15 @@ def test_t5_bucket(check, dtype, setting, bidirectional, span):
 
 
 @pytest.mark.clause("t5.bias")
-@given(setting=st.sampled_from(BUCKET_SETTINGS), bidirectional=st.booleans(), n_q=lengths(), n_k=lengths(),
-       q_offset=st.sampled_from([0, 7, 1000]), heads=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+@given(
+    setting=st.sampled_from(BUCKET_SETTINGS),
+    bidirectional=st.booleans(),
+    n_q=lengths(),
+    n_k=lengths(),
+    q_offset=st.sampled_from([0, 7, 1000]),
+    heads=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_t5_bias(check, dtype, setting, bidirectional, n_q, n_k, q_offset, heads, seed):
     """bias[h, i, j] = table[bucket(k_j - q_i), h]: relative position is key minus query."""
     num_buckets, max_distance = setting
@@ -199,7 +253,9 @@ def test_t5_bias(check, dtype, setting, bidirectional, n_q, n_k, q_offset, heads
     kwargs = dict(bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
     out = call("t5_bias", table, q_pos, k_pos, **kwargs)
     ref = relative.t5_bias(table, q_pos, k_pos, **kwargs)
-    check.exact(np.asarray(out, np.float64), ref, what="t5 bias", case=dict(n_q=n_q, n_k=n_k, q_offset=q_offset, **kwargs))
+    check.exact(
+        np.asarray(out, np.float64), ref, what="t5 bias", case=dict(n_q=n_q, n_k=n_k, q_offset=q_offset, **kwargs)
+    )
 
 
 @pytest.mark.clause("shaw")

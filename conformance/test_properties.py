@@ -38,8 +38,13 @@ def test_permuting_queries_permutes_outputs(check, dtype, case, data):
     perm = np.asarray(data.draw(st.permutations(range(case.n_q))))
     out = check_arrays(check, case, dtype, q, k, v, options)[0]
     permuted, _ = call_sdpa(q[:, :, perm], k, v, options, return_lse=False)
-    check.close(permuted, np.asarray(out, np.float64)[:, :, perm], _bound(q, k, v, options, dtype),
-                what="out of permuted queries", case=case)
+    check.close(
+        permuted,
+        np.asarray(out, np.float64)[:, :, perm],
+        _bound(q, k, v, options, dtype),
+        what="out of permuted queries",
+        case=case,
+    )
 
 
 @pytest.mark.clause("sdpa")
@@ -59,12 +64,17 @@ def test_causal_order_matters(check, dtype, case, n):
     """The converse: under a causal mask, swapping the first and last key changes query 0's output."""
     case = case.with_(n_q=n, n_k=n)  # lengths() already keeps n within the backend's max_seq_len
     q, k, v, options = case.inputs(dtype)
-    swap = np.r_[n - 1, 1:n - 1, 0] if n > 2 else np.array([1, 0])
+    swap = np.r_[n - 1, 1 : n - 1, 0] if n > 2 else np.array([1, 0])
     assume(np.abs(v[..., 0, :].astype(np.float64) - v[..., n - 1, :].astype(np.float64)).max() > 0.5)
     out, _ = call_sdpa(q, k, v, options, return_lse=False)
     swapped, _ = call_sdpa(q, k[:, :, swap], v[:, :, swap], options, return_lse=False)
-    check.differs(np.asarray(out)[..., 0, :], np.asarray(swapped)[..., 0, :],
-                  more_than=_bound(q, k, v, options, dtype).value, what="query 0's output", case=case)
+    check.differs(
+        np.asarray(out)[..., 0, :],
+        np.asarray(swapped)[..., 0, :],
+        more_than=_bound(q, k, v, options, dtype).value,
+        what="query 0's output",
+        case=case,
+    )
 
 
 @pytest.mark.clause("sdpa.causal.bottom_right")
@@ -87,12 +97,21 @@ def _check_causality(check, dtype, case, data):
     r = data.draw(st.integers(0, case.n_q), label="first changed query")
     changed_q = q.copy()
     changed_q[:, :, r:] = -changed_q[:, :, r:]
-    _check_rows_not_seeing(check, dtype, case, (q, k, v, options), slice(p, None), changed_q=changed_q,
-                           first_changed_row=r, what="rows that see no changed key")
+    _check_rows_not_seeing(
+        check,
+        dtype,
+        case,
+        (q, k, v, options),
+        slice(p, None),
+        changed_q=changed_q,
+        first_changed_row=r,
+        what="rows that see no changed key",
+    )
 
 
-def _check_rows_not_seeing(check, dtype, case, inputs, keys: slice, *, what: str, changed_q=None,
-                           first_changed_row=None):
+def _check_rows_not_seeing(
+    check, dtype, case, inputs, keys: slice, *, what: str, changed_q=None, first_changed_row=None
+):
     """Keys ``keys`` hold 1e4 (and queries from ``first_changed_row`` on are ``changed_q``): every
     row that sees none of those keys, and whose query did not change, stays as it was."""
     q, k, v, options = inputs
@@ -116,8 +135,9 @@ def test_keys_left_of_the_window_do_not_leak(check, dtype, case, data):
     keys hidden from every query cannot reach them."""
     q, k, v, options = case.inputs(dtype)
     p = data.draw(st.integers(1, case.n_k), label="keys before p poisoned")
-    _check_rows_not_seeing(check, dtype, case, (q, k, v, options), slice(None, p),
-                           what=f"rows whose window starts at or after key {p}")
+    _check_rows_not_seeing(
+        check, dtype, case, (q, k, v, options), slice(None, p), what=f"rows whose window starts at or after key {p}"
+    )
 
 
 @pytest.mark.clause("sdpa")
@@ -130,8 +150,7 @@ def test_batch_items_are_independent(check, dtype, case):
     q2, k2, v2 = q.copy(), k.copy(), v.copy()
     q2[1], k2[1], v2[1] = -q[1], k[1][:, ::-1], -v[1]
     after, _ = call_sdpa(q2, k2, v2, options, return_lse=False)
-    check.close(np.asarray(after)[0], np.asarray(out)[0], _unchanged_bound(v, dtype),
-                what="batch item 0", case=case)
+    check.close(np.asarray(after)[0], np.asarray(out)[0], _unchanged_bound(v, dtype), what="batch item 0", case=case)
 
 
 def _two_items(lens):

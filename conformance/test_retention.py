@@ -24,8 +24,7 @@ def _options(kwargs: dict) -> dict:
 def _call(check, case, q, k, v, kwargs, *, return_state: bool):
     result = call("retention", q, k, v, return_state=return_state or None, **kwargs)
     if return_state and not (isinstance(result, tuple) and len(result) == 2):
-        check.fail("retention(return_state=True) did not return (out, state)", case,
-                   f"got {type(result).__name__}")
+        check.fail("retention(return_state=True) did not return (out, state)", case, f"got {type(result).__name__}")
     return result
 
 
@@ -65,8 +64,9 @@ def check_causal(check, dtype, case: RetentionCase, last: int):
     prefix = [x[:, :, :seen] for x in (q, k, v)]
     ref_out, ref_state = retention(*prefix, **_options(kwargs), return_state=True)
     bound, _ = retention_bounds(*prefix, kwargs, dtype, ref_out, ref_state)
-    check.close(out[:, :, :seen], ref_out, bound, what=f"out[:, :, :{seen}] with positions >= {seen} poisoned",
-                case=case)
+    check.close(
+        out[:, :, :seen], ref_out, bound, what=f"out[:, :, :{seen}] with positions >= {seen} poisoned", case=case
+    )
 
 
 @pytest.mark.clause("retention.parallel")
@@ -170,8 +170,15 @@ def test_memory_is_linear(check, dtype, form):
     """Peak memory of the recurrent and chunkwise forms grows linearly in N: x4 in N stays under x8."""
 
     def build(n):
-        case = RetentionCase(heads=2, n=n, d_k=16, d_v=16, gammas=(0.96875, 0.984375), form=form,
-                             chunk_size=64 if form == "chunkwise" else None)
+        case = RetentionCase(
+            heads=2,
+            n=n,
+            d_k=16,
+            d_v=16,
+            gammas=(0.96875, 0.984375),
+            form=form,
+            chunk_size=64 if form == "chunkwise" else None,
+        )
         q, k, v, kwargs = case.inputs(dtype)
         return (q, k, v), kwargs, case
 

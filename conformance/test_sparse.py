@@ -105,9 +105,13 @@ def check_one_hot(check, case: SparseCase, dtype: str, table: np.ndarray) -> Non
         one_hot = np.zeros((case.n_k, width), dtype=v.dtype)
         one_hot[keys, keys - start] = 1
         v = np.broadcast_to(one_hot, (case.batch, case.h_kv) + one_hot.shape).copy()
-        weights.append(sparse_out(q, k, v, kwargs)[..., :len(keys)])
-    check.pattern(np.concatenate(weights, axis=-1) != 0, np.broadcast_to(table, (case.batch, case.h_q, case.n_q, case.n_k)),
-                  what="weights read through one-hot V", case=case)
+        weights.append(sparse_out(q, k, v, kwargs)[..., : len(keys)])
+    check.pattern(
+        np.concatenate(weights, axis=-1) != 0,
+        np.broadcast_to(table, (case.batch, case.h_q, case.n_q, case.n_k)),
+        what="weights read through one-hot V",
+        case=case,
+    )
 
 
 def check_later_keys_ignored(check, case: SparseCase, dtype: str, ref_out, bound) -> None:
@@ -127,7 +131,7 @@ def check_later_keys_ignored(check, case: SparseCase, dtype: str, ref_out, bound
         cuts = np.maximum(cuts, np.broadcast_to(kwargs["prefix_lens"], (case.batch,)) - 1)
     poison = np.asarray(POISON, dtype=numpy_dtype(dtype))
     for b, last in enumerate(cuts):
-        k[b, :, last + 1:], v[b, :, last + 1:] = poison, poison
+        k[b, :, last + 1 :], v[b, :, last + 1 :] = poison, poison
     checked = (offset + np.arange(case.n_q))[None, :] <= cuts[:, None]  # (B, N_q)
     kept = np.where(checked[:, None, :, None], sparse_out(q, k, v, kwargs), ref_out)
     rows = f"max({cut}, prefix_lens[b] - 1)" if case.pattern == "prefix_lm" else str(cut)
@@ -193,10 +197,13 @@ def test_rows_without_keys(check, dtype, case):
     out, lse = call_sparse(check, case, q, k, v, kwargs)
     empty = ~np.broadcast_to(reference_table(case), (case.batch, case.h_q, case.n_q, case.n_k)).any(axis=-1)
     count = int(empty.sum())
-    check.exact(np.asarray(out, np.float64)[empty], np.zeros((count, case.d_v)), what="out of rows without keys", case=case)
+    check.exact(
+        np.asarray(out, np.float64)[empty], np.zeros((count, case.d_v)), what="out of rows without keys", case=case
+    )
     if lse is not None:
-        check.exact(np.asarray(lse, np.float64)[empty], np.full(count, -np.inf), what="lse of rows without keys",
-                    case=case)
+        check.exact(
+            np.asarray(lse, np.float64)[empty], np.full(count, -np.inf), what="lse of rows without keys", case=case
+        )
 
 
 def probe_rows(case: SparseCase, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,13 +246,20 @@ def test_invisible_keys_do_not_count(check, dtype, case):
     if not unseen.any():
         return  # every row sees every key: nothing is invisible
     ref_out, ref_lse = reference.sdpa(q[:, :, rows], k, v, return_lse=True, mask=table[:, :, rows], scale=case.scale)
-    bound, _ = sdpa_bounds(q[:, :, rows], k, v, {"mask": table[:, :, rows], "scale": case.scale}, dtype, ref_out,
-                           ref_lse)
+    bound, _ = sdpa_bounds(
+        q[:, :, rows], k, v, {"mask": table[:, :, rows], "scale": case.scale}, dtype, ref_out, ref_lse
+    )
     poison = np.asarray(POISON, dtype=numpy_dtype(dtype))
     k[unseen], v[unseen] = poison, poison
     out = sparse_out(q, k, v, kwargs)[:, :, rows]
-    check.close(out, ref_out, bound, what=f"out of rows {rows.tolist()} with the {int(unseen.sum())} (b, h_kv, key) "
-                f"entries none of them sees set to 1e4", case=case)
+    check.close(
+        out,
+        ref_out,
+        bound,
+        what=f"out of rows {rows.tolist()} with the {int(unseen.sum())} (b, h_kv, key) "
+        f"entries none of them sees set to 1e4",
+        case=case,
+    )
 
 
 @pytest.mark.clause("sparse")
@@ -255,8 +269,9 @@ def test_rejects_more_queries_than_keys(check, dtype, pattern):
     case = EDGES[pattern][0]
     pattern_declared(case)
     q, k, v, kwargs = case.with_(n_q=case.n_k + 1).inputs(dtype)
-    check.rejects(lambda: call_unguarded("sparse", q, k, v, **kwargs), what=f"N_q = {case.n_k + 1} > N_k = {case.n_k}",
-                  case=case)
+    check.rejects(
+        lambda: call_unguarded("sparse", q, k, v, **kwargs), what=f"N_q = {case.n_k + 1} > N_k = {case.n_k}", case=case
+    )
 
 
 def check_mask_table(check, case: SparseCase) -> None:
@@ -276,8 +291,9 @@ def test_mask_table(check, dtype, pattern, data):
 
 
 @pytest.mark.clause("sparse.mask")
-@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.pattern}-{i}") for cases in EDGES.values()
-                                  for i, c in enumerate(cases)])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=f"{c.pattern}-{i}") for cases in EDGES.values() for i, c in enumerate(cases)]
+)
 def test_mask_table_edges(check, dtype, case):
     check_mask_table(check, case)
 

@@ -123,8 +123,15 @@ def rounds_for(estimate_ms: float) -> tuple[int, int]:
     return (min(MAX_ROUNDS, max(MIN_ROUNDS, round(BUDGET_MS / per))), min(100, max(1, round(WARMUP_MS / per))))
 
 
-def measure(fn: Callable[[], Any], device: str, *, runner=None, peak_memory=None,
-            rounds: int | None = None, warmup_rounds: int | None = None) -> dict:
+def measure(
+    fn: Callable[[], Any],
+    device: str,
+    *,
+    runner=None,
+    peak_memory=None,
+    rounds: int | None = None,
+    warmup_rounds: int | None = None,
+) -> dict:
     """First call, peak memory of a second call, then the median of timed rounds (module docstring).
 
     ``runner``: pytest-benchmark's fixture (or anything with its ``pedantic``; its rounds are read
@@ -139,12 +146,20 @@ def measure(fn: Callable[[], Any], device: str, *, runner=None, peak_memory=None
         second_ms, peak = wall_ms(fn, device)[0], None
     auto_rounds, auto_warmup = rounds_for(second_ms)
     runner = runner if runner is not None else Rounds(device)
-    runner.pedantic(fn, setup=l2_flush(device), rounds=rounds or auto_rounds,
-                    warmup_rounds=auto_warmup if warmup_rounds is None else warmup_rounds)
+    runner.pedantic(
+        fn,
+        setup=l2_flush(device),
+        rounds=rounds or auto_rounds,
+        warmup_rounds=auto_warmup if warmup_rounds is None else warmup_rounds,
+    )
     seconds = _seconds(runner)
-    return {"ms": statistics.median(seconds) * 1e3 if seconds else None, "rounds": len(seconds),
-            "first_call_ms": first_ms, "peak_bytes": peak,
-            "timer": timer_name(device)}
+    return {
+        "ms": statistics.median(seconds) * 1e3 if seconds else None,
+        "rounds": len(seconds),
+        "first_call_ms": first_ms,
+        "peak_bytes": peak,
+        "timer": timer_name(device),
+    }
 
 
 def _seconds(runner) -> list[float]:
@@ -155,14 +170,18 @@ def _seconds(runner) -> list[float]:
 
 
 def timer_name(device: str) -> str:
-    return ("CUDA events, L2 flushed, median" if is_cuda(device) else "host clock, median")
+    return "CUDA events, L2 flushed, median" if is_cuda(device) else "host clock, median"
 
 
 def environment(device: str) -> dict:
     """Device, package versions, driver and date: what a committed result is read against."""
-    env: dict[str, str | None] = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "device": _device_name(device), "python": platform.python_version(),
-           "processor": platform.processor() or platform.machine(), "timer": timer_name(device)}
+    env: dict[str, str | None] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_name(device),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "timer": timer_name(device),
+    }
     for package in ("attnspec", "numpy", "torch", "triton", "cupy"):
         env[package] = _version(package)
     if env["torch"]:
@@ -193,8 +212,12 @@ def _device_name(device: str) -> str:
 
 def _driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None

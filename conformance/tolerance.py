@@ -92,8 +92,9 @@ class Jitter:
         return x + self.size * UNIT32 * u if self.absolute else x * (1 + self.size * UNIT32 * u)
 
 
-def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], refs: tuple,
-                draws: int = 2) -> tuple[float, ...]:
+def sensitivity(
+    exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], refs: tuple, draws: int = 2
+) -> tuple[float, ...]:
     """How far ``exact(*inputs)`` moves from ``refs`` when float32 rounding perturbs its inputs.
 
     ``jittered`` lists ``exact``'s arguments in order, each with its :class:`Jitter`; the largest
@@ -110,10 +111,17 @@ def sensitivity(exact: Callable, jittered: Sequence[tuple[np.ndarray, Jitter]], 
     return tuple(worst)
 
 
-def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference: Callable,
-                  sizes: Callable[[], Sequence[float]], exact: Callable | None = None,
-                  jitters: Sequence[tuple[np.ndarray, Jitter]] = (),
-                  extra_sensitivity: Callable[[], Sequence[float]] = tuple) -> tuple[Bound, ...]:
+def policy_bounds(
+    dtype: str,
+    refs: tuple,
+    scales: Sequence[float],
+    *,
+    reference: Callable,
+    sizes: Callable[[], Sequence[float]],
+    exact: Callable | None = None,
+    jitters: Sequence[tuple[np.ndarray, Jitter]] = (),
+    extra_sensitivity: Callable[[], Sequence[float]] = tuple,
+) -> tuple[Bound, ...]:
     """The policy's bound for each output ``refs[i]`` of one call (``refs``: the exact outputs).
 
     At 64 bits ``FLOAT64_EPS`` ulps of ``sizes()[i]``. At 16/32 bits ``NAIVE_FACTOR`` times the
@@ -127,9 +135,11 @@ def policy_bounds(dtype: str, refs: tuple, scales: Sequence[float], *, reference
         return tuple(float64_bound(size) for size in sizes())
     naive = _outputs(reference(arithmetic=naive_arithmetic(dtype)))
     sens = sensitivity(exact, jitters, refs) if exact is not None else (0.0,) * len(refs)
-    extra = (tuple(extra_sensitivity()) + (0.0,) * len(refs))[:len(refs)]
-    return tuple(relative_bound(max_error(n, ref), scale, dtype, max(s, e))
-                 for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra, strict=True))
+    extra = (tuple(extra_sensitivity()) + (0.0,) * len(refs))[: len(refs)]
+    return tuple(
+        relative_bound(max_error(n, ref), scale, dtype, max(s, e))
+        for n, ref, scale, s, e in zip(naive, refs, scales, sens, extra, strict=True)
+    )
 
 
 def _outputs(result) -> tuple:
@@ -155,10 +165,20 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
         return attend(scored, range(problem.n_q), range(problem.n_k))
 
     scores = np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k))
-    jitters = ((scores, Jitter()), (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
-               (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))))
-    return policy_bounds(dtype, (ref_out, ref_lse), (vmax, lse_scale), sizes=sizes, exact=exact, jitters=jitters,
-                         reference=partial(sdpa, q, k, v, **options, return_lse=True))
+    jitters = (
+        (scores, Jitter()),
+        (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
+        (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))),
+    )
+    return policy_bounds(
+        dtype,
+        (ref_out, ref_lse),
+        (vmax, lse_scale),
+        sizes=sizes,
+        exact=exact,
+        jitters=jitters,
+        reference=partial(sdpa, q, k, v, **options, return_lse=True),
+    )
 
 
 def _scaled_score(factor: np.ndarray):
@@ -183,15 +203,23 @@ def _score_size(problem) -> float:
 
 
 def _all_indices(problem):
-    return (np.arange(problem.batch)[:, None, None, None], np.arange(problem.h_q)[None, :, None, None],
-            np.arange(problem.n_q)[None, None, :, None], np.arange(problem.n_k)[None, None, None, :])
+    return (
+        np.arange(problem.batch)[:, None, None, None],
+        np.arange(problem.h_q)[None, :, None, None],
+        np.arange(problem.n_q)[None, None, :, None],
+        np.arange(problem.n_k)[None, None, None, :],
+    )
 
 
 def mha_bound(x_q, x_kv, weights: dict, options: dict, dtype: str, ref_out) -> Bound:
     """The bound for ``mha``: projections, attention and the output projection; floor ``max|out|``."""
-    return policy_bounds(dtype, (ref_out,), (finite_max(ref_out, 1e-30),),
-                         reference=partial(multihead.mha, x_q, x_kv, **weights, **options),
-                         sizes=lambda: (_mha_size(x_q, x_kv, weights, options),))[0]
+    return policy_bounds(
+        dtype,
+        (ref_out,),
+        (finite_max(ref_out, 1e-30),),
+        reference=partial(multihead.mha, x_q, x_kv, **weights, **options),
+        sizes=lambda: (_mha_size(x_q, x_kv, weights, options),),
+    )[0]
 
 
 def _mha_size(x_q, x_kv, weights: dict, options: dict) -> float:
@@ -209,8 +237,9 @@ def _mha_size(x_q, x_kv, weights: dict, options: dict) -> float:
 def positional_bound(ref, naive_fn, dtype: str, *, scale: float, propagation: float) -> Bound:
     """Element-wise encodings, ``naive_fn(arithmetic)`` their reference call: floor ``scale``; at 64
     bits ``propagation`` (1 + the largest angle, for rotations) ulps of ``scale``."""
-    return policy_bounds(dtype, (ref,), (scale,), reference=lambda arithmetic: naive_fn(arithmetic),
-                         sizes=lambda: (scale * propagation,))[0]
+    return policy_bounds(
+        dtype, (ref,), (scale,), reference=lambda arithmetic: naive_fn(arithmetic), sizes=lambda: (scale * propagation,)
+    )[0]
 
 
 def rounding_bound(ref, dtype: str) -> Bound:

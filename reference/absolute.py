@@ -12,8 +12,7 @@ SINUSOIDAL_LAYOUTS = ("interleaved", "concat")
 
 
 @reference("sinusoidal")
-def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0,
-               arithmetic: Arithmetic = EXACT) -> np.ndarray:
+def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Sinusoidal encoding of shape ``(len(positions), dim)``.
 
     Clauses ``pe.sinusoidal.interleaved`` (``sin, cos, sin, cos, ...``) and

@@ -32,7 +32,7 @@ class Arithmetic:
         shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
         out = np.zeros(shape, dtype=self.compute)
         for t in range(a.shape[-1]):
-            out += a[..., :, t:t + 1] * b[..., t:t + 1, :]
+            out += a[..., :, t : t + 1] * b[..., t : t + 1, :]
         return out
 
     def round(self, x: np.ndarray) -> np.ndarray:

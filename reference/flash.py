@@ -36,12 +36,12 @@ def flash_forward(q, k, v, *, block_q: int, block_k: int, stats: dict | None = N
         state = _initial_state(b, h_q, len(rows), d_v)
         for c0 in range(0, problem.n_k, block_k):
             cols = range(c0, min(c0 + block_k, problem.n_k))
-            if not _tile_has_pairs(lo[:, r0:rows.stop], hi[:, r0:rows.stop], cols):
+            if not _tile_has_pairs(lo[:, r0 : rows.stop], hi[:, r0 : rows.stop], cols):
                 skipped += 1
                 continue
             visited += 1
             state = _online_update(state, problem, rows, cols)
-        out[:, :, r0:rows.stop], lse[:, :, r0:rows.stop] = _finish(state)
+        out[:, :, r0 : rows.stop], lse[:, :, r0 : rows.stop] = _finish(state)
     if stats is not None:
         stats.update(tiles_visited=visited, tiles_skipped=skipped)
     return out, lse
@@ -65,7 +65,7 @@ def _online_update(state, problem, rows: range, cols: range):
     rescale = np.exp(row_max - shift)  # exp(-inf) = 0: nothing accumulated yet
     e = np.exp(s - shift)
     total = total * rescale + e.sum(axis=-1, keepdims=True)
-    acc = acc * rescale + weighted_values(e, vis, problem.v[:, :, cols.start:cols.stop])
+    acc = acc * rescale + weighted_values(e, vis, problem.v[:, :, cols.start : cols.stop])
     return new_max, total, acc
 
 
@@ -112,8 +112,10 @@ def split_kv(q, k, v, *, num_splits: int, **options):
     problem = prepare(q, k, v, **options)
     chunk = max(1, math.ceil(problem.n_k / num_splits))
     rows = range(problem.n_q)
-    partials = [attend(problem, rows, range(min(s * chunk, problem.n_k), min((s + 1) * chunk, problem.n_k)))
-                for s in range(num_splits)]
+    partials = [
+        attend(problem, rows, range(min(s * chunk, problem.n_k), min((s + 1) * chunk, problem.n_k)))
+        for s in range(num_splits)
+    ]
     return merge_partials(np.stack([o for o, _ in partials]), np.stack([lse for _, lse in partials]))
 
 
@@ -141,7 +143,13 @@ class KVCache:
     """A fixed-capacity key/value cache; unused capacity holds NaN so that a read of it shows."""
 
     def __init__(self, batch: int, kv_heads: int, capacity: int, d_qk: int, d_v: int):
-        for name, value in (("batch", batch), ("kv_heads", kv_heads), ("capacity", capacity), ("d_qk", d_qk), ("d_v", d_v)):
+        for name, value in (
+            ("batch", batch),
+            ("kv_heads", kv_heads),
+            ("capacity", capacity),
+            ("d_qk", d_qk),
+            ("d_v", d_v),
+        ):
             check.integer(name, value, low=1)
         self.k = np.full((batch, kv_heads, capacity, d_qk), np.nan)
         self.v = np.full((batch, kv_heads, capacity, d_v), np.nan)
@@ -153,14 +161,18 @@ class KVCache:
         v_new = check.float_array("v_new", v_new, ndim=4)
         n = k_new.shape[2]
         if k_new.shape[:2] != self.k.shape[:2] or k_new.shape[3] != self.k.shape[3]:
-            raise ValueError(f"k_new must have shape (B, H_kv, n, D_qk) = {self.k.shape[:2]} + (n, {self.k.shape[3]}); got {k_new.shape}")
+            raise ValueError(
+                f"k_new must have shape (B, H_kv, n, D_qk) = {self.k.shape[:2]} + (n, {self.k.shape[3]}); got {k_new.shape}"
+            )
         if v_new.shape != k_new.shape[:3] + (self.v.shape[3],):
             raise ValueError(f"v_new must have shape {k_new.shape[:3] + (self.v.shape[3],)}; got {v_new.shape}")
         if (self.lens + n > self.k.shape[2]).any():
-            raise ValueError(f"appending {n} tokens exceeds the cache capacity {self.k.shape[2]} (lengths {self.lens.tolist()})")
+            raise ValueError(
+                f"appending {n} tokens exceeds the cache capacity {self.k.shape[2]} (lengths {self.lens.tolist()})"
+            )
         for b, start in enumerate(self.lens):
-            self.k[b, :, start:start + n] = k_new[b]
-            self.v[b, :, start:start + n] = v_new[b]
+            self.k[b, :, start : start + n] = k_new[b]
+            self.v[b, :, start : start + n] = v_new[b]
         self.lens = self.lens + n
 
     def attend(self, q, **options):

@@ -47,28 +47,77 @@ def phi(x, name: str, arithmetic: Arithmetic = EXACT) -> np.ndarray:
 
 
 @reference("linear_attention")
-def linear_attention(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form: str = "parallel",
-                     chunk_size: int | None = None, normalize: bool = True, scale: float = 1.0, eps: float = 0.0,
-                     initial_state=None, initial_normalizer=None, output_final_state: bool = False,
-                     arithmetic: Arithmetic = EXACT):
+def linear_attention(
+    q,
+    k,
+    v,
+    *,
+    feature_map: str = "elu+1",
+    causal: bool = False,
+    form: str = "parallel",
+    chunk_size: int | None = None,
+    normalize: bool = True,
+    scale: float = 1.0,
+    eps: float = 0.0,
+    initial_state=None,
+    initial_normalizer=None,
+    output_final_state: bool = False,
+    arithmetic: Arithmetic = EXACT,
+):
     """Clause ``linear.parallel`` and the forms of ``linear.recurrent`` and ``linear.chunked``.
 
     Returns ``out``, or ``(out, state, normalizer)`` with ``output_final_state``.
     """
-    p = parts(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
-              normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
-              initial_normalizer=initial_normalizer, arithmetic=arithmetic)
+    p = parts(
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        causal=causal,
+        form=form,
+        chunk_size=chunk_size,
+        normalize=normalize,
+        scale=scale,
+        eps=eps,
+        initial_state=initial_state,
+        initial_normalizer=initial_normalizer,
+        arithmetic=arithmetic,
+    )
     out = arithmetic.round(finish(p.num, p.den, normalize=normalize, eps=eps))
     return (out, p.state, p.normalizer) if output_final_state else out
 
 
-def parts(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form: str = "parallel",
-          chunk_size: int | None = None, normalize: bool = True, scale: float = 1.0, eps: float = 0.0,
-          initial_state=None, initial_normalizer=None, arithmetic: Arithmetic = EXACT) -> Parts:
+def parts(
+    q,
+    k,
+    v,
+    *,
+    feature_map: str = "elu+1",
+    causal: bool = False,
+    form: str = "parallel",
+    chunk_size: int | None = None,
+    normalize: bool = True,
+    scale: float = 1.0,
+    eps: float = 0.0,
+    initial_state=None,
+    initial_normalizer=None,
+    arithmetic: Arithmetic = EXACT,
+) -> Parts:
     """The validated call's numerator, denominator and final state, by the requested form."""
-    q, k, v, s0, z0 = validate(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
-                               normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
-                               initial_normalizer=initial_normalizer)
+    q, k, v, s0, z0 = validate(
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        causal=causal,
+        form=form,
+        chunk_size=chunk_size,
+        normalize=normalize,
+        scale=scale,
+        eps=eps,
+        initial_state=initial_state,
+        initial_normalizer=initial_normalizer,
+    )
     fq = arithmetic.round(phi(q, feature_map, arithmetic) * arithmetic.compute(scale))
     fk = phi(k, feature_map, arithmetic)
     if form == "parallel":
@@ -97,8 +146,9 @@ def parallel(fq, fk, v, s0, z0, *, causal: bool, arithmetic: Arithmetic = EXACT)
     v = v.astype(arithmetic.compute)
     ones = np.ones((a.shape[-1], 1), arithmetic.compute)
     num = arithmetic.round(arithmetic.matmul(a, v) + arithmetic.matmul(fq, s0.astype(arithmetic.compute)))
-    den = arithmetic.round(arithmetic.matmul(a, ones)[..., 0]
-                           + arithmetic.matmul(fq, z0.astype(arithmetic.compute)[..., None])[..., 0])
+    den = arithmetic.round(
+        arithmetic.matmul(a, ones)[..., 0] + arithmetic.matmul(fq, z0.astype(arithmetic.compute)[..., None])[..., 0]
+    )
     fk_t = np.swapaxes(fk, -1, -2)
     state = arithmetic.round(s0.astype(arithmetic.compute) + arithmetic.matmul(fk_t, v))
     normalizer = arithmetic.round(z0.astype(arithmetic.compute) + arithmetic.matmul(fk_t, ones)[..., 0])
@@ -159,8 +209,10 @@ def check_qkv(q, k, v, causal) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"v must have shape (B, H, N_k, D_v) = {k.shape[:3]} + (D_v >= 1,); got {v.shape}")
     _flag("causal", causal)
     if causal and n_q != k.shape[2]:
-        raise ValueError(f"causal linear attention needs N_q == N_k; got N_q = {n_q}, N_k = {k.shape[2]} "
-                         "(carry earlier tokens in initial_state)")
+        raise ValueError(
+            f"causal linear attention needs N_q == N_k; got N_q = {n_q}, N_k = {k.shape[2]} "
+            "(carry earlier tokens in initial_state)"
+        )
     return q, k, v
 
 
@@ -169,9 +221,22 @@ def _flag(name: str, flag) -> None:
         raise TypeError(f"{name} must be a bool; got {flag!r}")
 
 
-def validate(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form: str = "parallel",
-             chunk_size: int | None = None, normalize: bool = True, scale: float = 1.0, eps: float = 0.0,
-             initial_state=None, initial_normalizer=None, output_final_state: bool = False):
+def validate(
+    q,
+    k,
+    v,
+    *,
+    feature_map: str = "elu+1",
+    causal: bool = False,
+    form: str = "parallel",
+    chunk_size: int | None = None,
+    normalize: bool = True,
+    scale: float = 1.0,
+    eps: float = 0.0,
+    initial_state=None,
+    initial_normalizer=None,
+    output_final_state: bool = False,
+):
     """The checked arguments of ``linear_attention``: ``(q, k, v, S0, z0)`` in float64, zeros for no state."""
     _flag("output_final_state", output_final_state)
     s0, z0 = initial_state, initial_normalizer
@@ -185,8 +250,10 @@ def validate(q, k, v, *, feature_map: str = "elu+1", causal: bool = False, form:
     elif chunk_size is not None:
         raise ValueError(f"chunk_size is only for form='chunked'; got chunk_size={chunk_size!r} with form={form!r}")
     if normalize and feature_map not in NONNEGATIVE_MAPS:
-        raise ValueError(f"normalize=True needs a non-negative feature map {NONNEGATIVE_MAPS}; got feature_map="
-                         f"{feature_map!r} (use normalize=False)")
+        raise ValueError(
+            f"normalize=True needs a non-negative feature map {NONNEGATIVE_MAPS}; got feature_map="
+            f"{feature_map!r} (use normalize=False)"
+        )
     check.positive_float("scale", scale)
     if check.finite_float("eps", eps) < 0:
         raise ValueError(f"eps must be >= 0; got {eps}")
@@ -221,4 +288,3 @@ def _softmax(x: np.ndarray, *, axis: int, arithmetic: Arithmetic) -> np.ndarray:
     x = x.astype(arithmetic.compute)
     e = arithmetic.round(np.exp(x - x.max(axis=axis, keepdims=True)))
     return arithmetic.round(e / e.sum(axis=axis, keepdims=True))
-

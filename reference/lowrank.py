@@ -29,8 +29,10 @@ def linformer(q, k, v, *, e, f, scale=None, arithmetic: Arithmetic = EXACT):
     e = _projection("e", e, base.h_kv, base.n_k)
     f = _projection("f", f, base.h_kv, base.n_k)
     if f.shape != e.shape:
-        raise ValueError(f"f must have e's shape {e.shape} (the keys and values are projected to the same k_proj "
-                         f"positions); got f of shape {f.shape}")
+        raise ValueError(
+            f"f must have e's shape {e.shape} (the keys and values are projected to the same k_proj "
+            f"positions); got f of shape {f.shape}"
+        )
     problem = prepare(base.q, project(e, base.k, arithmetic), project(f, base.v, arithmetic), scale=scale)
     out, _ = attend(problem, range(problem.n_q), range(problem.n_k), arithmetic)
     return out
@@ -59,8 +61,9 @@ def _same_positions(q, k, v, what: str):
     """The checked arrays of a self-attention call: queries and keys at the same ``N`` positions."""
     p = prepare(q, k, v)
     if p.n_q != p.n_k:
-        raise ValueError(f"q and k must cover the same {what} (N_q = N); got q of shape {p.q.shape}, "
-                         f"k of shape {p.k.shape}")
+        raise ValueError(
+            f"q and k must cover the same {what} (N_q = N); got q of shape {p.q.shape}, k of shape {p.k.shape}"
+        )
     return p
 
 
@@ -75,8 +78,10 @@ def xl_attention(q, k, v, *, mem_k, mem_v, scale=None):
         raise ValueError(f"mem_k must have shape (B, H_kv, M, D_qk) = ({b}, {h_kv}, M, {d_qk}); got {mem_k.shape}")
     expected_v = mem_k.shape[:3] + seg.v.shape[3:]
     if mem_v.shape != expected_v:
-        raise ValueError(f"mem_v must have shape (B, H_kv, M, D_v) = {expected_v}, the same memory length "
-                         f"M = {mem_k.shape[2]} as mem_k; got {mem_v.shape}")
+        raise ValueError(
+            f"mem_v must have shape (B, H_kv, M, D_v) = {expected_v}, the same memory length "
+            f"M = {mem_k.shape[2]} as mem_k; got {mem_v.shape}"
+        )
     keys = np.concatenate([mem_k, seg.k], axis=2)
     values = np.concatenate([mem_v, seg.v], axis=2)
     return sdpa(seg.q, keys, values, causal="bottom_right", scale=scale)
@@ -93,8 +98,9 @@ def xl_recurrent(q, k, v, *, segment_len: int, mem_len: int, scale=None):
     mem_k, mem_v = whole.k[:, :, :0], whole.v[:, :, :0]
     for start in range(0, n, segment_len):
         seg = slice(start, min(start + segment_len, n))
-        out[:, :, seg] = xl_attention(whole.q[:, :, seg], whole.k[:, :, seg], whole.v[:, :, seg],
-                                      mem_k=mem_k, mem_v=mem_v, scale=scale)
+        out[:, :, seg] = xl_attention(
+            whole.q[:, :, seg], whole.k[:, :, seg], whole.v[:, :, seg], mem_k=mem_k, mem_v=mem_v, scale=scale
+        )
         # The next memory: the last mem_len positions of [memory; segment] (all of them while fewer exist).
         cat_k = np.concatenate([mem_k, whole.k[:, :, seg]], axis=2)
         cat_v = np.concatenate([mem_v, whole.v[:, :, seg]], axis=2)

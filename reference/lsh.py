@@ -41,8 +41,10 @@ class LSH:
         d = problem.q.shape[3]
         rotations = check.float_array("rotations", rotations, ndim=3)
         if rotations.shape[0] < 1 or rotations.shape[1] != d or rotations.shape[2] < 1:
-            raise ValueError(f"rotations must have shape (n_rounds, D, n_buckets / 2) = (R, {d}, n_buckets / 2) "
-                             f"with R >= 1 and n_buckets >= 2; got {rotations.shape}")
+            raise ValueError(
+                f"rotations must have shape (n_rounds, D, n_buckets / 2) = (R, {d}, n_buckets / 2) "
+                f"with R >= 1 and n_buckets >= 2; got {rotations.shape}"
+            )
         if not np.isfinite(rotations).all():
             raise ValueError("rotations must be finite")
         if v is not None:
@@ -108,8 +110,10 @@ class LSH:
     def rounds(self, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-round ``(o_r, z_r)`` stacked on a leading round axis: ``(R, B, H, N, D_v)``, ``(R, B, H, N)``."""
         k, bias = self.keys(), self.duplicates(others)
-        parts = [dense(self.qk, k, self.v, mask=others[:, :, r], bias=bias, scale=self.scale, return_lse=True)
-                 for r in range(others.shape[2])]
+        parts = [
+            dense(self.qk, k, self.v, mask=others[:, :, r], bias=bias, scale=self.scale, return_lse=True)
+            for r in range(others.shape[2])
+        ]
         return np.stack([o for o, _ in parts]), np.stack([z for _, z in parts])
 
     def output(self) -> np.ndarray:

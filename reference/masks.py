@@ -112,8 +112,9 @@ def evaluate(mod, shape_bh: tuple[int, int], rows: range, cols: range, *score):
     return mod(*score, b, h, q_idx, kv_idx)
 
 
-def key_bounds(n_q: int, causal: str | None, window: tuple[int, int] | None,
-               q_lens: np.ndarray, kv_lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def key_bounds(
+    n_q: int, causal: str | None, window: tuple[int, int] | None, q_lens: np.ndarray, kv_lens: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row inclusive bounds ``lo <= j <= hi`` of the keys that causal, window and padding allow.
 
     Shapes ``(B, N_q)``; a row with ``lo > hi`` sees no key. Boolean masks are not included. The

@@ -40,27 +40,54 @@ class NSA:
     scale: float
 
     @classmethod
-    def build(cls, q, k, v=None, *, gates=None, cmp_len, cmp_stride, sel_len, top_n, window=None,
-              init_blocks=0, local_blocks=0, compress_k=None, compress_v=None, scale=None) -> NSA:
+    def build(
+        cls,
+        q,
+        k,
+        v=None,
+        *,
+        gates=None,
+        cmp_len,
+        cmp_stride,
+        sel_len,
+        top_n,
+        window=None,
+        init_blocks=0,
+        local_blocks=0,
+        compress_k=None,
+        compress_v=None,
+        scale=None,
+    ) -> NSA:
         """Validate the arguments (TypeError/ValueError naming the argument)."""
         values = v if v is not None else np.zeros(np.shape(k)[:3] + (1,))
         problem = prepare(q, k, values, scale=scale)  # shapes, dtypes, GQA and scale as sdpa checks them
         b, h_q, n_q, _ = problem.q.shape
         if n_q > problem.n_k:
-            raise ValueError(f"nsa needs N_q <= N_k (queries are the last N_q tokens); got q {problem.q.shape}, "
-                             f"k {problem.k.shape}")
+            raise ValueError(
+                f"nsa needs N_q <= N_k (queries are the last N_q tokens); got q {problem.q.shape}, k {problem.k.shape}"
+            )
         sizes = _check_blocking(cmp_len, cmp_stride, sel_len, top_n, init_blocks, local_blocks)
         if v is not None:
             window = check.integer("window", window, low=1)
             gates = check.float_array("gates", gates, ndim=4)
             if gates.shape != (b, h_q, n_q, 3) or not np.isfinite(gates).all():
-                raise ValueError(f"gates must be finite with shape (B, H_q, N_q, 3) = {(b, h_q, n_q, 3)}; "
-                                 f"got shape {gates.shape}")
+                raise ValueError(
+                    f"gates must be finite with shape (B, H_q, N_q, 3) = {(b, h_q, n_q, 3)}; got shape {gates.shape}"
+                )
         l = sizes["cmp_len"]
         k_weights = _check_weights("compress_k", compress_k, l, problem.k.shape[-1])
         v_weights = None if v is None else _check_weights("compress_v", compress_v, l, problem.v.shape[-1])
-        return cls(problem.q, problem.k, None if v is None else problem.v, gates, window=window,
-                   compress_k=k_weights, compress_v=v_weights, scale=problem.scale, **sizes)
+        return cls(
+            problem.q,
+            problem.k,
+            None if v is None else problem.v,
+            gates,
+            window=window,
+            compress_k=k_weights,
+            compress_v=v_weights,
+            scale=problem.scale,
+            **sizes,
+        )
 
     @property
     def group(self) -> int:
@@ -154,7 +181,7 @@ class NSA:
         imp = self.importance() if importance is None else importance
         cand = np.broadcast_to(self.candidates(), imp.shape)
         key = np.where(np.broadcast_to(self.forced(), imp.shape), np.inf, np.where(cand, imp, -np.inf))
-        order = self.ranking(key)[..., :self.top_n]
+        order = self.ranking(key)[..., : self.top_n]
         chosen = np.where(np.take_along_axis(cand, order, axis=-1), order, self.num_blocks)
         chosen = np.sort(chosen, axis=-1)
         pad = np.full(chosen.shape[:-1] + (self.top_n - chosen.shape[-1],), self.num_blocks)
@@ -183,9 +210,11 @@ class NSA:
         k_cmp = self.compress(self.k, self.compress_k)
         v_cmp = self.compress(self.v, self.compress_v)
         base = {"scale": self.scale}
-        return [(self.q, k_cmp, v_cmp, {**base, "mask": self.cmp_visible()[None, None]}),
-                (self.q, self.k, self.v, {**base, "mask": self.selected_mask(self.select())}),
-                (self.q, self.k, self.v, {**base, **self.window_options()})]
+        return [
+            (self.q, k_cmp, v_cmp, {**base, "mask": self.cmp_visible()[None, None]}),
+            (self.q, self.k, self.v, {**base, "mask": self.selected_mask(self.select())}),
+            (self.q, self.k, self.v, {**base, **self.window_options()}),
+        ]
 
     def window_options(self) -> dict:
         return {"causal": "bottom_right", "window": (self.window - 1, 0)}
@@ -197,27 +226,67 @@ class NSA:
 
 
 @reference("nsa")
-def nsa(q, k, v, *, gates, cmp_len, cmp_stride, sel_len, top_n, window, init_blocks=0, local_blocks=0,
-        compress_k=None, compress_v=None, scale=None) -> np.ndarray:
+def nsa(
+    q,
+    k,
+    v,
+    *,
+    gates,
+    cmp_len,
+    cmp_stride,
+    sel_len,
+    top_n,
+    window,
+    init_blocks=0,
+    local_blocks=0,
+    compress_k=None,
+    compress_v=None,
+    scale=None,
+) -> np.ndarray:
     """Clauses ``nsa.*``: the gated sum of the compressed, selected and window branches ``(B, H_q, N_q, D_v)``."""
-    return NSA.build(q, k, v, gates=gates, cmp_len=cmp_len, cmp_stride=cmp_stride, sel_len=sel_len, top_n=top_n,
-                     window=window, init_blocks=init_blocks, local_blocks=local_blocks, compress_k=compress_k,
-                     compress_v=compress_v, scale=scale).output()
+    return NSA.build(
+        q,
+        k,
+        v,
+        gates=gates,
+        cmp_len=cmp_len,
+        cmp_stride=cmp_stride,
+        sel_len=sel_len,
+        top_n=top_n,
+        window=window,
+        init_blocks=init_blocks,
+        local_blocks=local_blocks,
+        compress_k=compress_k,
+        compress_v=compress_v,
+        scale=scale,
+    ).output()
 
 
 @reference("nsa_select")
-def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, compress_k=None,
-               scale=None) -> np.ndarray:
+def nsa_select(
+    q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, compress_k=None, scale=None
+) -> np.ndarray:
     """Clause ``nsa.select``: selected block indices ``(B, H_kv, N_q, top_n)``, ascending, ``-1``-padded."""
-    return NSA.build(q, k, cmp_len=cmp_len, cmp_stride=cmp_stride, sel_len=sel_len, top_n=top_n,
-                     init_blocks=init_blocks, local_blocks=local_blocks, compress_k=compress_k,
-                     scale=scale).select()
+    return NSA.build(
+        q,
+        k,
+        cmp_len=cmp_len,
+        cmp_stride=cmp_stride,
+        sel_len=sel_len,
+        top_n=top_n,
+        init_blocks=init_blocks,
+        local_blocks=local_blocks,
+        compress_k=compress_k,
+        scale=scale,
+    ).select()
 
 
 def _check_blocking(cmp_len, cmp_stride, sel_len, top_n, init_blocks, local_blocks) -> dict:
     """The block parameters as integers, with the paper's conditions on them."""
-    cmp_len, cmp_stride, sel_len, top_n = (check.integer(name, value, low=1) for name, value in (
-        ("cmp_len", cmp_len), ("cmp_stride", cmp_stride), ("sel_len", sel_len), ("top_n", top_n)))
+    cmp_len, cmp_stride, sel_len, top_n = (
+        check.integer(name, value, low=1)
+        for name, value in (("cmp_len", cmp_len), ("cmp_stride", cmp_stride), ("sel_len", sel_len), ("top_n", top_n))
+    )
     init_blocks = check.integer("init_blocks", init_blocks, low=0)
     local_blocks = check.integer("local_blocks", local_blocks, low=0)
     if init_blocks + local_blocks > top_n:
@@ -228,8 +297,14 @@ def _check_blocking(cmp_len, cmp_stride, sel_len, top_n, init_blocks, local_bloc
         raise ValueError(f"sel_len must be a multiple of cmp_stride = {cmp_stride}; got {sel_len}")
     if cmp_len > sel_len:
         raise ValueError(f"cmp_len must be <= sel_len = {sel_len}; got {cmp_len}")
-    return dict(cmp_len=cmp_len, cmp_stride=cmp_stride, sel_len=sel_len, top_n=top_n, init_blocks=init_blocks,
-                local_blocks=local_blocks)
+    return dict(
+        cmp_len=cmp_len,
+        cmp_stride=cmp_stride,
+        sel_len=sel_len,
+        top_n=top_n,
+        init_blocks=init_blocks,
+        local_blocks=local_blocks,
+    )
 
 
 def _check_weights(name: str, weights, cmp_len: int, dim: int) -> np.ndarray | None:
@@ -238,8 +313,10 @@ def _check_weights(name: str, weights, cmp_len: int, dim: int) -> np.ndarray | N
         return None
     weights = check.float_array(name, weights)
     if weights.shape not in ((cmp_len,), (cmp_len * dim, dim)):
-        raise ValueError(f"{name} must be None, of shape (cmp_len,) = ({cmp_len},) or (cmp_len * D, D) = "
-                         f"({cmp_len * dim}, {dim}); got {weights.shape}")
+        raise ValueError(
+            f"{name} must be None, of shape (cmp_len,) = ({cmp_len},) or (cmp_len * D, D) = "
+            f"({cmp_len * dim}, {dim}); got {weights.shape}"
+        )
     if not np.isfinite(weights).all():
         raise ValueError(f"{name} must be finite")
     return weights

@@ -57,8 +57,7 @@ def orthogonal_projection(gaussian_blocks, norms, *, arithmetic: Arithmetic = EX
     g = check.float_array("gaussian_blocks", gaussian_blocks, ndim=3)
     m, d = norms.shape[0], g.shape[-1]
     if m < 1 or d < 1 or g.shape != (math.ceil(m / d), d, d):
-        raise ValueError(f"gaussian_blocks must have shape (ceil(m / D), D, D) for m = len(norms) = {m}; "
-                         f"got {g.shape}")
+        raise ValueError(f"gaussian_blocks must have shape (ceil(m / D), D, D) for m = len(norms) = {m}; got {g.shape}")
     if not (np.isfinite(norms).all() and (norms >= 0).all()):
         raise ValueError("norms must be finite and >= 0")
     if not np.isfinite(g).all():
@@ -70,16 +69,19 @@ def orthogonal_projection(gaussian_blocks, norms, *, arithmetic: Arithmetic = EX
     singular = np.abs(diag) <= d * np.finfo(np.float64).eps * np.abs(r).max(axis=(-2, -1))[:, None]
     if singular.any() and arithmetic is EXACT:
         b, c = (int(i) for i in np.argwhere(singular)[0])
-        raise ValueError(f"gaussian_blocks[{b}] is singular: |R[{c}, {c}]| of its QR factorisation is "
-                         f"<= D eps max |R| (D = {d}, eps = 2^-52), so its Q factor is not determined")
+        raise ValueError(
+            f"gaussian_blocks[{b}] is singular: |R[{c}, {c}]| of its QR factorisation is "
+            f"<= D eps max |R| (D = {d}, eps = 2^-52), so its Q factor is not determined"
+        )
     q = q * np.sign(diag)[:, None, :]  # column c of Q_b times sign(R_b[c, c]): R's diagonal positive
     rows = np.swapaxes(q, -1, -2).reshape(-1, d)[:m]
     return arithmetic.round(rows * norms.astype(arithmetic.compute)[:, None])
 
 
 @reference("performer")
-def performer(q, k, v, *, projection, causal: bool = False, scale: float | None = None,
-              arithmetic: Arithmetic = EXACT) -> np.ndarray:
+def performer(
+    q, k, v, *, projection, causal: bool = False, scale: float | None = None, arithmetic: Arithmetic = EXACT
+) -> np.ndarray:
     """Clause ``performer``: normalised linear attention with FAVOR+ features of the scaled q and k."""
     q, k, v = linear.check_qkv(q, k, v, causal)
     w = _projection(projection, q.shape[-1])
@@ -90,8 +92,9 @@ def performer(q, k, v, *, projection, causal: bool = False, scale: float | None 
     return attend_logits(lq, lk, v, causal=causal, arithmetic=arithmetic)
 
 
-def attend_logits(lq: np.ndarray, lk: np.ndarray, v: np.ndarray, *, causal: bool,
-                  arithmetic: Arithmetic = EXACT) -> np.ndarray:
+def attend_logits(
+    lq: np.ndarray, lk: np.ndarray, v: np.ndarray, *, causal: bool, arithmetic: Arithmetic = EXACT
+) -> np.ndarray:
     """Normalised linear attention with features ``exp(logits)``, shifted so nothing overflows."""
     fq = arithmetic.round(np.exp(lq - lq.max(axis=-1, keepdims=True)))
     v = np.asarray(v, arithmetic.compute)

@@ -23,21 +23,20 @@ def _bucket_params(bidirectional, num_buckets, max_distance) -> tuple[bool, int,
     if exact < 1:
         raise ValueError(f"num_buckets must be >= 4 when bidirectional; got {num_buckets}")
     if max_distance <= exact:
-        raise ValueError(f"max_distance must be > num_buckets // {2 if bidirectional else 1} // 2"
-                         f" = {exact}; got {max_distance}")
+        raise ValueError(
+            f"max_distance must be > num_buckets // {2 if bidirectional else 1} // 2 = {exact}; got {max_distance}"
+        )
     return bool(bidirectional), n, exact, max_distance
 
 
 @reference("t5_bucket")
-def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
-              max_distance=128) -> np.ndarray:
+def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_distance=128) -> np.ndarray:
     """T5 bucket of each ``key - query`` offset, int64 in ``[0, num_buckets)``.
 
     Clause ``t5.bucket``. The log bin is evaluated in float64 in the clause's order of
     operations and truncated, as HF's ``_relative_position_bucket``.
     """
-    bidirectional, n, exact, max_distance = _bucket_params(bidirectional, num_buckets,
-                                                           max_distance)
+    bidirectional, n, exact, max_distance = _bucket_params(bidirectional, num_buckets, max_distance)
     rel = check.int_array("relative_position", relative_position)
     if bidirectional:
         bucket = np.where(rel > 0, n, 0).astype(np.int64)
@@ -57,8 +56,7 @@ def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32,
 
 
 @reference("t5_bias")
-def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=32,
-            max_distance=128) -> np.ndarray:
+def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=32, max_distance=128) -> np.ndarray:
     """``bias[h, i, j] = table[t5_bucket(k_j - q_i), h]``, shape ``(H, N_q, N_k)``.
 
     Clause ``t5.bias``. ``table`` is ``(num_buckets, H)``; positions are 1-D and non-negative.
@@ -66,15 +64,15 @@ def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=
     _bucket_params(bidirectional, num_buckets, max_distance)  # before num_buckets is used below
     table = check.float_array("table", table, ndim=2)
     if table.shape[0] != num_buckets:
-        raise ValueError(f"table must have shape (num_buckets={num_buckets}, H); "
-                         f"got {table.shape}")
+        raise ValueError(f"table must have shape (num_buckets={num_buckets}, H); got {table.shape}")
     q_pos = check.int_array("q_positions", q_positions, low=0)
     k_pos = check.int_array("k_positions", k_positions, low=0)
     for name, pos in (("q_positions", q_pos), ("k_positions", k_pos)):
         if pos.ndim != 1:
             raise ValueError(f"{name} must be 1-D; got shape {pos.shape}")
-    buckets = t5_bucket(k_pos[None, :] - q_pos[:, None], bidirectional=bidirectional,
-                        num_buckets=num_buckets, max_distance=max_distance)
+    buckets = t5_bucket(
+        k_pos[None, :] - q_pos[:, None], bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    )
     return np.ascontiguousarray(np.moveaxis(table[buckets], -1, 0))
 
 
@@ -83,19 +81,18 @@ def _check_qkv(q, k, v):
     k = check.float_array("k", k, ndim=4)
     v = check.float_array("v", v, ndim=4)
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"k must have shape (B, H, N_k, D_qk) with (B, H, D_qk) of q "
-                         f"{q.shape[:2] + q.shape[3:]}; got {k.shape}")
+        raise ValueError(
+            f"k must have shape (B, H, N_k, D_qk) with (B, H, D_qk) of q {q.shape[:2] + q.shape[3:]}; got {k.shape}"
+        )
     if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"v must have shape (B, H, N_k, D_v) with (B, H, N_k) of k "
-                         f"{k.shape[:3]}; got {v.shape}")
+        raise ValueError(f"v must have shape (B, H, N_k, D_v) with (B, H, N_k) of k {k.shape[:3]}; got {v.shape}")
     return q, k, v
 
 
 def _check_rel(name: str, table, rows: int, cols: int) -> np.ndarray:
     table = check.float_array(name, table, ndim=2)
     if table.shape != (rows, cols):
-        raise ValueError(f"{name} must have shape (2 * max_relative + 1, D) = {(rows, cols)}; "
-                         f"got {table.shape}")
+        raise ValueError(f"{name} must have shape (2 * max_relative + 1, D) = {(rows, cols)}; got {table.shape}")
     return table
 
 

@@ -34,8 +34,19 @@ class Problem:
 
 
 @reference("retention")
-def retention(q, k, v, *, gammas, form: str = "parallel", chunk_size: int | None = None, scale=None,
-              initial_state=None, return_state: bool = False, arithmetic: Arithmetic = EXACT):
+def retention(
+    q,
+    k,
+    v,
+    *,
+    gammas,
+    form: str = "parallel",
+    chunk_size: int | None = None,
+    scale=None,
+    initial_state=None,
+    return_state: bool = False,
+    arithmetic: Arithmetic = EXACT,
+):
     """Clauses ``retention.*``: the output ``(B, H, N, D_v)``, and the final state if ``return_state``.
 
     ``q``, ``k`` ``(B, H, N, D_k)``, ``v`` ``(B, H, N, D_v)``, ``gammas`` ``(H,)`` in ``[0, 1]``
@@ -128,8 +139,9 @@ def chunkwise(p: Problem, chunk_size: int, arithmetic: Arithmetic = EXACT):
     state = p.state
     for start in range(0, n, chunk_size):
         run = slice(start, min(start + chunk_size, n))
-        out[:, :, run], state = block(p.q[:, :, run], p.k[:, :, run], p.v[:, :, run], p.gammas, p.scale,
-                                      state, arithmetic)
+        out[:, :, run], state = block(
+            p.q[:, :, run], p.k[:, :, run], p.v[:, :, run], p.gammas, p.scale, state, arithmetic
+        )
     return out, np.asarray(state).astype(arithmetic.compute)
 
 
@@ -146,8 +158,9 @@ def prepare(q, k, v, *, gammas, scale=None, initial_state=None) -> Problem:
     given = np.asarray(gammas).dtype
     gammas = check.float_array("gammas", gammas, ndim=1)
     if given not in (np.float32, np.float64):
-        raise TypeError(f"gammas must be a float32 or float64 array (decays are never rounded to a 16-bit dtype); "
-                        f"got dtype {given}")
+        raise TypeError(
+            f"gammas must be a float32 or float64 array (decays are never rounded to a 16-bit dtype); got dtype {given}"
+        )
     if gammas.shape != (h,):
         raise ValueError(f"gammas must have shape (H,) = ({h},), one decay per head; got {gammas.shape}")
     outside = ~((gammas >= 0) & (gammas <= 1))  # NaN is outside too

@@ -20,8 +20,9 @@ def _angles(pos: np.ndarray, rotary_dim: int, base: float, dtype=np.float64) -> 
 
 
 @reference("rope")
-def rope(x, positions, *, layout="half_split", rotary_dim=None, base=10000.0,
-         arithmetic: Arithmetic = EXACT) -> np.ndarray:
+def rope(
+    x, positions, *, layout="half_split", rotary_dim=None, base=10000.0, arithmetic: Arithmetic = EXACT
+) -> np.ndarray:
     """Rotate channel pairs of ``x`` ``(B, H, N, D)`` by ``positions * theta_c``; float64 result.
 
     Clauses ``rope.half_split`` (channel ``c`` pairs with ``c + r/2``), ``rope.interleaved``
@@ -34,12 +35,13 @@ def rope(x, positions, *, layout="half_split", rotary_dim=None, base=10000.0,
     base = check.positive_float("base", base)
     r = d if rotary_dim is None else check.integer("rotary_dim", rotary_dim, low=2)
     if r < 2 or r % 2 or r > d:
-        raise ValueError(f"rotary_dim must be even with 2 <= rotary_dim <= D={d}; got {r}"
-                         + (" (the default, D)" if rotary_dim is None else ""))
+        raise ValueError(
+            f"rotary_dim must be even with 2 <= rotary_dim <= D={d}; got {r}"
+            + (" (the default, D)" if rotary_dim is None else "")
+        )
     pos = check.int_array("positions", positions, low=0)
     if pos.shape not in ((n,), (batch, n)):
-        raise ValueError(f"positions must have shape (N,)=({n},) or (B, N)=({batch}, {n}); "
-                         f"got {pos.shape}")
+        raise ValueError(f"positions must have shape (N,)=({n},) or (B, N)=({batch}, {n}); got {pos.shape}")
 
     x = x.astype(arithmetic.compute)
     angles = _angles(pos, r, base, arithmetic.compute)

@@ -62,8 +62,9 @@ def _validate(q, k, centroids):
     centroids = check.float_array("centroids", centroids, ndim=3)
     h_q, d = checked.q.shape[1], checked.q.shape[3]
     if centroids.shape[0] != h_q or centroids.shape[2] != d or centroids.shape[1] < 1:
-        raise ValueError(f"centroids must have shape (H_q, C, D_qk) = ({h_q}, C, {d}) with C >= 1; "
-                         f"got {centroids.shape}")
+        raise ValueError(
+            f"centroids must have shape (H_q, C, D_qk) = ({h_q}, C, {d}) with C >= 1; got {centroids.shape}"
+        )
     if not np.isfinite(centroids).all() or (np.linalg.norm(centroids, axis=-1) == 0).any():
         raise ValueError("centroids must be finite and nonzero (each row is normalised)")
     return checked.q, checked.k, centroids

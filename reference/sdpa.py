@@ -23,8 +23,6 @@ CAUSAL = check.CAUSAL
 OPTIONS = ("scale", "causal", "window", "mask", "bias", "softcap", "alibi_slopes", "q_lens", "kv_lens")
 
 
-
-
 @dataclass(frozen=True)
 class Problem:
     """Validated inputs of one attention call, with its rules as index functions."""
@@ -81,14 +79,14 @@ def attend(problem: Problem, rows: range, cols: range, arithmetic: Arithmetic = 
     """Normalised attention of queries ``rows`` over keys ``cols`` only: ``(out, lse)``."""
     s = scores(problem, rows, cols, arithmetic)
     vis = visible(problem, rows, cols)
-    v = problem.v[:, :, cols.start:cols.stop].astype(arithmetic.compute)
+    v = problem.v[:, :, cols.start : cols.stop].astype(arithmetic.compute)
     return softmax_average(s, vis, v, arithmetic)
 
 
 def scores(problem: Problem, rows: range, cols: range, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Scores ``(B, H_q, len(rows), len(cols))`` after scale, softcap, bias and ALiBi."""
-    q = problem.q[:, :, rows.start:rows.stop].astype(arithmetic.compute)
-    k = problem.k[:, :, cols.start:cols.stop].astype(arithmetic.compute)
+    q = problem.q[:, :, rows.start : rows.stop].astype(arithmetic.compute)
+    k = problem.k[:, :, cols.start : cols.stop].astype(arithmetic.compute)
     b, h_q, n_rows, d = q.shape
     grouped = q.reshape(b, problem.h_kv, h_q // problem.h_kv, n_rows, d)
     dots = arithmetic.matmul(grouped, np.swapaxes(k, -1, -2)[:, :, None]).reshape(b, h_q, n_rows, len(cols))
@@ -140,8 +138,21 @@ def weighted_values(weights: np.ndarray, vis: np.ndarray, v: np.ndarray, arithme
     return np.where(leaks[..., None], np.nan, out)
 
 
-def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-            alibi_slopes=None, q_lens=None, kv_lens=None) -> Problem:
+def prepare(
+    q,
+    k,
+    v,
+    *,
+    scale=None,
+    causal=None,
+    window=None,
+    mask=None,
+    bias=None,
+    softcap=None,
+    alibi_slopes=None,
+    q_lens=None,
+    kv_lens=None,
+) -> Problem:
     """Validate the arguments of ``sdpa`` and build its visibility rule and score modifiers."""
     q, k, v = (check.float_array(name, x, ndim=4) for name, x in (("q", q), ("k", k), ("v", v)))
     b, h_q, n_q, d_qk = q.shape

@@ -61,8 +61,18 @@ def evaluate(mask_mod, batch: int, heads: int, rows: range, keys: np.ndarray, of
 
 
 @reference("sparse")
-def sparse(q, k, v, *, pattern: str, scale=None, return_lse: bool = False, stats: dict | None = None,
-           row_tile: int = ROW_TILE, **params):
+def sparse(
+    q,
+    k,
+    v,
+    *,
+    pattern: str,
+    scale=None,
+    return_lse: bool = False,
+    stats: dict | None = None,
+    row_tile: int = ROW_TILE,
+    **params,
+):
     """Clause ``sparse``: attention restricted to ``pattern``, evaluated on candidate keys only.
 
     If ``stats`` is a dict it receives the counted work: ``score_elements`` (``B * H_q * rows *
@@ -82,7 +92,7 @@ def sparse(q, k, v, *, pattern: str, scale=None, return_lse: bool = False, stats
         part = replace(problem, k=problem.k[:, :, keys], v=problem.v[:, :, keys])
         s = scores(part, rows, range(len(keys)))
         vis = evaluate(pat.mask_mod, pat.batch, pat.heads, rows, keys, offset)
-        out[:, :, rows.start:rows.stop], lse[:, :, rows.start:rows.stop] = softmax_average(s, vis, part.v)
+        out[:, :, rows.start : rows.stop], lse[:, :, rows.start : rows.stop] = softmax_average(s, vis, part.v)
         work["score_elements"] += b * h_q * len(rows) * len(keys)
         work["visible_pairs"] += int(np.broadcast_to(vis, s.shape).sum())
         work["key_reads"] += b * h_kv * len(keys)
@@ -112,8 +122,10 @@ def build(pattern: str, n_q: int, n_k: int, **params) -> Pattern:
     check.choice("pattern", pattern, tuple(BUILDERS))
     n_q, n_k = check.integer("n_q", n_q, low=0), check.integer("n_k", n_k, low=0)
     if n_q > n_k:
-        raise ValueError(f"N_q = {n_q} (n_q, or q.shape[2]) exceeds N_k = {n_k}: sparse patterns align queries "
-                         "bottom-right (row i is position i + N_k - N_q), so N_q <= N_k")
+        raise ValueError(
+            f"N_q = {n_q} (n_q, or q.shape[2]) exceeds N_k = {n_k}: sparse patterns align queries "
+            "bottom-right (row i is position i + N_k - N_q), so N_q <= N_k"
+        )
     builder = BUILDERS[pattern]
     signature = inspect.signature(builder).parameters
     names = [name for name in signature if name != "n_k"]
@@ -161,8 +173,9 @@ def _dilated(n_k, *, window, dilation=1, causal=False) -> Pattern:
 
 def _dilated_offsets(window: int, dilation: np.ndarray, causal: bool, n_k: int) -> np.ndarray:
     """``j - p`` over every head: ``s * d`` for steps ``-w <= s <= w`` (``s <= 0`` causal), ``|s * d| <= N_k``."""
-    steps = [np.arange(-min(window, n_k // d + 1), (0 if causal else min(window, n_k // d + 1)) + 1) * d
-             for d in dilation]
+    steps = [
+        np.arange(-min(window, n_k // d + 1), (0 if causal else min(window, n_k // d + 1)) + 1) * d for d in dilation
+    ]
     return np.unique(np.concatenate(steps))
 
 
@@ -176,13 +189,14 @@ def _longformer(n_k, *, window, global_tokens) -> Pattern:
     global_keys = np.flatnonzero(g.any(axis=0))
 
     def candidates(p0, p1):
-        if g[:, p0:p1 + 1].any():  # a global query sees every key
+        if g[:, p0 : p1 + 1].any():  # a global query sees every key
             return np.arange(n_k)
         return np.union1d(np.arange(max(p0 - window, 0), min(p1 + window + 1, n_k)), global_keys)
 
     params = dict(window=window, global_tokens=g)
-    return Pattern("longformer", params, patterns.longformer(**params), g.shape[0], 1, candidates,
-                   batch_from="global_tokens")
+    return Pattern(
+        "longformer", params, patterns.longformer(**params), g.shape[0], 1, candidates, batch_from="global_tokens"
+    )
 
 
 @builds("sparse.bigbird")
@@ -196,21 +210,24 @@ def _bigbird(n_k, *, block, window_blocks, global_blocks=None, random_blocks=Non
         random_blocks = np.zeros((1, n_blocks, 0), dtype=np.int64)
     random_blocks = _int_array("random_blocks", random_blocks, ndims=(3,), low=0, high=n_blocks - 1)
     if random_blocks.shape[1] != n_blocks or random_blocks.shape[0] < 1:
-        raise ValueError(f"random_blocks must have shape (H, n_blocks, r) with n_blocks = ceil(N_k / block) = "
-                         f"{n_blocks}; got {random_blocks.shape}")
+        raise ValueError(
+            f"random_blocks must have shape (H, n_blocks, r) with n_blocks = ceil(N_k / block) = "
+            f"{n_blocks}; got {random_blocks.shape}"
+        )
     global_list = np.flatnonzero(is_global)
 
     def candidates(p0, p1):
         r0, r1 = p0 // block, p1 // block
-        if is_global[r0:r1 + 1].any():
+        if is_global[r0 : r1 + 1].any():
             return np.arange(n_k)
         window = np.arange(max(r0 - window_blocks, 0), min(r1 + window_blocks + 1, n_blocks))
-        blocks = np.unique(np.concatenate([window, global_list, random_blocks[:, r0:r1 + 1].ravel()]))
+        blocks = np.unique(np.concatenate([window, global_list, random_blocks[:, r0 : r1 + 1].ravel()]))
         return _block_positions(blocks, block, n_k)
 
     params = dict(block=block, window_blocks=window_blocks, is_global=is_global, random_blocks=random_blocks)
-    return Pattern("bigbird", params, patterns.bigbird(**params), 1, random_blocks.shape[0], candidates,
-                   heads_from="random_blocks")
+    return Pattern(
+        "bigbird", params, patterns.bigbird(**params), 1, random_blocks.shape[0], candidates, heads_from="random_blocks"
+    )
 
 
 @builds("sparse.strided")
@@ -252,16 +269,19 @@ def _block_sparse(n_k, *, layout, block_q, block_k) -> Pattern:
     layout = _bool_array("layout", layout)
     shape = (-(-n_k // block_q), -(-n_k // block_k))
     if layout.ndim != 3 or layout.shape[1:] != shape or layout.shape[0] < 1:
-        raise ValueError(f"layout must have shape (H, ceil(N_k / block_q), ceil(N_k / block_k)) = (H, {shape[0]}, "
-                         f"{shape[1]}); got {layout.shape}")
+        raise ValueError(
+            f"layout must have shape (H, ceil(N_k / block_q), ceil(N_k / block_k)) = (H, {shape[0]}, "
+            f"{shape[1]}); got {layout.shape}"
+        )
 
     def candidates(p0, p1):
-        cols = np.flatnonzero(layout[:, p0 // block_q:p1 // block_q + 1].any(axis=(0, 1)))
+        cols = np.flatnonzero(layout[:, p0 // block_q : p1 // block_q + 1].any(axis=(0, 1)))
         return _block_positions(cols, block_k, n_k)
 
     params = dict(layout=layout, block_q=block_q, block_k=block_k)
-    return Pattern("block_sparse", params, patterns.block_sparse(**params), 1, layout.shape[0], candidates,
-                   heads_from="layout")
+    return Pattern(
+        "block_sparse", params, patterns.block_sparse(**params), 1, layout.shape[0], candidates, heads_from="layout"
+    )
 
 
 @builds("sparse.prefix_lm")
@@ -275,8 +295,9 @@ def _prefix_lm(n_k, *, prefix_lens) -> Pattern:
         return np.arange(min(max(p1, last_prefix), n_k - 1) + 1)
 
     params = dict(prefix_lens=prefix_lens)
-    return Pattern("prefix_lm", params, patterns.prefix_lm(**params), prefix_lens.size, 1, candidates,
-                   batch_from="prefix_lens")
+    return Pattern(
+        "prefix_lm", params, patterns.prefix_lm(**params), prefix_lens.size, 1, candidates, batch_from="prefix_lens"
+    )
 
 
 @builds("sparse.document")
@@ -288,12 +309,13 @@ def _document(n_k, *, document_ids, causal=False) -> Pattern:
     first, last = _document_spans(ids)
 
     def candidates(p0, p1):  # the hull of the spans of the tile's documents
-        hi = last[:, p0:p1 + 1].max()
-        return np.arange(first[:, p0:p1 + 1].min(), (min(hi, p1) if causal else hi) + 1)
+        hi = last[:, p0 : p1 + 1].max()
+        return np.arange(first[:, p0 : p1 + 1].min(), (min(hi, p1) if causal else hi) + 1)
 
     params = dict(document_ids=ids, causal=causal)
-    return Pattern("document", params, patterns.document(**params), ids.shape[0], 1, candidates,
-                   batch_from="document_ids")
+    return Pattern(
+        "document", params, patterns.document(**params), ids.shape[0], 1, candidates, batch_from="document_ids"
+    )
 
 
 def _document_spans(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

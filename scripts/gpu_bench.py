@@ -84,14 +84,31 @@ def run(spec: str, parts: Path, matrix: str, budget: float, rounds: int | None =
     parts.mkdir(parents=True, exist_ok=True)
     log = log_path(parts, spec)
     _, records = read_log(log)
-    done = [f"--deselect={NODE}[{case.id}-{role}]" for case in MATRICES[matrix]()
-            if complete(records, case, spec) for role in case.roles(spec)]
+    done = [
+        f"--deselect={NODE}[{case.id}-{role}]"
+        for case in MATRICES[matrix]()
+        if complete(records, case, spec)
+        for role in case.roles(spec)
+    ]
     if len(done) == sum(len(case.roles(spec)) for case in MATRICES[matrix]()):
         print(f"{spec}: every row already done", flush=True)
         return {"spec": spec, "exit": "nothing left to run", "seconds": 0.0, "resumed_rows": len(done)}
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", f"--backend={spec}", f"--bench-matrix={matrix}",
-           f"--bench-log={log}", f"--benchmark-json={log.with_name(f'{log.stem}-{int(time.time())}.json')}",
-           "-q", "-p", "no:cacheprovider", "--tb=line", *([f"--bench-rounds={rounds}"] if rounds else []), *done]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        f"--backend={spec}",
+        f"--bench-matrix={matrix}",
+        f"--bench-log={log}",
+        f"--benchmark-json={log.with_name(f'{log.stem}-{int(time.time())}.json')}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--tb=line",
+        *([f"--bench-rounds={rounds}"] if rounds else []),
+        *done,
+    ]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -127,13 +144,19 @@ def render(path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="folder for NAME.json, NAME.md and the plots (or, with --render, a NAME.json)")
+    parser.add_argument(
+        "out", type=Path, help="folder for NAME.json, NAME.md and the plots (or, with --render, a NAME.json)"
+    )
     parser.add_argument("--name", default="bench", help="stem of the files written (e.g. 2026-12-07-bench-h100)")
-    parser.add_argument("--backend", action="append", default=[], help=f"backend(s) to time (default: {', '.join(BACKENDS)})")
+    parser.add_argument(
+        "--backend", action="append", default=[], help=f"backend(s) to time (default: {', '.join(BACKENDS)})"
+    )
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for every backend together")
     parser.add_argument("--matrix", choices=sorted(MATRICES), default="gpu")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per row (default: the timer's)")
-    parser.add_argument("--render", action="store_true", help="OUT is a bench.json: re-derive its verdicts, table, plots")
+    parser.add_argument(
+        "--render", action="store_true", help="OUT is a bench.json: re-derive its verdicts, table, plots"
+    )
     args = parser.parse_args(argv)
     if args.render:
         return render(args.out)

@@ -44,9 +44,13 @@ def environment() -> dict:
     import numpy
     import torch
 
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-           "numpy": numpy.__version__}
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": numpy.__version__,
+    }
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name()
     for name in ("triton", "hypothesis", "ml_dtypes"):
@@ -63,8 +67,22 @@ INTERRUPT_GRACE = 45.0  # at most this share of a run's budget is kept for writi
 def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
     report = out / f"report-{backend.replace(':', '-')}-{abs(hash(tuple(extra)))}.json"
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "pytest", "conformance", f"--backend={backend}", "--device=cuda",
-           f"--report={report}", "-q", "-p", "no:cacheprovider", "--tb=short", "-p", "no:warnings", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "conformance",
+        f"--backend={backend}",
+        "--device=cuda",
+        f"--report={report}",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--tb=short",
+        "-p",
+        "no:warnings",
+        *extra,
+    ]
     env = dict(os.environ)
     if "-n" in extra:  # one compile thread per xdist worker, not a pool of them in each
         env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
@@ -87,8 +105,13 @@ def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
     shown = [a for a in extra if not a.startswith("--deselect=")]
     if len(shown) < len(extra):
         shown.append(f"(and --deselect of the {len(extra) - len(shown)} tests a resumed run has results for)")
-    result = {"backend": backend, "args": shown, "exit": status, "seconds": round(time.monotonic() - start, 1),
-              "output_tail": tail}
+    result = {
+        "backend": backend,
+        "args": shown,
+        "exit": status,
+        "seconds": round(time.monotonic() - start, 1),
+        "output_tail": tail,
+    }
     if report.exists():
         result["report"] = json.loads(report.read_text())
         report.unlink()
@@ -101,8 +124,12 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all runs together")
     parser.add_argument("--only", default="", help="comma-separated backends to run (default: all)")
-    parser.add_argument("--resume", type=Path, help="an interrupted run's gpu-conformance.json: run only the tests "
-                        "it has no result for, and write both parts into one document")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="an interrupted run's gpu-conformance.json: run only the tests "
+        "it has no result for, and write both parts into one document",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
@@ -115,8 +142,12 @@ def main() -> None:
     runs = [(b, e, w) for b, e, w in RUNS if (not only or b in only) and b not in finished]
     for index, (backend, extra, weight) in enumerate(runs):
         left = sum(w for _, _, w in runs[index:])  # a slow run cannot starve the rest
-        done = [f"--deselect={t}" for r in document["runs"] if r["backend"] == backend
-                for t in r.get("report", {}).get("tests", {})]
+        done = [
+            f"--deselect={t}"
+            for r in document["runs"]
+            if r["backend"] == backend
+            for t in r.get("report", {}).get("tests", {})
+        ]
         document["runs"].append(run(backend, extra + done, args.out, (deadline - time.monotonic()) * weight / left))
         (args.out / "gpu-conformance.json").write_text(json.dumps(document, indent=1) + "\n")
     (args.out / "gpu-conformance.md").write_text(conformance_table(document))

@@ -44,20 +44,36 @@ def conformance_table(document: dict) -> str:
     env = document["environment"]
     runs = _merge_parts([r for r in document["runs"] if "report" in r])
     clauses = sorted({c for r in runs for c, row in r["report"]["clauses"].items() if row["status"] != "unsupported"})
-    lines = [f"# Conformance on {env.get('device', 'CPU')}", "",
-             f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env.get('triton')}, "
-             f"numpy {env['numpy']}, hypothesis {env.get('hypothesis')}, Python {env['python']}.", "",
-             "| clause | " + " | ".join(r["backend"] for r in runs) + " |",
-             "|---|" + "---|" * len(runs)]
+    lines = [
+        f"# Conformance on {env.get('device', 'CPU')}",
+        "",
+        f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env.get('triton')}, "
+        f"numpy {env['numpy']}, hypothesis {env.get('hypothesis')}, Python {env['python']}.",
+        "",
+        "| clause | " + " | ".join(r["backend"] for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
     for clause in clauses:
         cells = []
         for r in runs:
             row = r["report"]["clauses"].get(clause, {})
             status = row.get("status", "-")
-            cells.append(f"{status} ({row['passed']}/{row['passed'] + row['failed']})" if status in ("passed", "failed") else status)
+            cells.append(
+                f"{status} ({row['passed']}/{row['passed'] + row['failed']})"
+                if status in ("passed", "failed")
+                else status
+            )
         lines.append(f"| `{clause}` | " + " | ".join(cells) + " |")
-    lines += ["", "Runs: " + "; ".join(f"{r['backend']} exit {r['exit']} in {r['seconds']} s, dtypes "
-                                       f"{', '.join(r['report']['dtypes'])}{_sampling(r['report'])}" for r in runs), ""]
+    lines += [
+        "",
+        "Runs: "
+        + "; ".join(
+            f"{r['backend']} exit {r['exit']} in {r['seconds']} s, dtypes "
+            f"{', '.join(r['report']['dtypes'])}{_sampling(r['report'])}"
+            for r in runs
+        ),
+        "",
+    ]
     missing = [r for r in document["runs"] if "report" not in r]
     for r in missing:
         lines.append(f"- {r['backend']}: no report (exit {r['exit']}).")

@@ -22,25 +22,69 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from attnspec.backends.triton import attention, attention_tma, block_sparse, merge  # noqa: E402
 
-GENERAL = dict(BLOCK_D=64, BLOCK_DV=64, EVEN_D=True, BLOCK_M=128, BLOCK_N=64, CAUSAL=0, WINDOW=False,
-               HAS_MASK=False, HAS_BIAS=False, HAS_ALIBI=False, HAS_SOFTCAP=False, HAS_Q_LENS=False,
-               HAS_KV_LENS=False, PACK_GQA=False, REVERSE=False, PRECISION="tf32")
+GENERAL = dict(
+    BLOCK_D=64,
+    BLOCK_DV=64,
+    EVEN_D=True,
+    BLOCK_M=128,
+    BLOCK_N=64,
+    CAUSAL=0,
+    WINDOW=False,
+    HAS_MASK=False,
+    HAS_BIAS=False,
+    HAS_ALIBI=False,
+    HAS_SOFTCAP=False,
+    HAS_Q_LENS=False,
+    HAS_KV_LENS=False,
+    PACK_GQA=False,
+    REVERSE=False,
+    PRECISION="tf32",
+)
 #: (name, kernel, constexpr overrides, element type)
 VARIANTS = [
     ("plain bf16", attention.attention_fwd, {}, "bf16"),
     ("causal bottom-right, reversed", attention.attention_fwd, dict(CAUSAL=2, REVERSE=True), "bf16"),
-    ("every option", attention.attention_fwd,
-     dict(CAUSAL=1, WINDOW=True, HAS_MASK=True, HAS_BIAS=True, HAS_ALIBI=True, HAS_SOFTCAP=True, HAS_Q_LENS=True,
-          HAS_KV_LENS=True), "fp16"),
-    ("head dims 80/96 in 128-wide tiles", attention.attention_fwd, dict(BLOCK_D=128, BLOCK_DV=128, EVEN_D=False), "bf16"),
+    (
+        "every option",
+        attention.attention_fwd,
+        dict(
+            CAUSAL=1,
+            WINDOW=True,
+            HAS_MASK=True,
+            HAS_BIAS=True,
+            HAS_ALIBI=True,
+            HAS_SOFTCAP=True,
+            HAS_Q_LENS=True,
+            HAS_KV_LENS=True,
+        ),
+        "fp16",
+    ),
+    (
+        "head dims 80/96 in 128-wide tiles",
+        attention.attention_fwd,
+        dict(BLOCK_D=128, BLOCK_DV=128, EVEN_D=False),
+        "bf16",
+    ),
     ("float32, IEEE products", attention.attention_fwd, dict(PRECISION="ieee", BLOCK_M=64, BLOCK_N=32), "fp32"),
-    ("decode, packed GQA", attention.attention_fwd,
-     dict(PACK_GQA=True, CAUSAL=2, HAS_KV_LENS=True, BLOCK_M=16, BLOCK_N=128, BLOCK_D=128, BLOCK_DV=128), "bf16"),
-    ("TMA", attention_tma.attention_fwd_tma,
-     dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_M=128, BLOCK_N=64, CAUSAL=1, WARP_SPECIALIZE=False), "bf16"),
+    (
+        "decode, packed GQA",
+        attention.attention_fwd,
+        dict(PACK_GQA=True, CAUSAL=2, HAS_KV_LENS=True, BLOCK_M=16, BLOCK_N=128, BLOCK_D=128, BLOCK_DV=128),
+        "bf16",
+    ),
+    (
+        "TMA",
+        attention_tma.attention_fwd_tma,
+        dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_M=128, BLOCK_N=64, CAUSAL=1, WARP_SPECIALIZE=False),
+        "bf16",
+    ),
     ("merge", merge.merge_partials, dict(BLOCK_M=64, BLOCK_DV=128), "fp32"),
-    ("block-sparse", block_sparse.block_sparse_fwd,
-     dict(BLOCK_D=64, BLOCK_DV=64, EVEN_D=True, BLOCK_M=64, BLOCK_N=64, PER_HEAD=True, PRECISION="tf32"), "bf16"),
+    (
+        "block-sparse",
+        block_sparse.block_sparse_fwd,
+        dict(BLOCK_D=64, BLOCK_DV=64, EVEN_D=True, BLOCK_M=64, BLOCK_N=64, PER_HEAD=True, PRECISION="tf32"),
+        "bf16",
+    ),
 ]
 FLOATS = {"scale", "softcap"}
 INDEX_TABLES = {"Q_LENS", "KV_LENS", "COUNTS", "INDICES"}
@@ -76,9 +120,14 @@ def main() -> int:
         constants = {**defaults, **overrides}
         start = time.perf_counter()
         try:
-            compiled = triton.compile(ASTSource(kernel, signature(kernel, constants, element), constants), target=target)
-            print(f"ok      {name}: sm_{args.arch}, {compiled.metadata.shared} B shared, "
-                  f"{time.perf_counter() - start:.1f} s", flush=True)
+            compiled = triton.compile(
+                ASTSource(kernel, signature(kernel, constants, element), constants), target=target
+            )
+            print(
+                f"ok      {name}: sm_{args.arch}, {compiled.metadata.shared} B shared, "
+                f"{time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
         except Exception as exc:  # every variant is tried; each failure printed in full
             failed += 1
             print(f"FAILED  {name}: {type(exc).__name__}: {exc}", flush=True)

@@ -22,5 +22,15 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __version__ = "0.1.0"
-__all__ = ["CATALOG", "SPEC_VERSION", "Clause", "clause", "DTYPES", "OPERATIONS", "Backend",
-           "BackendError", "Unsupported", "load_backend"]
+__all__ = [
+    "CATALOG",
+    "SPEC_VERSION",
+    "Clause",
+    "clause",
+    "DTYPES",
+    "OPERATIONS",
+    "Backend",
+    "BackendError",
+    "Unsupported",
+    "load_backend",
+]

@@ -91,7 +91,9 @@ def reference(op: str) -> Callable:
         if op not in OPERATIONS:
             raise ValueError(f"{fn.__qualname__} is registered as the reference of {op!r}, which is not an operation")
         if op in REFERENCES:
-            raise ValueError(f"operation {op!r} has two references: {REFERENCES[op].__qualname__} and {fn.__qualname__}")
+            raise ValueError(
+                f"operation {op!r} has two references: {REFERENCES[op].__qualname__} and {fn.__qualname__}"
+            )
         REFERENCES[op] = fn
         return fn
 
@@ -119,7 +121,7 @@ def operation_signature(op: str) -> inspect.Signature:
     if op in STUBS:
         return inspect.signature(STUBS[op])
     text = OPERATIONS[op]
-    head = text[:text.rindex(")") + 1] if "->" not in text else text[:text.index("->")].rstrip()
+    head = text[: text.rindex(")") + 1] if "->" not in text else text[: text.index("->")].rstrip()
     namespace: dict = {}
     exec(f"def {head}: pass", namespace)  # noqa: S102 (the spec's own literal signature strings)
     return inspect.signature(namespace[op])
@@ -130,8 +132,10 @@ def clause(clause_id: str, *, op: str, since: str = "0.1.0") -> Callable:
 
     def register(stub: Callable) -> Callable:
         if op not in OPERATIONS:
-            raise ValueError(f"clause {clause_id!r} names operation {op!r}, which is not registered; "
-                             "call attnspec.clauses.operations() first")
+            raise ValueError(
+                f"clause {clause_id!r} names operation {op!r}, which is not registered; "
+                "call attnspec.clauses.operations() first"
+            )
         if clause_id in CATALOG:
             raise ValueError(f"clause {clause_id!r} is defined twice")
         section = stub.__module__.rsplit(".", 1)[-1]
@@ -147,8 +151,10 @@ def _unimplemented(stub: Callable, clause_id: str | None, op: str) -> Callable:
 
     @functools.wraps(stub)
     def text_only(*args, **kwargs):
-        raise NotImplementedError(f"{stub.__module__}.{stub.__name__} is {what}, not an implementation; the float64 "
-                                  f"reference of operation {op!r} is {reference_name(op)}")
+        raise NotImplementedError(
+            f"{stub.__module__}.{stub.__name__} is {what}, not an implementation; the float64 "
+            f"reference of operation {op!r} is {reference_name(op)}"
+        )
 
     if clause_id:
         text_only.clause_id = clause_id  # type: ignore[attr-defined]

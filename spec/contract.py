@@ -35,7 +35,6 @@ from attnspec.clauses import CATALOG, OPERATIONS, expand
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
-
 class Unsupported(Exception):
     """Raised by a backend operation to decline one case; the message is the reason."""
 
@@ -115,6 +114,7 @@ def validate(backend: Backend) -> Backend:
     for clause_id in sorted(declared):
         op = CATALOG[clause_id].op
         if not callable(getattr(backend, op, None)):
-            raise BackendError(f"backend {label} declares clause {clause_id!r} but has no method "
-                               f"{op!r}; expected {OPERATIONS[op]}")
+            raise BackendError(
+                f"backend {label} declares clause {clause_id!r} but has no method {op!r}; expected {OPERATIONS[op]}"
+            )
     return backend

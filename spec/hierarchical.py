@@ -19,9 +19,9 @@ from attnspec.clauses import clause, operations
 
 operations(
     nsa="nsa(q, k, v, *, gates, cmp_len, cmp_stride, sel_len, top_n, window, init_blocks=0, local_blocks=0, "
-        "compress_k=None, compress_v=None, scale=None) -> out",
+    "compress_k=None, compress_v=None, scale=None) -> out",
     nsa_select="nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, "
-               "compress_k=None, scale=None) -> indices",
+    "compress_k=None, scale=None) -> indices",
     routed="routed(q, k, v, *, centroids, causal=None, scale=None) -> (out, lse)",
     routed_assign="routed_assign(q, k, *, centroids) -> (q_clusters, k_clusters)",
     lsh="lsh(qk, v, *, rotations, chunk_len, causal=False, scale=None) -> out",
@@ -30,8 +30,23 @@ operations(
 
 
 @clause("nsa.combine", op="nsa")
-def nsa_combine(q, k, v, *, gates, cmp_len, cmp_stride, sel_len, top_n, window, init_blocks=0, local_blocks=0,
-                compress_k=None, compress_v=None, scale=None):
+def nsa_combine(
+    q,
+    k,
+    v,
+    *,
+    gates,
+    cmp_len,
+    cmp_stride,
+    sel_len,
+    top_n,
+    window,
+    init_blocks=0,
+    local_blocks=0,
+    compress_k=None,
+    compress_v=None,
+    scale=None,
+):
     """Native sparse attention: three causal branches mixed by given gates (Yuan et al., 2025, Section 3).
 
     ``N_q <= N_k``; query ``i`` is the token at position ``t_i = i + N_k - N_q`` (bottom-right
@@ -91,8 +106,9 @@ def nsa_compress():
 
 
 @clause("nsa.select", op="nsa_select")
-def nsa_select(q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, compress_k=None,
-               scale=None):
+def nsa_select(
+    q, k, *, cmp_len, cmp_stride, sel_len, top_n, init_blocks=0, local_blocks=0, compress_k=None, scale=None
+):
     """Block selection: the ``top_n`` selection blocks per query and KV head, by importance.
 
     Selection block ``j`` covers the tokens ``[j*l', (j+1)*l')``, ``l' = sel_len``, for

@@ -12,8 +12,8 @@ from attnspec.clauses import clause, operations
 
 operations(
     linear_attention="linear_attention(q, k, v, *, feature_map='elu+1', causal=False, form='parallel', "
-                     "chunk_size=None, normalize=True, scale=1.0, eps=0.0, initial_state=None, "
-                     "initial_normalizer=None, output_final_state=False) -> out or (out, state, normalizer)",
+    "chunk_size=None, normalize=True, scale=1.0, eps=0.0, initial_state=None, "
+    "initial_normalizer=None, output_final_state=False) -> out or (out, state, normalizer)",
     efficient_attention="efficient_attention(q, k, v) -> out",
     performer_features="performer_features(x, projection) -> features",
     orthogonal_projection="orthogonal_projection(gaussian_blocks, norms) -> projection",
@@ -22,9 +22,22 @@ operations(
 
 
 @clause("linear.parallel", op="linear_attention")
-def parallel(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
-                     normalize=True, scale=1.0, eps=0.0, initial_state=None, initial_normalizer=None,
-                     output_final_state=False):
+def parallel(
+    q,
+    k,
+    v,
+    *,
+    feature_map="elu+1",
+    causal=False,
+    form="parallel",
+    chunk_size=None,
+    normalize=True,
+    scale=1.0,
+    eps=0.0,
+    initial_state=None,
+    initial_normalizer=None,
+    output_final_state=False,
+):
     """Kernelised linear attention, and its defining parallel form (Katharopoulos et al., 2020).
 
     With ``f_q[i] = scale * phi(q_i)`` and ``f_k[j] = phi(k_j)`` (rows of width ``F``), ``V(i)`` the

@@ -58,8 +58,10 @@ def load_backend(spec: str, *, device: str | None = None) -> Backend:
         target, _, attr = spec.rpartition(":")
         obj = _load_from_file(target, attr) if target.endswith(".py") else _import_object(spec, spec)
     else:
-        raise BackendError(f"unknown backend {spec!r}; known: {', '.join(sorted(names))}; "
-                           "or give 'package.module:object' or 'path/to/file.py:object'")
+        raise BackendError(
+            f"unknown backend {spec!r}; known: {', '.join(sorted(names))}; "
+            "or give 'package.module:object' or 'path/to/file.py:object'"
+        )
     backend = _instantiate(obj, name, device, variant or None)
     return validate(backend)
 

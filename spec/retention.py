@@ -20,7 +20,7 @@ from attnspec.clauses import clause, operations
 
 operations(
     retention="retention(q, k, v, *, gammas, form='parallel', chunk_size=None, scale=None, "
-              "initial_state=None, return_state=False) -> out or (out, state)",
+    "initial_state=None, return_state=False) -> out or (out, state)",
     retention_decays="retention_decays(num_heads) -> gammas",
 )
 

@@ -23,11 +23,22 @@ from attnspec.clauses import Array, clause, operation
 
 @clause("sdpa", op="sdpa")
 @operation
-def sdpa(q: Array, k: Array, v: Array, *, scale: float | None = None,
-         causal: Literal["top_left", "bottom_right"] | None = None, window: tuple[int, int] | None = None,
-         mask: Array | None = None, bias: Array | None = None, softcap: float | None = None,
-         alibi_slopes: Array | None = None, q_lens: Array | None = None, kv_lens: Array | None = None,
-         return_lse: bool = False) -> Array | tuple[Array, Array]:
+def sdpa(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    scale: float | None = None,
+    causal: Literal["top_left", "bottom_right"] | None = None,
+    window: tuple[int, int] | None = None,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    softcap: float | None = None,
+    alibi_slopes: Array | None = None,
+    q_lens: Array | None = None,
+    kv_lens: Array | None = None,
+    return_lse: bool = False,
+) -> Array | tuple[Array, Array]:
     """Scaled dot-product attention.
 
     For every batch item ``b``, query head ``h`` and query ``i``, with ``g = kv_head(h)``

@@ -46,8 +46,16 @@ def sparse_mask(pattern: str, n_q: int, n_k: int, **pattern_params: Any) -> Arra
 
 @clause("sparse", op="sparse")
 @operation
-def sparse(q: Array, k: Array, v: Array, *, pattern: str, scale: float | None = None, return_lse: bool = False,
-           **pattern_params: Any) -> Array | tuple[Array, Array]:
+def sparse(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    pattern: str,
+    scale: float | None = None,
+    return_lse: bool = False,
+    **pattern_params: Any,
+) -> Array | tuple[Array, Array]:
     """Sparse attention is ``sdpa`` with the pattern's mask, bottom-right aligned.
 
     ``q`` is ``(B, H_q, N_q, D_qk)``, ``k`` ``(B, H_kv, N_k, D_qk)``, ``v`` ``(B, H_kv, N_k, D_v)``;

@@ -44,15 +44,18 @@ def _is_real_float(dtype: np.dtype) -> bool:
         return False
 
 
-def int_array(name: str, x, *, shape: tuple | None = None, low: int | None = None,
-              high: int | None = None) -> np.ndarray:
+def int_array(
+    name: str, x, *, shape: tuple | None = None, low: int | None = None, high: int | None = None
+) -> np.ndarray:
     """``x`` as an int64 array with ``low <= x <= high``; rejects floats (NaN included) and bools."""
     arr = np.asarray(x)
     if arr.size == 0 and arr.dtype.kind == "f" and not isinstance(x, np.ndarray):
         arr = arr.astype(np.int64)  # an empty list has NumPy's default float dtype
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array; got dtype {arr.dtype}"
-                        + (" containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else ""))
+        raise TypeError(
+            f"{name} must be an integer array; got dtype {arr.dtype}"
+            + (" containing NaN" if arr.dtype.kind == "f" and np.isnan(arr).any() else "")
+        )
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
     arr = arr.astype(np.int64)
@@ -102,8 +105,7 @@ def broadcastable(name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
     try:
         return np.broadcast_to(x, shape)
     except ValueError:
-        raise ValueError(f"{name} of shape {x.shape} is not broadcastable to {shape} "
-                         "(B, H_q, N_q, N_k)") from None
+        raise ValueError(f"{name} of shape {x.shape} is not broadcastable to {shape} (B, H_q, N_q, N_k)") from None
 
 
 def kv_shapes(q, k, v) -> tuple[int, int]:
@@ -126,8 +128,10 @@ def kv_shapes(q, k, v) -> tuple[int, int]:
 def causal(causal):
     """``causal`` as one of :data:`CAUSAL`; a bool is an error (clause ``sdpa.causal.top_left``)."""
     if causal is True or causal is False:
-        raise ValueError("causal must be None, 'top_left' or 'bottom_right'; a bool is ambiguous when "
-                         "N_q != N_k (PyTorch aligns top-left, flash-attn bottom-right)")
+        raise ValueError(
+            "causal must be None, 'top_left' or 'bottom_right'; a bool is ambiguous when "
+            "N_q != N_k (PyTorch aligns top-left, flash-attn bottom-right)"
+        )
     return choice("causal", causal, CAUSAL)
 
 
@@ -164,7 +168,9 @@ def alibi_slopes(slopes, b: int, h_q: int) -> np.ndarray:
     """Finite slopes of shape ``(H_q,)`` or ``(B, H_q)``, broadcast to ``(B, H_q)`` (clause ``sdpa.alibi``)."""
     slopes = float_array("alibi_slopes", slopes)
     if slopes.shape not in ((h_q,), (b, h_q)):
-        raise ValueError(f"alibi_slopes must have shape (H_q,) = ({h_q},) or (B, H_q) = ({b}, {h_q}); got {slopes.shape}")
+        raise ValueError(
+            f"alibi_slopes must have shape (H_q,) = ({h_q},) or (B, H_q) = ({b}, {h_q}); got {slopes.shape}"
+        )
     if not np.isfinite(slopes).all():
         raise ValueError("alibi_slopes must be finite")
     return np.broadcast_to(slopes, (b, h_q))

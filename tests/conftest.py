@@ -18,9 +18,25 @@ def run_suite(tmp_path: Path, *args: str, name: str = "run", profile: str = "ci"
     """``pytest conformance ARGS`` in a fresh interpreter: (exit code, JSON report, output)."""
     report = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
-                           f"--hypothesis-profile={profile}", f"--report={report}", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "conformance",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--hypothesis-profile={profile}",
+            f"--report={report}",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     data = json.loads(report.read_text()) if report.exists() else {}
     return proc.returncode, data, proc.stdout + proc.stderr
 

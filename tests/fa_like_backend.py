@@ -38,7 +38,7 @@ class FlashLike(attnspec.Backend):
                 e = np.exp(s - shift).astype(np.float32)
                 total = total * rescale + e.sum(axis=-1, keepdims=True, dtype=np.float32)
                 rounded_p = e.astype(q.dtype).astype(np.float32)
-                acc = acc * rescale + weighted_values(rounded_p, vis, p.v[:, :, c0:cols.stop].astype(np.float32))
+                acc = acc * rescale + weighted_values(rounded_p, vis, p.v[:, :, c0 : cols.stop].astype(np.float32))
                 m = new_m
         has_key = total > 0
         out = np.where(has_key, acc / np.where(has_key, total, 1), 0).astype(q.dtype)

@@ -20,8 +20,13 @@ def test_within_bound_passes_and_beyond_fails_with_the_worst_element():
     with pytest.raises(ConformanceError) as info:
         check.close(actual, expected, BOUND, what="out", case="c")
     text = str(info.value)
-    for part in ("[sdpa.window] backend 'k' (bfloat16, cpu)", "out(1, 2) = 0.5", "error 0.5 > allowed 0.01 (test bound)",
-                 "1 of 6 elements", "reproduce: pytest x"):
+    for part in (
+        "[sdpa.window] backend 'k' (bfloat16, cpu)",
+        "out(1, 2) = 0.5",
+        "error 0.5 > allowed 0.01 (test bound)",
+        "1 of 6 elements",
+        "reproduce: pytest x",
+    ):
         assert part in text
 
 

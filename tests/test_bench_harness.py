@@ -22,8 +22,9 @@ pytest.importorskip("pytest_benchmark")  # the 'test' extra installs it: this gu
 
 
 def _driver(out, *args):
-    proc = subprocess.run([sys.executable, "scripts/gpu_bench.py", str(out), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_bench.py", str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -36,8 +37,9 @@ def run(tmp_path_factory):
 
 
 def test_median_not_mean_and_first_call_apart():
-    fake = SimpleNamespace(stats=SimpleNamespace(stats=SimpleNamespace(data=[0.001, 0.002, 0.100])),
-                           pedantic=lambda target, **kw: target())
+    fake = SimpleNamespace(
+        stats=SimpleNamespace(stats=SimpleNamespace(data=[0.001, 0.002, 0.100])), pedantic=lambda target, **kw: target()
+    )
     calls = []
     m = timing.measure(lambda: calls.append(1), "cpu", runner=fake)
     assert m["ms"] == pytest.approx(2.0) and m["rounds"] == 3
@@ -73,9 +75,23 @@ def test_ratio_and_rates():
 def test_every_row_is_recorded_with_its_schema(run):
     out, doc = run
     cases = [c for c in smoke_matrix() if c.roles("numpy")]
-    assert {(r["case"], r["role"]) for r in doc["records"]} == {(c.id, role) for c in cases for role in c.roles("numpy")}
+    assert {(r["case"], r["role"]) for r in doc["records"]} == {
+        (c.id, role) for c in cases for role in c.roles("numpy")
+    }
     for r in doc["records"]:
-        assert {"session", "case", "kind", "n", "d", "role", "backend", "ms", "rounds", "first_call_ms", "timer"} <= set(r), r
+        assert {
+            "session",
+            "case",
+            "kind",
+            "n",
+            "d",
+            "role",
+            "backend",
+            "ms",
+            "rounds",
+            "first_call_ms",
+            "timer",
+        } <= set(r), r
         assert r["rounds"] == 3 and r["ms"] > 0
         assert ("GBps" in r) == (r["kind"] == "decode") and ("tflops" in r) == (r["kind"] != "decode")
     env = doc["sessions"][0]["environment"]
@@ -120,15 +136,37 @@ def test_render_rederives_the_same_table(run):
 
 def _doc(rows, targets):
     session = {"session": "s", "spec": "k:v", "backend": "k", "environment": timing.environment("cpu")}
-    return {"sessions": [session], "targets": {"k": targets},
-            "records": [dict({"session": "s", "role": "backend", "kind": "forward", "d": 64, "b": 1, "h": 1,
-                              "causal": False, "window": None, "splits": 1, "lens": "device", "dtype": "bf16"}, **r)
-                        for r in rows]}
+    return {
+        "sessions": [session],
+        "targets": {"k": targets},
+        "records": [
+            dict(
+                {
+                    "session": "s",
+                    "role": "backend",
+                    "kind": "forward",
+                    "d": 64,
+                    "b": 1,
+                    "h": 1,
+                    "causal": False,
+                    "window": None,
+                    "splits": 1,
+                    "lens": "device",
+                    "dtype": "bf16",
+                },
+                **r,
+            )
+            for r in rows
+        ],
+    }
 
 
 def test_verdicts_each_row_best_of_and_comparator():
-    rows = [{"case": "a", "n": 2048, "ratio_vs_sdpa": 0.95}, {"case": "b", "n": 4096, "ratio_vs_sdpa": 0.5},
-            {"case": "c", "n": 512, "ratio_vs_sdpa": 0.1}]
+    rows = [
+        {"case": "a", "n": 2048, "ratio_vs_sdpa": 0.95},
+        {"case": "b", "n": 4096, "ratio_vs_sdpa": 0.5},
+        {"case": "c", "n": 512, "ratio_vs_sdpa": 0.1},
+    ]
     v = summary.judge(_doc(rows, [{"what": "w", "kind": "forward", "n": [2048, 16384], "metric": "ratio", "min": 0.9}]))
     assert [(x["where"], x["met"]) for x in v] == [("a", True), ("b", False)]  # c is outside the range
     v = summary.judge(_doc(rows, [{"what": "w", "metric": "ratio", "min": 0.9, "best_over": ["n"]}]))
@@ -149,13 +187,35 @@ def test_torch_backend_and_the_floor(tmp_path):
     """The backend under test by its registry name; the floor rows are the torch backend's only."""
     pytest.importorskip("torch")
     log = tmp_path / "log.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--backend=torch", "--bench-matrix=smoke",
-                           "--bench-rounds=2", f"--bench-log={log}", "-k", "floor or forward-D16-N64-B4-H2-causal",
-                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "--backend=torch",
+            "--bench-matrix=smoke",
+            "--bench-rounds=2",
+            f"--bench-log={log}",
+            "-k",
+            "floor or forward-D16-N64-B4-H2-causal",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
-    assert [(r["kind"], r["role"]) for r in records] == [("forward", "sdpa-default"), ("forward", "backend"),
-                                                          ("floor", "sdpa-default"), ("floor", "floor")]
+    assert [(r["kind"], r["role"]) for r in records] == [
+        ("forward", "sdpa-default"),
+        ("forward", "backend"),
+        ("floor", "sdpa-default"),
+        ("floor", "floor"),
+    ]
     assert records[1]["backend"].startswith("torch") and records[1]["peak_bytes"] > 0
     assert all(r["ms"] > 0 and r["ratio_vs_sdpa"] > 0 for r in records)
 

@@ -27,7 +27,9 @@ def tested_clauses() -> set[str]:
         module = importlib.import_module(f"attnspec.conformance.{info.name}")
         for name, test in vars(module).items():
             if name.startswith("test_"):
-                ids.update(arg for mark in getattr(test, "pytestmark", ()) if mark.name == "clause" for arg in mark.args)
+                ids.update(
+                    arg for mark in getattr(test, "pytestmark", ()) if mark.name == "clause" for arg in mark.args
+                )
     return ids
 
 

@@ -40,4 +40,5 @@ def test_mutant_fails_on_its_clause(mutant_runs, name):
     assert row["status"] == "failed", f"mutant {name} was not caught on {clause}: {row}"
     for failure in row["failures"]:
         assert f"[{clause}]" in failure["message"] and "ConformanceError" in failure["message"], (
-            f"mutant {name} failed {failure['test']} by something other than a conformance check:\n{failure['message']}")
+            f"mutant {name} failed {failure['test']} by something other than a conformance check:\n{failure['message']}"
+        )

@@ -10,14 +10,24 @@ from tests.conftest import ROOT
 
 
 def test_wheel_holds_only_the_attnspec_namespace(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     wheel = next(tmp_path.glob("attnspec-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"attnspec", next(t for t in top if t.endswith(".dist-info"))}, top
-    for module in ("attnspec/sdpa.py", "attnspec/reference/sdpa.py", "attnspec/backends/numpy_backend.py",
-                   "attnspec/backends/mutants/sdpa.py", "attnspec/conformance/plugin.py", "attnspec/conformance/test_sdpa.py"):
+    for module in (
+        "attnspec/sdpa.py",
+        "attnspec/reference/sdpa.py",
+        "attnspec/backends/numpy_backend.py",
+        "attnspec/backends/mutants/sdpa.py",
+        "attnspec/conformance/plugin.py",
+        "attnspec/conformance/test_sdpa.py",
+    ):
         assert module in names
     entry_points = next((n for n in names if n.endswith("entry_points.txt")), None)
     if entry_points:

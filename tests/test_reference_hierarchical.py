@@ -25,41 +25,66 @@ def _nsa(**changes):
     return nsa.nsa(Q, K, V, **kwargs)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: _nsa(gates=GATES[..., :2]), ValueError, r"gates must be finite with shape \(B, H_q, N_q, 3\)"),
-    (lambda: _nsa(gates=np.full_like(GATES, np.nan)), ValueError, "gates must be finite"),
-    (lambda: _nsa(gates=GATES.astype(int)), TypeError, "gates must be a real floating-point array"),
-    (lambda: _nsa(cmp_len=0), ValueError, "cmp_len must be >= 1"),
-    (lambda: _nsa(cmp_len=3), ValueError, "cmp_len must be a multiple of cmp_stride = 2"),
-    (lambda: _nsa(sel_len=6, cmp_stride=4, cmp_len=4), ValueError, "sel_len must be a multiple of cmp_stride = 4"),
-    (lambda: _nsa(cmp_len=8), ValueError, "cmp_len must be <= sel_len = 4"),
-    (lambda: _nsa(top_n=True), TypeError, "top_n must be an integer"),
-    (lambda: _nsa(init_blocks=2, local_blocks=1), ValueError, r"init_blocks \+ local_blocks must be <= top_n = 2"),
-    (lambda: _nsa(local_blocks=-1), ValueError, "local_blocks must be >= 0"),
-    (lambda: _nsa(window=0), ValueError, "window must be >= 1"),
-    (lambda: _nsa(window=2.0), TypeError, "window must be an integer"),
-    (lambda: _nsa(compress_k=np.ones(3)), ValueError, r"compress_k must be None, of shape \(cmp_len,\) = \(4,\)"),
-    (lambda: _nsa(compress_v=np.ones((32, 8))), ValueError, r"compress_v must be .* \(cmp_len \* D, D\) = \(20, 5\)"),
-    (lambda: _nsa(compress_k=np.ones(4, int)), TypeError, "compress_k must be a real floating-point array"),
-    (lambda: _nsa(compress_k=np.full(4, np.inf)), ValueError, "compress_k must be finite"),
-    (lambda: nsa.nsa(Q, K[:, :, :5], V[:, :, :5], gates=GATES, window=3, **BLOCKS), ValueError, "nsa needs N_q <= N_k"),
-    (lambda: nsa.nsa_select(Q[:, :3], K, **BLOCKS), ValueError, r"H_q = 3 \(q.shape\[1\]\) must be a multiple"),
-    (lambda: routed.routed(Q, K, V, centroids=CENTROIDS[:3]), ValueError, r"centroids must have shape \(H_q, C, D"),
-    (lambda: routed.routed(Q, K, V, centroids=CENTROIDS[:, :0]), ValueError, "with C >= 1"),
-    (lambda: routed.routed_assign(Q, K, centroids=np.zeros((4, 2, 8))), ValueError, "must be finite and nonzero"),
-    (lambda: routed.routed_assign(Q, K, centroids=CENTROIDS.astype(int)), TypeError, "centroids must be a real"),
-    (lambda: routed.routed(Q, K, V, centroids=CENTROIDS, causal=True), ValueError, "causal must be None, 'top_left'"),
-    (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[0]), ValueError, "rotations must have 3 dimensions"),
-    (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[:, :5]), ValueError, r"rotations must have shape \(n_rounds, D"),
-    (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[:, :, :0]), ValueError, "n_buckets >= 2"),
-    (lambda: lsh.lsh_buckets(Q, rotations=np.full((1, 8, 2), np.nan)), ValueError, "rotations must be finite"),
-    (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=0), ValueError, "chunk_len must be >= 1"),
-    (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=5), ValueError,
-     "chunk_len must divide the sequence length N = 12; got chunk_len = 5"),
-    (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=4, causal="top_left"), TypeError,
-     "causal must be a bool"),
-    (lambda: lsh.lsh(Q, V, rotations=ROTATIONS, chunk_len=4), ValueError, "batch sizes differ|v must have"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: _nsa(gates=GATES[..., :2]), ValueError, r"gates must be finite with shape \(B, H_q, N_q, 3\)"),
+        (lambda: _nsa(gates=np.full_like(GATES, np.nan)), ValueError, "gates must be finite"),
+        (lambda: _nsa(gates=GATES.astype(int)), TypeError, "gates must be a real floating-point array"),
+        (lambda: _nsa(cmp_len=0), ValueError, "cmp_len must be >= 1"),
+        (lambda: _nsa(cmp_len=3), ValueError, "cmp_len must be a multiple of cmp_stride = 2"),
+        (lambda: _nsa(sel_len=6, cmp_stride=4, cmp_len=4), ValueError, "sel_len must be a multiple of cmp_stride = 4"),
+        (lambda: _nsa(cmp_len=8), ValueError, "cmp_len must be <= sel_len = 4"),
+        (lambda: _nsa(top_n=True), TypeError, "top_n must be an integer"),
+        (lambda: _nsa(init_blocks=2, local_blocks=1), ValueError, r"init_blocks \+ local_blocks must be <= top_n = 2"),
+        (lambda: _nsa(local_blocks=-1), ValueError, "local_blocks must be >= 0"),
+        (lambda: _nsa(window=0), ValueError, "window must be >= 1"),
+        (lambda: _nsa(window=2.0), TypeError, "window must be an integer"),
+        (lambda: _nsa(compress_k=np.ones(3)), ValueError, r"compress_k must be None, of shape \(cmp_len,\) = \(4,\)"),
+        (
+            lambda: _nsa(compress_v=np.ones((32, 8))),
+            ValueError,
+            r"compress_v must be .* \(cmp_len \* D, D\) = \(20, 5\)",
+        ),
+        (lambda: _nsa(compress_k=np.ones(4, int)), TypeError, "compress_k must be a real floating-point array"),
+        (lambda: _nsa(compress_k=np.full(4, np.inf)), ValueError, "compress_k must be finite"),
+        (
+            lambda: nsa.nsa(Q, K[:, :, :5], V[:, :, :5], gates=GATES, window=3, **BLOCKS),
+            ValueError,
+            "nsa needs N_q <= N_k",
+        ),
+        (lambda: nsa.nsa_select(Q[:, :3], K, **BLOCKS), ValueError, r"H_q = 3 \(q.shape\[1\]\) must be a multiple"),
+        (lambda: routed.routed(Q, K, V, centroids=CENTROIDS[:3]), ValueError, r"centroids must have shape \(H_q, C, D"),
+        (lambda: routed.routed(Q, K, V, centroids=CENTROIDS[:, :0]), ValueError, "with C >= 1"),
+        (lambda: routed.routed_assign(Q, K, centroids=np.zeros((4, 2, 8))), ValueError, "must be finite and nonzero"),
+        (lambda: routed.routed_assign(Q, K, centroids=CENTROIDS.astype(int)), TypeError, "centroids must be a real"),
+        (
+            lambda: routed.routed(Q, K, V, centroids=CENTROIDS, causal=True),
+            ValueError,
+            "causal must be None, 'top_left'",
+        ),
+        (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[0]), ValueError, "rotations must have 3 dimensions"),
+        (
+            lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[:, :5]),
+            ValueError,
+            r"rotations must have shape \(n_rounds, D",
+        ),
+        (lambda: lsh.lsh_buckets(Q, rotations=ROTATIONS[:, :, :0]), ValueError, "n_buckets >= 2"),
+        (lambda: lsh.lsh_buckets(Q, rotations=np.full((1, 8, 2), np.nan)), ValueError, "rotations must be finite"),
+        (lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=0), ValueError, "chunk_len must be >= 1"),
+        (
+            lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=5),
+            ValueError,
+            "chunk_len must divide the sequence length N = 12; got chunk_len = 5",
+        ),
+        (
+            lambda: lsh.lsh(Q, Q[..., :3], rotations=ROTATIONS, chunk_len=4, causal="top_left"),
+            TypeError,
+            "causal must be a bool",
+        ),
+        (lambda: lsh.lsh(Q, V, rotations=ROTATIONS, chunk_len=4), ValueError, "batch sizes differ|v must have"),
+    ],
+)
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -85,8 +110,8 @@ def test_nsa_reduces_to_causal_dense_attention(n_q):
 def test_nsa_compressed_branch_by_hand():
     """Block means of [2c, 2c + 4) for blocks complete at each row, attended by sdpa; rows 0-2 see none."""
     out = nsa.nsa(Q, K, V, gates=_one_hot_gates(0), window=1, **BLOCKS)
-    means_k = np.stack([K[:, :, 2 * c:2 * c + 4].mean(axis=2) for c in range(5)], axis=2)
-    means_v = np.stack([V[:, :, 2 * c:2 * c + 4].mean(axis=2) for c in range(5)], axis=2)
+    means_k = np.stack([K[:, :, 2 * c : 2 * c + 4].mean(axis=2) for c in range(5)], axis=2)
+    means_v = np.stack([V[:, :, 2 * c : 2 * c + 4].mean(axis=2) for c in range(5)], axis=2)
     complete = np.array([[2 * c + 3 <= i for c in range(5)] for i in range(12)])
     expected = reference.sdpa(Q, means_k, means_v, mask=complete)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-14)
@@ -97,8 +122,16 @@ def test_nsa_linear_compression_is_token_major():
     """The map kron(w, I) on the flattened block equals the position weights w."""
     w = rng.standard_normal(4)
     by_position = nsa.nsa(Q, K, V, gates=GATES, window=3, compress_k=w, compress_v=w, **BLOCKS)
-    by_map = nsa.nsa(Q, K, V, gates=GATES, window=3, compress_k=np.kron(w[:, None], np.eye(8)),
-                     compress_v=np.kron(w[:, None], np.eye(5)), **BLOCKS)
+    by_map = nsa.nsa(
+        Q,
+        K,
+        V,
+        gates=GATES,
+        window=3,
+        compress_k=np.kron(w[:, None], np.eye(8)),
+        compress_v=np.kron(w[:, None], np.eye(5)),
+        **BLOCKS,
+    )
     np.testing.assert_allclose(by_map, by_position, rtol=1e-12, atol=1e-14)
 
 
@@ -122,8 +155,9 @@ def _eq9(p: np.ndarray, cmp_len: int, cmp_stride: int, sel_len: int, blocks: int
     return out
 
 
-@pytest.mark.parametrize("cmp_len, cmp_stride, sel_len", [(4, 2, 8), (2, 2, 4), (4, 2, 6), (4, 1, 6), (4, 4, 4),
-                                                           (32, 16, 64)])
+@pytest.mark.parametrize(
+    "cmp_len, cmp_stride, sel_len", [(4, 2, 8), (2, 2, 4), (4, 2, 6), (4, 1, 6), (4, 4, 4), (32, 16, 64)]
+)
 def test_nsa_importance_is_eq9_with_the_index_aligned(cmp_len, cmp_stride, sel_len):
     """``imp = (d / l) sum_m sum_n p_cmp[(l'/d)(j+1) - 1 - m - n]``: the literal index ``(l'/d) j - m - n``
     shifted by ``l'/d - 1`` strides, which differs from the literal one unless ``l' = d``."""
@@ -142,8 +176,9 @@ def test_nsa_selection_by_hand():
     q = np.zeros((1, 1, 16, 2))
     k = rng.standard_normal((1, 1, 16, 2))
     blocks = nsa.nsa_select(q, k, cmp_len=2, cmp_stride=2, sel_len=2, top_n=3, local_blocks=1)[0, 0]
-    np.testing.assert_array_equal(blocks[[0, 1, 2, 3, 15]], [[0, -1, -1], [0, -1, -1], [0, 1, -1], [0, 1, -1],
-                                                             [0, 1, 7]])
+    np.testing.assert_array_equal(
+        blocks[[0, 1, 2, 3, 15]], [[0, -1, -1], [0, -1, -1], [0, 1, -1], [0, 1, -1], [0, 1, 7]]
+    )
     top = nsa.nsa_select(q, k, cmp_len=2, cmp_stride=2, sel_len=2, top_n=3, init_blocks=1)[0, 0, 15]
     np.testing.assert_array_equal(top, [0, 1, 2])
 
@@ -152,9 +187,10 @@ def test_nsa_is_causal():
     """Changing keys and values after position p leaves rows 0..p unchanged, exactly."""
     p = 6
     k, v = K.copy(), V.copy()
-    k[:, :, p + 1:], v[:, :, p + 1:] = 1e4, -1e4
-    np.testing.assert_array_equal(_nsa(compress_k=None)[:, :, :p + 1],
-                                  nsa.nsa(Q, k, v, gates=GATES, window=3, **BLOCKS)[:, :, :p + 1])
+    k[:, :, p + 1 :], v[:, :, p + 1 :] = 1e4, -1e4
+    np.testing.assert_array_equal(
+        _nsa(compress_k=None)[:, :, : p + 1], nsa.nsa(Q, k, v, gates=GATES, window=3, **BLOCKS)[:, :, : p + 1]
+    )
 
 
 def test_routed_assignment():

@@ -22,27 +22,43 @@ def close(a, b, tol=1e-12):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max(initial=0.0))))
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: linformer(Q, K, V, e=E[:, :10], f=F[:, :10]), ValueError, r"e must have N = 11 columns"),
-    (lambda: linformer(Q, K, V, e=E, f=F[:2]), ValueError, r"f must have e's shape \(3, 11\)"),
-    (lambda: linformer(Q, K, V, e=np.stack([E] * 3), f=np.stack([F] * 3)), ValueError,
-     r"a per-head e must have H_kv = 2 projections"),
-    (lambda: linformer(Q, K, V, e=E[:0], f=F[:0]), ValueError, "e must project to k_proj >= 1"),
-    (lambda: linformer(Q, K, V, e=E[0], f=F[0]), ValueError, r"e must be \(k_proj, N\) or \(H_kv, k_proj, N\)"),
-    (lambda: linformer(Q, K, V, e=E.astype(int), f=F), TypeError, "e must be a real floating-point array"),
-    (lambda: linformer(Q, K[:, :, :0], V[:, :, :0], e=E[:, :0], f=F[:, :0]), ValueError, "k must hold N >= 1"),
-    (lambda: linformer(Q, K, V, e=E, f=F, causal="top_left"), TypeError, "causal"),
-    (lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK, mem_v=MV[:, :, :3]), ValueError,
-     r"mem_v must have shape \(B, H_kv, M, D_v\) = \(2, 2, 4, 5\), the same memory length M = 4"),
-    (lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK[..., :6], mem_v=MV), ValueError,
-     r"mem_k must have shape \(B, H_kv, M, D_qk\) = \(2, 2, M, 8\)"),
-    (lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK[0], mem_v=MV), ValueError, "mem_k must have 4 dimensions"),
-    (lambda: xl_attention(Q, K, V, mem_k=MK, mem_v=MV), ValueError, r"q and k must cover the same segment"),
-    (lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=0, mem_len=2), ValueError, "segment_len must be >= 1"),
-    (lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=3, mem_len=-1), ValueError, "mem_len must be >= 0"),
-    (lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=2.5, mem_len=1), TypeError, "segment_len must be an integer"),
-    (lambda: xl_recurrent(Q, K, V, segment_len=3, mem_len=1), ValueError, "q and k must cover the same sequence"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: linformer(Q, K, V, e=E[:, :10], f=F[:, :10]), ValueError, r"e must have N = 11 columns"),
+        (lambda: linformer(Q, K, V, e=E, f=F[:2]), ValueError, r"f must have e's shape \(3, 11\)"),
+        (
+            lambda: linformer(Q, K, V, e=np.stack([E] * 3), f=np.stack([F] * 3)),
+            ValueError,
+            r"a per-head e must have H_kv = 2 projections",
+        ),
+        (lambda: linformer(Q, K, V, e=E[:0], f=F[:0]), ValueError, "e must project to k_proj >= 1"),
+        (lambda: linformer(Q, K, V, e=E[0], f=F[0]), ValueError, r"e must be \(k_proj, N\) or \(H_kv, k_proj, N\)"),
+        (lambda: linformer(Q, K, V, e=E.astype(int), f=F), TypeError, "e must be a real floating-point array"),
+        (lambda: linformer(Q, K[:, :, :0], V[:, :, :0], e=E[:, :0], f=F[:, :0]), ValueError, "k must hold N >= 1"),
+        (lambda: linformer(Q, K, V, e=E, f=F, causal="top_left"), TypeError, "causal"),
+        (
+            lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK, mem_v=MV[:, :, :3]),
+            ValueError,
+            r"mem_v must have shape \(B, H_kv, M, D_v\) = \(2, 2, 4, 5\), the same memory length M = 4",
+        ),
+        (
+            lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK[..., :6], mem_v=MV),
+            ValueError,
+            r"mem_k must have shape \(B, H_kv, M, D_qk\) = \(2, 2, M, 8\)",
+        ),
+        (lambda: xl_attention(Q, SEG_K, SEG_V, mem_k=MK[0], mem_v=MV), ValueError, "mem_k must have 4 dimensions"),
+        (lambda: xl_attention(Q, K, V, mem_k=MK, mem_v=MV), ValueError, r"q and k must cover the same segment"),
+        (lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=0, mem_len=2), ValueError, "segment_len must be >= 1"),
+        (lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=3, mem_len=-1), ValueError, "mem_len must be >= 0"),
+        (
+            lambda: xl_recurrent(Q, SEG_K, SEG_V, segment_len=2.5, mem_len=1),
+            TypeError,
+            "segment_len must be an integer",
+        ),
+        (lambda: xl_recurrent(Q, K, V, segment_len=3, mem_len=1), ValueError, "q and k must cover the same sequence"),
+    ],
+)
 def test_rejects(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -77,7 +93,10 @@ def test_xl_attention_sees_all_memory_and_the_causal_segment():
     out = xl_attention(Q, SEG_K, SEG_V, mem_k=MK, mem_v=MV, scale=0.3)
     keys, values = np.concatenate([MK, SEG_K], axis=2), np.concatenate([MV, SEG_V], axis=2)
     for i in range(7):  # query i: the 4 memory tokens and segment tokens 0 .. i
-        close(out[0, 1, i], softmax_attention(Q[0, 1, i:i + 1], keys[0, 0, :4 + i + 1], values[0, 0, :4 + i + 1], 0.3)[0])
+        close(
+            out[0, 1, i],
+            softmax_attention(Q[0, 1, i : i + 1], keys[0, 0, : 4 + i + 1], values[0, 0, : 4 + i + 1], 0.3)[0],
+        )
     empty = xl_attention(Q, SEG_K, SEG_V, mem_k=MK[:, :, :0], mem_v=MV[:, :, :0])
     close(empty, reference.sdpa(Q, SEG_K, SEG_V, causal="top_left"))
 
@@ -86,7 +105,7 @@ def test_xl_band_by_hand():
     # N = 7, L = 3, M = 2: segments {0,1,2} {3,4,5} {6}; memories {} {1,2} {4,5}.
     expected = np.zeros((7, 7), dtype=bool)
     for i, lo in zip(range(7), (0, 0, 0, 1, 1, 1, 4), strict=True):
-        expected[i, lo:i + 1] = True
+        expected[i, lo : i + 1] = True
     np.testing.assert_array_equal(xl_band(7, 3, 2), expected)
 
 

@@ -19,12 +19,10 @@ def test_sinusoidal_hand_values_and_layouts():
     pe = sinusoidal([0, 1], 4)
     # w_0 = 1, w_1 = 10000 ** (-2/4) = 0.01
     np.testing.assert_array_equal(pe[0], [0.0, 1.0, 0.0, 1.0])
-    np.testing.assert_allclose(pe[1], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)],
-                               rtol=1e-15)
+    np.testing.assert_allclose(pe[1], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)], rtol=1e-15)
     cat = sinusoidal([0, 1], 4, layout="concat")
     np.testing.assert_array_equal(cat[0], [0.0, 0.0, 1.0, 1.0])
-    np.testing.assert_allclose(cat[1], [math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)],
-                               rtol=1e-15)
+    np.testing.assert_allclose(cat[1], [math.sin(1), math.sin(0.01), math.cos(1), math.cos(0.01)], rtol=1e-15)
     # The layouts hold the same values: concat channels (c, dim/2 + c) go to (2c, 2c + 1).
     dim, positions = 10, np.arange(7)
     perm = np.ravel(np.column_stack([np.arange(dim // 2), dim // 2 + np.arange(dim // 2)]))
@@ -92,11 +90,11 @@ def test_rope_scores_depend_only_on_relative_position(layout):
 
 
 def test_alibi_slopes_paper_recipe():
-    np.testing.assert_allclose(alibi_slopes(8), [2.0 ** -e for e in range(1, 9)], rtol=1e-15)
-    np.testing.assert_allclose(alibi_slopes(1), [2.0 ** -8], rtol=1e-15)
-    twelve = [2.0 ** -e for e in range(1, 9)] + [2.0 ** -e for e in (0.5, 1.5, 2.5, 3.5)]
+    np.testing.assert_allclose(alibi_slopes(8), [2.0**-e for e in range(1, 9)], rtol=1e-15)
+    np.testing.assert_allclose(alibi_slopes(1), [2.0**-8], rtol=1e-15)
+    twelve = [2.0**-e for e in range(1, 9)] + [2.0**-e for e in (0.5, 1.5, 2.5, 3.5)]
     np.testing.assert_allclose(alibi_slopes(12), twelve, rtol=1e-15)
-    six = [2.0 ** -e for e in (2, 4, 6, 8, 1, 3)]
+    six = [2.0**-e for e in (2, 4, 6, 8, 1, 3)]
     np.testing.assert_allclose(alibi_slopes(6), six, rtol=1e-15)
 
 
@@ -128,12 +126,10 @@ def slow_bucket(rel, bidirectional, num_buckets, max_distance):
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 50), (8, 20), (64, 256),
-                                                      (5, 7), (128, 128)])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 50), (8, 20), (64, 256), (5, 7), (128, 128)])
 def test_t5_bucket_matches_scalar_transcription(bidirectional, num_buckets, max_distance):
     rel = np.arange(-300, 301)
-    got = t5_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets,
-                    max_distance=max_distance)
+    got = t5_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
     want = [slow_bucket(r, bidirectional, num_buckets, max_distance) for r in rel.tolist()]
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
@@ -158,7 +154,7 @@ def plain_attention(q, k, v, scale):
 def test_shaw_with_zero_tables_is_plain_attention():
     q, k, v = (rng.standard_normal(s) for s in [(2, 3, 4, 5), (2, 3, 6, 5), (2, 3, 6, 7)])
     out = shaw(q, k, v, rel_k=np.zeros((5, 5)), rel_v=np.zeros((5, 7)), max_relative=2)
-    close(out, plain_attention(q, k, v, 5 ** -0.5))
+    close(out, plain_attention(q, k, v, 5**-0.5))
 
 
 def test_shaw_max_relative_zero_with_constant_tables():
@@ -188,8 +184,17 @@ def _rope(x=None, positions=(0, 1, 2), **kw):
 
 def _shaw(**kw):
     """``shaw`` on zero inputs of fitting shapes, ``kw`` replacing any of them."""
-    args = dict(q=np.zeros((1, 2, 3, 4)), k=np.zeros((1, 2, 5, 4)), v=np.zeros((1, 2, 5, 6)),
-                rel_k=np.zeros((3, 4)), rel_v=np.zeros((3, 6)), max_relative=1) | kw
+    args = (
+        dict(
+            q=np.zeros((1, 2, 3, 4)),
+            k=np.zeros((1, 2, 5, 4)),
+            v=np.zeros((1, 2, 5, 6)),
+            rel_k=np.zeros((3, 4)),
+            rel_v=np.zeros((3, 6)),
+            max_relative=1,
+        )
+        | kw
+    )
     return shaw(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 

@@ -15,8 +15,21 @@ from hypothesis import strategies as st
 from attnspec import reference
 
 
-def scalar_sdpa(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-                alibi_slopes=None, q_lens=None, kv_lens=None):
+def scalar_sdpa(
+    q,
+    k,
+    v,
+    *,
+    scale=None,
+    causal=None,
+    window=None,
+    mask=None,
+    bias=None,
+    softcap=None,
+    alibi_slopes=None,
+    q_lens=None,
+    kv_lens=None,
+):
     b_n, h_q, n_q, d = q.shape
     h_kv, n_k, d_v = k.shape[1], k.shape[2], v.shape[3]
     scale = 1 / math.sqrt(d) if scale is None else scale
@@ -78,7 +91,9 @@ def small_cases(draw):
     if maybe():
         options["mask"] = rng.random((b, 1, n_q, n_k)) < 0.7
     if maybe():
-        options["bias"] = np.where(rng.random((1, h_kv * group, n_q, n_k)) < 0.2, -np.inf, rng.standard_normal((1, h_kv * group, n_q, n_k)))
+        options["bias"] = np.where(
+            rng.random((1, h_kv * group, n_q, n_k)) < 0.2, -np.inf, rng.standard_normal((1, h_kv * group, n_q, n_k))
+        )
     if maybe():
         options["softcap"] = draw(st.sampled_from([0.5, 5.0]))
     if maybe():
@@ -105,8 +120,10 @@ def test_reference_matches_the_scalar_transcription(case):
 def test_tiled_split_and_direct_agree(case, block_q, block_k, splits):
     q, k, v, options = case
     out, lse = reference.sdpa(q, k, v, return_lse=True, **options)
-    for other in (reference.flash_forward(q, k, v, block_q=block_q, block_k=block_k, **options),
-                  reference.split_kv(q, k, v, num_splits=splits, **options)):
+    for other in (
+        reference.flash_forward(q, k, v, block_q=block_q, block_k=block_k, **options),
+        reference.split_kv(q, k, v, num_splits=splits, **options),
+    ):
         np.testing.assert_allclose(other[0], out, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other[1], lse, rtol=1e-12, atol=1e-12)
 
@@ -124,8 +141,8 @@ def test_kv_cache_decoding_step_by_step():
     cache = reference.KVCache(batch=2, kv_heads=2, capacity=12, d_qk=3, d_v=3)
     full = reference.sdpa(q, k[:, :2], v[:, :2], causal="bottom_right")
     for t in range(9):
-        cache.append(k[:, :2, t:t + 1], v[:, :2, t:t + 1])
-        out, _ = cache.attend(q[:, :, t:t + 1], num_splits=2)
+        cache.append(k[:, :2, t : t + 1], v[:, :2, t : t + 1])
+        out, _ = cache.attend(q[:, :, t : t + 1], num_splits=2)
         np.testing.assert_allclose(out[:, :, 0], full[:, :, t], rtol=1e-12, atol=1e-12)
 
 

@@ -27,9 +27,12 @@ def random_params(pattern: str, rng: np.random.Generator, n_k: int, batch: int, 
     if pattern == "bigbird":
         block = pick([1, 2, 3, 5, 8])
         n_blocks = -(-n_k // block)
-        return dict(block=block, window_blocks=pick([0, 1, 2]),
-                    global_blocks=rng.choice(n_blocks, size=int(rng.integers(0, min(n_blocks, 2) + 1)), replace=False),
-                    random_blocks=rng.integers(0, n_blocks, size=(pick([1, heads]), n_blocks, pick([0, 1, 3]))))
+        return dict(
+            block=block,
+            window_blocks=pick([0, 1, 2]),
+            global_blocks=rng.choice(n_blocks, size=int(rng.integers(0, min(n_blocks, 2) + 1)), replace=False),
+            random_blocks=rng.integers(0, n_blocks, size=(pick([1, heads]), n_blocks, pick([0, 1, 3]))),
+        )
     if pattern == "strided":
         return dict(stride=pick([1, 2, 3, 4, 7]), factor=pick(patterns.FACTORS))
     if pattern == "fixed":
@@ -49,6 +52,7 @@ def random_params(pattern: str, rng: np.random.Generator, n_k: int, batch: int, 
 
 def scalar_visible(pattern: str, prm: dict, b: int, h: int, p: int, j: int) -> bool:
     """``visible(b, h, p, j)`` transcribed from the clause texts, one pair at a time."""
+
     def pick(array, index):  # an extent of 1 applies to every index
         return array[index if len(array) > 1 else 0]
 
@@ -62,8 +66,12 @@ def scalar_visible(pattern: str, prm: dict, b: int, h: int, p: int, j: int) -> b
     if pattern == "bigbird":
         row, col = p // prm["block"], j // prm["block"]
         glob = list(prm.get("global_blocks", []))
-        return (abs(row - col) <= prm["window_blocks"] or row in glob or col in glob
-                or col in list(pick(prm["random_blocks"], h)[row]))
+        return (
+            abs(row - col) <= prm["window_blocks"]
+            or row in glob
+            or col in glob
+            or col in list(pick(prm["random_blocks"], h)[row])
+        )
     if pattern in ("strided", "fixed"):
         l = prm["stride"]
         if pattern == "strided":
@@ -110,8 +118,13 @@ def test_table_matches_the_scalar_transcription(problem):
     got = S.sparse_mask(pattern, n_q, n_k, **prm)
     b_p, h_p = extents(pattern, prm)
     assert got.dtype == np.bool_ and got.shape == (b_p, h_p, n_q, n_k)
-    want = [[[[scalar_visible(pattern, prm, b, h, i + n_k - n_q, j) for j in range(n_k)] for i in range(n_q)]
-             for h in range(h_p)] for b in range(b_p)]
+    want = [
+        [
+            [[scalar_visible(pattern, prm, b, h, i + n_k - n_q, j) for j in range(n_k)] for i in range(n_q)]
+            for h in range(h_p)
+        ]
+        for b in range(b_p)
+    ]
     np.testing.assert_array_equal(got, np.array(want, dtype=bool).reshape(got.shape))
 
 
@@ -123,11 +136,13 @@ def test_candidates_cover_every_visible_pair(problem, row_tile):
     table = S.sparse_mask(pattern, n_q, n_k, **prm)
     covered = np.zeros(n_q, dtype=int)
     for rows, keys in S.plan(S.build(pattern, n_q, n_k, **prm), n_q, n_k, row_tile):
-        assert keys.dtype.kind == "i" and np.all(np.diff(keys) > 0) and (keys.size == 0 or 0 <= keys[0] <= keys[-1] < n_k)
+        assert (
+            keys.dtype.kind == "i" and np.all(np.diff(keys) > 0) and (keys.size == 0 or 0 <= keys[0] <= keys[-1] < n_k)
+        )
         outside = np.ones(n_k, dtype=bool)
         outside[keys] = False
-        assert not table[:, :, rows.start:rows.stop][..., outside].any(), f"tile {rows} misses visible keys"
-        covered[rows.start:rows.stop] += 1
+        assert not table[:, :, rows.start : rows.stop][..., outside].any(), f"tile {rows} misses visible keys"
+        covered[rows.start : rows.stop] += 1
     assert np.all(covered == 1)
 
 
@@ -156,12 +171,13 @@ def test_rows_are_the_last_rows_of_the_full_table(problem):
     """Bottom-right alignment: ``N_q`` rows are the last ``N_q`` of the ``N_k x N_k`` table."""
     pattern, n_q, n_k, _, _, prm, _ = problem
     full = S.sparse_mask(pattern, n_k, n_k, **prm)
-    np.testing.assert_array_equal(S.sparse_mask(pattern, n_q, n_k, **prm), full[:, :, n_k - n_q:])
+    np.testing.assert_array_equal(S.sparse_mask(pattern, n_q, n_k, **prm), full[:, :, n_k - n_q :])
 
 
 @pytest.mark.parametrize("n_q, n_k", [(9, 9), (3, 11), (1, 1)])
 def test_patterns_that_are_other_rules(n_q, n_k):
     """The special cases the clauses name: plain windows, causal, full, chunks as documents."""
+
     def sdpa_table(**options):
         q, k = np.zeros((1, 1, n_q, 1)), np.zeros((1, 1, n_k, 1))
         one_hot = np.broadcast_to(np.eye(n_k), (1, 1, n_k, n_k))
@@ -172,11 +188,17 @@ def test_patterns_that_are_other_rules(n_q, n_k):
     np.testing.assert_array_equal(mask("dilated", n_q, n_k, window=2, causal=True), sdpa_table(window=(2, 0)))
     np.testing.assert_array_equal(mask("prefix_lm", n_q, n_k, prefix_lens=[0]), sdpa_table(causal="bottom_right"))
     assert mask("prefix_lm", n_q, n_k, prefix_lens=[n_k]).all()
-    np.testing.assert_array_equal(mask("chunked", n_q, n_k, chunk=4, causal=True),
-                                  mask("document", n_q, n_k, document_ids=np.arange(n_k) // 4, causal=True))
-    np.testing.assert_array_equal(mask("bigbird", n_q, n_k, block=1, window_blocks=2), mask("dilated", n_q, n_k, window=2))
-    np.testing.assert_array_equal(mask("block_sparse", n_q, n_k, layout=np.ones((1, 1, 1), bool), block_q=n_k, block_k=n_k),
-                                  mask("strided", n_q, n_k, stride=1) | ~mask("strided", n_q, n_k, stride=1))
+    np.testing.assert_array_equal(
+        mask("chunked", n_q, n_k, chunk=4, causal=True),
+        mask("document", n_q, n_k, document_ids=np.arange(n_k) // 4, causal=True),
+    )
+    np.testing.assert_array_equal(
+        mask("bigbird", n_q, n_k, block=1, window_blocks=2), mask("dilated", n_q, n_k, window=2)
+    )
+    np.testing.assert_array_equal(
+        mask("block_sparse", n_q, n_k, layout=np.ones((1, 1, 1), bool), block_q=n_k, block_k=n_k),
+        mask("strided", n_q, n_k, stride=1) | ~mask("strided", n_q, n_k, stride=1),
+    )
 
 
 @pytest.mark.parametrize("pattern", BUDGETED)
@@ -198,10 +220,13 @@ def empty_params(pattern: str, n_k: int) -> list[dict]:
     blocks = -(-n_k // 4)
     return {
         "dilated": [dict(window=2, dilation=np.array([1, 3]), causal=True)],
-        "longformer": [dict(window=1, global_tokens=np.zeros(n_k, bool)),
-                       dict(window=1, global_tokens=np.arange(2 * n_k).reshape(2, n_k) % 3 == 0)],
-        "bigbird": [dict(block=4, window_blocks=1, global_blocks=np.zeros(0, int),
-                         random_blocks=np.zeros((2, blocks, 1), int))],
+        "longformer": [
+            dict(window=1, global_tokens=np.zeros(n_k, bool)),
+            dict(window=1, global_tokens=np.arange(2 * n_k).reshape(2, n_k) % 3 == 0),
+        ],
+        "bigbird": [
+            dict(block=4, window_blocks=1, global_blocks=np.zeros(0, int), random_blocks=np.zeros((2, blocks, 1), int))
+        ],
         "strided": [dict(stride=3)],
         "fixed": [dict(stride=3, summary=1)],
         "block_sparse": [dict(layout=np.ones((2, blocks, blocks), bool), block_q=4, block_k=4)],
@@ -243,41 +268,102 @@ def test_random_blocks_helper_is_a_function_of_its_seed():
 Q, K, V = np.ones((2, 4, 3, 8)), np.ones((2, 2, 5, 8)), np.ones((2, 2, 5, 6))
 
 
-@pytest.mark.parametrize("pattern, params, error, message", [
-    ("diluted", dict(window=1), ValueError, "pattern must be one of"),
-    ("dilated", dict(window=1, stride=2), TypeError,
-     r"pattern 'dilated' has no parameter\(s\) \['stride'\]; its parameters are window, dilation, causal"),
-    ("chunked", dict(), TypeError, r"pattern 'chunked' needs parameter\(s\) \['chunk'\]"),
-    ("dilated", dict(window=-1), ValueError, "window must be >= 0; got -1"),
-    ("dilated", dict(window=1.0), TypeError, "window must be an integer"),
-    ("dilated", dict(window=1, dilation=0), ValueError, "dilation must be >= 1"),
-    ("dilated", dict(window=1, dilation=np.ones((2, 2), int)), ValueError, r"dilation must have 0 or 1 dimension\(s\)"),
-    ("dilated", dict(window=1, causal=1), TypeError, "causal must be a bool; got 1"),
-    ("longformer", dict(window=1, global_tokens=np.zeros(5, int)), TypeError,
-     "global_tokens must be a boolean array; got dtype int64"),
-    ("longformer", dict(window=1, global_tokens=np.zeros(4, bool)), ValueError,
-     r"global_tokens must have shape \(N_k,\) = \(5,\) or \(B, N_k\)"),
-    ("bigbird", dict(block=0, window_blocks=1), ValueError, "block must be >= 1"),
-    ("bigbird", dict(block=2, window_blocks=1, global_blocks=[3]), ValueError, "global_blocks must be <= 2; got maximum 3"),
-    ("bigbird", dict(block=2, window_blocks=1, random_blocks=np.zeros((1, 2, 1), int)), ValueError,
-     r"random_blocks must have shape \(H, n_blocks, r\) with n_blocks = ceil\(N_k / block\) = 3"),
-    ("bigbird", dict(block=2, window_blocks=1, random_blocks=np.zeros((1, 3, 1))), TypeError,
-     "random_blocks must be an integer array"),
-    ("strided", dict(stride=0), ValueError, "stride must be >= 1"),
-    ("strided", dict(stride=2, factor="both"), ValueError, "factor must be one of"),
-    ("fixed", dict(stride=2, summary=3), ValueError, "summary must be <= stride = 2; got 3"),
-    ("block_sparse", dict(layout=np.ones((1, 2, 2), bool), block_q=2, block_k=2), ValueError,
-     r"layout must have shape \(H, ceil\(N_k / block_q\), ceil\(N_k / block_k\)\) = \(H, 3, 3\); got \(1, 2, 2\)"),
-    ("block_sparse", dict(layout=np.ones((1, 3, 3), int), block_q=2, block_k=2), TypeError, "layout must be a boolean array"),
-    ("block_sparse", dict(layout=np.ones((3, 3), bool), block_q=2, block_k=2), ValueError, "layout must have shape"),
-    ("block_sparse", dict(layout=np.ones((1, 3, 3), bool), block_q=2, block_k=-1), ValueError, "block_k must be >= 1"),
-    ("prefix_lm", dict(prefix_lens=np.array([1, 6])), ValueError, "prefix_lens must be <= 5; got maximum 6"),
-    ("prefix_lm", dict(prefix_lens=np.array([1.0, 2.0])), TypeError, "prefix_lens must be an integer array"),
-    ("document", dict(document_ids=np.zeros(5)), TypeError, "document_ids must be an integer array; got dtype float64"),
-    ("document", dict(document_ids=np.zeros(4, int)), ValueError,
-     r"document_ids must have shape \(N_k,\) = \(5,\) or \(B, N_k\)"),
-    ("chunked", dict(chunk=0), ValueError, "chunk must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "pattern, params, error, message",
+    [
+        ("diluted", dict(window=1), ValueError, "pattern must be one of"),
+        (
+            "dilated",
+            dict(window=1, stride=2),
+            TypeError,
+            r"pattern 'dilated' has no parameter\(s\) \['stride'\]; its parameters are window, dilation, causal",
+        ),
+        ("chunked", dict(), TypeError, r"pattern 'chunked' needs parameter\(s\) \['chunk'\]"),
+        ("dilated", dict(window=-1), ValueError, "window must be >= 0; got -1"),
+        ("dilated", dict(window=1.0), TypeError, "window must be an integer"),
+        ("dilated", dict(window=1, dilation=0), ValueError, "dilation must be >= 1"),
+        (
+            "dilated",
+            dict(window=1, dilation=np.ones((2, 2), int)),
+            ValueError,
+            r"dilation must have 0 or 1 dimension\(s\)",
+        ),
+        ("dilated", dict(window=1, causal=1), TypeError, "causal must be a bool; got 1"),
+        (
+            "longformer",
+            dict(window=1, global_tokens=np.zeros(5, int)),
+            TypeError,
+            "global_tokens must be a boolean array; got dtype int64",
+        ),
+        (
+            "longformer",
+            dict(window=1, global_tokens=np.zeros(4, bool)),
+            ValueError,
+            r"global_tokens must have shape \(N_k,\) = \(5,\) or \(B, N_k\)",
+        ),
+        ("bigbird", dict(block=0, window_blocks=1), ValueError, "block must be >= 1"),
+        (
+            "bigbird",
+            dict(block=2, window_blocks=1, global_blocks=[3]),
+            ValueError,
+            "global_blocks must be <= 2; got maximum 3",
+        ),
+        (
+            "bigbird",
+            dict(block=2, window_blocks=1, random_blocks=np.zeros((1, 2, 1), int)),
+            ValueError,
+            r"random_blocks must have shape \(H, n_blocks, r\) with n_blocks = ceil\(N_k / block\) = 3",
+        ),
+        (
+            "bigbird",
+            dict(block=2, window_blocks=1, random_blocks=np.zeros((1, 3, 1))),
+            TypeError,
+            "random_blocks must be an integer array",
+        ),
+        ("strided", dict(stride=0), ValueError, "stride must be >= 1"),
+        ("strided", dict(stride=2, factor="both"), ValueError, "factor must be one of"),
+        ("fixed", dict(stride=2, summary=3), ValueError, "summary must be <= stride = 2; got 3"),
+        (
+            "block_sparse",
+            dict(layout=np.ones((1, 2, 2), bool), block_q=2, block_k=2),
+            ValueError,
+            r"layout must have shape \(H, ceil\(N_k / block_q\), ceil\(N_k / block_k\)\) = \(H, 3, 3\); got \(1, 2, 2\)",
+        ),
+        (
+            "block_sparse",
+            dict(layout=np.ones((1, 3, 3), int), block_q=2, block_k=2),
+            TypeError,
+            "layout must be a boolean array",
+        ),
+        (
+            "block_sparse",
+            dict(layout=np.ones((3, 3), bool), block_q=2, block_k=2),
+            ValueError,
+            "layout must have shape",
+        ),
+        (
+            "block_sparse",
+            dict(layout=np.ones((1, 3, 3), bool), block_q=2, block_k=-1),
+            ValueError,
+            "block_k must be >= 1",
+        ),
+        ("prefix_lm", dict(prefix_lens=np.array([1, 6])), ValueError, "prefix_lens must be <= 5; got maximum 6"),
+        ("prefix_lm", dict(prefix_lens=np.array([1.0, 2.0])), TypeError, "prefix_lens must be an integer array"),
+        (
+            "document",
+            dict(document_ids=np.zeros(5)),
+            TypeError,
+            "document_ids must be an integer array; got dtype float64",
+        ),
+        (
+            "document",
+            dict(document_ids=np.zeros(4, int)),
+            ValueError,
+            r"document_ids must have shape \(N_k,\) = \(5,\) or \(B, N_k\)",
+        ),
+        ("chunked", dict(chunk=0), ValueError, "chunk must be >= 1"),
+    ],
+)
 def test_pattern_parameters_are_checked(pattern, params, error, message):
     with pytest.raises(error, match=message):
         S.sparse_mask(pattern, 3, 5, **params)
@@ -285,20 +371,48 @@ def test_pattern_parameters_are_checked(pattern, params, error, message):
         S.sparse(Q, K, V, pattern=pattern, **params)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: S.sparse_mask("chunked", 6, 5, chunk=2), ValueError, r"N_q = 6 \(n_q, or q.shape\[2\]\) exceeds N_k = 5"),
-    (lambda: S.sparse(np.ones((2, 4, 6, 8)), K, V, pattern="chunked", chunk=2), ValueError, "N_q = 6 .* exceeds N_k = 5"),
-    (lambda: S.sparse_mask("chunked", 2.0, 5, chunk=2), TypeError, "n_q must be an integer"),
-    (lambda: S.sparse(Q, K, V, pattern="prefix_lm", prefix_lens=[1, 2, 3]), ValueError,
-     r"prefix_lens has 3 batch items; q has B = 2 \(expected 1 or B\)"),
-    (lambda: S.sparse(Q, K, V, pattern="dilated", window=1, dilation=[1, 2, 3]), ValueError,
-     r"dilation has 3 heads; q has H_q = 4 \(expected 1 or H_q\)"),
-    (lambda: S.sparse(Q, K, V, pattern="block_sparse", layout=np.ones((2, 3, 3), bool), block_q=2, block_k=2), ValueError,
-     "layout has 2 heads; q has H_q = 4"),
-    (lambda: S.sparse(Q, K, V, pattern="chunked", chunk=2, row_tile=0), ValueError, "row_tile must be >= 1"),
-    (lambda: S.sparse(Q.astype(int), K, V, pattern="chunked", chunk=2), TypeError, "q must be a real floating-point array"),
-    (lambda: S.sparse(Q[:, :3], K, V, pattern="chunked", chunk=2), ValueError, "H_q = 3 .* must be a multiple of H_kv = 2"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: S.sparse_mask("chunked", 6, 5, chunk=2),
+            ValueError,
+            r"N_q = 6 \(n_q, or q.shape\[2\]\) exceeds N_k = 5",
+        ),
+        (
+            lambda: S.sparse(np.ones((2, 4, 6, 8)), K, V, pattern="chunked", chunk=2),
+            ValueError,
+            "N_q = 6 .* exceeds N_k = 5",
+        ),
+        (lambda: S.sparse_mask("chunked", 2.0, 5, chunk=2), TypeError, "n_q must be an integer"),
+        (
+            lambda: S.sparse(Q, K, V, pattern="prefix_lm", prefix_lens=[1, 2, 3]),
+            ValueError,
+            r"prefix_lens has 3 batch items; q has B = 2 \(expected 1 or B\)",
+        ),
+        (
+            lambda: S.sparse(Q, K, V, pattern="dilated", window=1, dilation=[1, 2, 3]),
+            ValueError,
+            r"dilation has 3 heads; q has H_q = 4 \(expected 1 or H_q\)",
+        ),
+        (
+            lambda: S.sparse(Q, K, V, pattern="block_sparse", layout=np.ones((2, 3, 3), bool), block_q=2, block_k=2),
+            ValueError,
+            "layout has 2 heads; q has H_q = 4",
+        ),
+        (lambda: S.sparse(Q, K, V, pattern="chunked", chunk=2, row_tile=0), ValueError, "row_tile must be >= 1"),
+        (
+            lambda: S.sparse(Q.astype(int), K, V, pattern="chunked", chunk=2),
+            TypeError,
+            "q must be a real floating-point array",
+        ),
+        (
+            lambda: S.sparse(Q[:, :3], K, V, pattern="chunked", chunk=2),
+            ValueError,
+            "H_q = 3 .* must be a multiple of H_kv = 2",
+        ),
+    ],
+)
 def test_other_arguments_are_checked(call, error, message):
     with pytest.raises(error, match=message):
         call()

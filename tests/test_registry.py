@@ -36,7 +36,9 @@ def test_module_that_does_not_import_is_an_error_naming_the_cause():
 
 
 def test_backend_in_a_users_file(tmp_path):
-    path = write_module(tmp_path, """
+    path = write_module(
+        tmp_path,
+        """
         import attnspec
         class Mine(attnspec.Backend):
             name = "mine"
@@ -44,7 +46,8 @@ def test_backend_in_a_users_file(tmp_path):
             dtypes = ("float32",)
             def sdpa(self, q, k, v, **options):
                 return q
-    """)
+    """,
+    )
     backend = load_backend(f"{path}:Mine")
     assert backend.name == "mine" and backend.declared == {"sdpa"}
 
@@ -75,13 +78,16 @@ class _Declared(Backend):
     dtypes = ("float32",)
 
 
-@pytest.mark.parametrize("attrs, message", [
-    (dict(clauses=("sdpa.causl",)), "matches no clause"),
-    (dict(clauses=("sdpa",)), "declares clause 'sdpa' but has no method 'sdpa'"),
-    (dict(clauses=("sdpa",), dtypes=("float8",), sdpa=lambda self: None), "dtypes"),
-    (dict(clauses=()), "declares no clause"),
-    (dict(clauses=("sdpa",), name="", sdpa=lambda self: None), "'name' must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        (dict(clauses=("sdpa.causl",)), "matches no clause"),
+        (dict(clauses=("sdpa",)), "declares clause 'sdpa' but has no method 'sdpa'"),
+        (dict(clauses=("sdpa",), dtypes=("float8",), sdpa=lambda self: None), "dtypes"),
+        (dict(clauses=()), "declares no clause"),
+        (dict(clauses=("sdpa",), name="", sdpa=lambda self: None), "'name' must be a non-empty string"),
+    ],
+)
 def test_contract_violations_are_named(attrs, message):
     cls = type("Broken", (_Declared,), attrs)
     with pytest.raises(BackendError, match=message):

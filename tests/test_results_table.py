@@ -13,21 +13,49 @@ ENV = {"date": "d", "torch": "t", "cuda": "c", "numpy": "n", "python": "p"}
 
 
 def _row(status, passed=0, failed=0, skipped=0, tests=(), failures=()):
-    return {"status": status, "passed": passed, "failed": failed, "skipped": skipped, "tests": list(tests),
-            "failures": list(failures), "skips": []}
+    return {
+        "status": status,
+        "passed": passed,
+        "failed": failed,
+        "skipped": skipped,
+        "tests": list(tests),
+        "failures": list(failures),
+        "skips": [],
+    }
 
 
 def _run(clauses, seconds, exit_code):
-    return {"backend": "k", "exit": exit_code, "seconds": seconds,
-            "report": {"dtypes": ["float32"], "environment": {"hypothesis_profile": "dev", "shapes": "menu"},
-                       "clauses": clauses}}
+    return {
+        "backend": "k",
+        "exit": exit_code,
+        "seconds": seconds,
+        "report": {
+            "dtypes": ["float32"],
+            "environment": {"hypothesis_profile": "dev", "shapes": "menu"},
+            "clauses": clauses,
+        },
+    }
 
 
 def test_a_resumed_run_sums_each_clause_over_its_parts():
-    first = _run({"sdpa": _row("passed", 2, tests=["a", "b"]), "sdpa.mask": _row("not run"),
-                  "shaw": _row("unsupported", skipped=1, tests=["s"])}, 10.0, "timed out")
-    second = _run({"sdpa": _row("failed", 1, 1, tests=["c", "d"], failures=[{"test": "x::d", "message": "E"}]),
-                   "sdpa.mask": _row("passed", 3, tests=["e"]), "shaw": _row("not run")}, 5.0, 0)
+    first = _run(
+        {
+            "sdpa": _row("passed", 2, tests=["a", "b"]),
+            "sdpa.mask": _row("not run"),
+            "shaw": _row("unsupported", skipped=1, tests=["s"]),
+        },
+        10.0,
+        "timed out",
+    )
+    second = _run(
+        {
+            "sdpa": _row("failed", 1, 1, tests=["c", "d"], failures=[{"test": "x::d", "message": "E"}]),
+            "sdpa.mask": _row("passed", 3, tests=["e"]),
+            "shaw": _row("not run"),
+        },
+        5.0,
+        0,
+    )
     table = conformance_table({"environment": ENV, "runs": [first, second]})
     assert "| `sdpa` | failed (3/4) |" in table
     assert "| `sdpa.mask` | passed (3/3) |" in table

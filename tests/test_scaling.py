@@ -60,11 +60,14 @@ def test_exponent_fit():
     assert scaling.exponent([1, 2], [None, 1]) is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lengths=512,256"], "ascending"),
-    (["--lengths=256,512", "--fit=3"], "--fit"),
-    (["--repeat=0"], "--repeat"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lengths=512,256"], "ascending"),
+        (["--lengths=256,512", "--fit=3"], "--fit"),
+        (["--repeat=0"], "--repeat"),
+    ],
+)
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         scaling.main(argv)

@@ -31,8 +31,11 @@ def mismatches(spec: inspect.Signature, impl: inspect.Signature, *, optional_may
     takes_kwargs = any(p.kind is P.VAR_KEYWORD for p in params.values())
     positional = [p.name for p in spec.parameters.values() if p.kind is P.POSITIONAL_OR_KEYWORD]
     impl_positional = [p.name for p in params.values() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
-    problems = [] if impl_positional[:len(positional)] == positional else [
-        f"positional parameters {impl_positional} do not start with {positional}"]
+    problems = (
+        []
+        if impl_positional[: len(positional)] == positional
+        else [f"positional parameters {impl_positional} do not start with {positional}"]
+    )
     for p in spec.parameters.values():
         if p.kind is P.VAR_KEYWORD or p.kind is P.POSITIONAL_OR_KEYWORD:
             continue
@@ -47,8 +50,11 @@ def mismatches(spec: inspect.Signature, impl: inspect.Signature, *, optional_may
         elif p.default is not P.empty and mine.default is P.empty:
             problems.append(f"{p.name!r} is required; the spec gives it the default {p.default!r}")
     stated = set(spec.parameters)
-    extra = [p.name for p in params.values() if p.name not in stated and p.default is P.empty
-             and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    extra = [
+        p.name
+        for p in params.values()
+        if p.name not in stated and p.default is P.empty and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+    ]
     return problems + [f"requires parameter(s) {extra} the spec does not state"] * bool(extra)
 
 

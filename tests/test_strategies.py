@@ -40,8 +40,9 @@ def test_without_the_menu_shapes_vary_freely(monkeypatch):
 def test_menu_respects_length_limits_and_mha_only_backends(monkeypatch, max_len):
     seen = _drawn_shapes(monkeypatch, menu=True, gqa=False, max_len=max_len)
     assert all(n_q <= max_len and n_k <= max_len and h_q == h_kv for _, h_q, h_kv, n_q, n_k, _, _ in seen), seen
-    assert len(seen) == len({(b, h, min(nq, max_len), min(nk, max_len), dq, dv)
-                             for b, h, _, nq, nk, dq, dv in strategies.MENU_SHAPES})
+    assert len(seen) == len(
+        {(b, h, min(nq, max_len), min(nk, max_len), dq, dv) for b, h, _, nq, nk, dq, dv in strategies.MENU_SHAPES}
+    )
 
 
 def test_menu_lengths_are_clamped_to_a_short_backend(monkeypatch):

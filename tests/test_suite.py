@@ -12,7 +12,9 @@ def test_users_file_backend_passes_what_it_declares(suite):
     assert code == 0, output[-3000:]
     statuses = {c: r["status"] for c, r in report["clauses"].items()}
     assert {c for c, s in statuses.items() if s == "passed"} == {"sdpa", "sdpa.scale", "sdpa.causal.top_left"}
-    assert {s for c, s in statuses.items() if c not in ("sdpa", "sdpa.scale", "sdpa.causal.top_left")} == {"unsupported"}
+    assert {s for c, s in statuses.items() if c not in ("sdpa", "sdpa.scale", "sdpa.causal.top_left")} == {
+        "unsupported"
+    }
     assert report["backend"]["name"] == "my-attention" and report["dtypes"] == ["float32", "float64"]
     assert "numpy" in report["environment"] and report["spec_version"]
 
@@ -36,7 +38,9 @@ def test_clause_selection_and_report(suite):
 
 
 def test_declined_cases_are_reported_not_failed(suite, tmp_path):
-    kernel = write_module(tmp_path, """
+    kernel = write_module(
+        tmp_path,
+        """
         import attnspec
         from attnspec.reference import sdpa
         class Kernel(attnspec.Backend):
@@ -49,7 +53,8 @@ def test_declined_cases_are_reported_not_failed(suite, tmp_path):
                 if q.shape[-1] > 16:
                     raise attnspec.Unsupported("head dims above 16")
                 return sdpa(q, k, v, **options)
-    """)
+    """,
+    )
     code, report, output = suite(f"--backend={kernel}:Kernel", "--clauses=sdpa,sdpa.softcap")
     assert code == 0, output[-3000:]
     assert report["clauses"]["sdpa.softcap"]["status"] == "declined"
@@ -77,8 +82,12 @@ def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
     code, report, output = suite(spec, "--clauses=sdpa", "--tb=short")
     assert code == 1
     message = report["clauses"]["sdpa"]["failures"][0]["message"]
-    for expected in ("[sdpa] backend 'nan-at-64' (float32, cpu)", "non-finite where the reference is not",
-                     "case: SdpaCase(", "reproduce: pytest 'conformance/test_"):
+    for expected in (
+        "[sdpa] backend 'nan-at-64' (float32, cpu)",
+        "non-finite where the reference is not",
+        "case: SdpaCase(",
+        "reproduce: pytest 'conformance/test_",
+    ):
         assert expected in message, message
     assert "@reproduce_failure" in output or "Falsifying" in output
 
@@ -103,14 +112,19 @@ def test_results_are_collected_under_xdist(suite):
 def test_torch_sdpa_adapter_runs_on_the_cpu(suite):
     """The adapter stays runnable where CI is (the GPU report covers its kernels)."""
     pytest.importorskip("torch")
-    code, report, output = suite("--backend=torch-sdpa:math", "--device=cpu", "--dtype=float32",
-                                 "--clauses=sdpa,sdpa.scale,sdpa.gqa,sdpa.causal.*")
+    code, report, output = suite(
+        "--backend=torch-sdpa:math",
+        "--device=cpu",
+        "--dtype=float32",
+        "--clauses=sdpa,sdpa.scale,sdpa.gqa,sdpa.causal.*",
+    )
     assert code == 0, output[-3000:]
     assert report["clauses"]["sdpa.causal.bottom_right"]["status"] == "passed"
 
 
 def test_shape_menu_is_recorded_in_the_report_and_the_reproducer(suite, tmp_path):
-    code, report, output = suite(f"--backend={write_module(tmp_path, NAN_AT_64)}:Kernel", "--clauses=sdpa",
-                                 "--shapes=menu")
+    code, report, output = suite(
+        f"--backend={write_module(tmp_path, NAN_AT_64)}:Kernel", "--clauses=sdpa", "--shapes=menu"
+    )
     assert code == 1 and report["environment"]["shapes"] == "menu"
     assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa"]["failures"][0]["message"]

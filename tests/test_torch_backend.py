@@ -19,8 +19,9 @@ def compiled():
     return Steps(compiled=True)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 1, 3, 5, 7), (1, 2, 1, 64, 64), (2, 3, 2, 0, 4)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1, 1), (2, 1, 3, 5, 7), (1, 2, 1, 64, 64), (2, 3, 2, 0, 4)], ids=lambda s: "x".join(map(str, s))
+)
 @pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_compiled_tile_softmax_equals_eager(compiled, shape, masked):
     gen = torch.Generator().manual_seed(sum(shape))
@@ -49,8 +50,11 @@ def test_compiled_combine_writes_only_its_rows(compiled):
     """The running state is updated in place through row-slice views, as ``_update`` passes it."""
     gen = torch.Generator().manual_seed(0)
     b, h, g, n, d, r0, r1 = 2, 2, 3, 9, 4, 2, 6
-    start = (torch.randn(b, h, g, n, d, generator=gen), torch.randn(b, h, g, n, generator=gen) * 3,
-             torch.rand(b, h, g, n, generator=gen) + 0.5)  # a running state that earlier tiles left
+    start = (
+        torch.randn(b, h, g, n, d, generator=gen),
+        torch.randn(b, h, g, n, generator=gen) * 3,
+        torch.rand(b, h, g, n, generator=gen) + 0.5,
+    )  # a running state that earlier tiles left
     start[1][0, 0, 0, r0 + 1] = -math.inf  # a row that has seen no key yet
     start[0][0, 0, 0, r0 + 1], start[2][0, 0, 0, r0 + 1] = 0.0, 0.0
     states = [tuple(x.clone() for x in start) for _ in range(2)]
@@ -66,7 +70,9 @@ def test_compiled_combine_writes_only_its_rows(compiled):
         rows = (slice(None),) * 3  # (B, H_kv, G, rows, ...)
         assert torch.equal(got[rows + (slice(0, r0),)], before[rows + (slice(0, r0),)]), "rows before the slice changed"
         assert torch.equal(got[rows + (slice(r1, None),)], before[rows + (slice(r1, None),)]), "rows after it changed"
-        assert not torch.equal(got[rows + (slice(r0, r1),)], before[rows + (slice(r0, r1),)]), "the slice was not written"
+        assert not torch.equal(got[rows + (slice(r0, r1),)], before[rows + (slice(r0, r1),)]), (
+            "the slice was not written"
+        )
 
 
 def test_unmasked_tiles_need_no_mask():
@@ -77,11 +83,14 @@ def test_unmasked_tiles_need_no_mask():
     assert kernel._fully_visible(padded, 0, 64, 0, 40) and not kernel._fully_visible(padded, 0, 64, 0, 41)
 
 
-@pytest.mark.parametrize("causal, lens, want", [
-    (None, None, [(0, 64)]),
-    ("top_left", None, [(0, 31), (31, 64)]),  # rows >= 31 see keys 0..31 entirely
-    ("bottom_right", (64, 48), [(0, 47), (47, 64)]),  # item 1 has 48 keys: offset -16, rows >= 31 + 16
-])
+@pytest.mark.parametrize(
+    "causal, lens, want",
+    [
+        (None, None, [(0, 64)]),
+        ("top_left", None, [(0, 31), (31, 64)]),  # rows >= 31 see keys 0..31 entirely
+        ("bottom_right", (64, 48), [(0, 47), (47, 64)]),  # item 1 has 48 keys: offset -16, rows >= 31 + 16
+    ],
+)
 def test_row_blocks_split_off_the_diagonal(causal, lens, want):
     q = k = v = torch.zeros(2, 1, 64, 8)
     p = kernel.prepare(q, k, v, causal=causal, kv_lens=None if lens is None else torch.tensor(lens))
@@ -102,19 +111,22 @@ def test_variants_pick_the_steps():
     assert load_backend("torch", device="cpu").name == "torch"  # the CPU default: eager
 
 
-@pytest.mark.parametrize("call", ["causal_padded_gqa", "flash_blocks", "decode_split", "decode_padded_split",
-                                  "decode_one_split"])
+@pytest.mark.parametrize(
+    "call", ["causal_padded_gqa", "flash_blocks", "decode_split", "decode_padded_split", "decode_one_split"]
+)
 def test_compiled_backend_equals_eager(call):
     """The compiled steps through the whole kernel: views written in place, masks, splits."""
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, h, n, 8, generator=gen) for h, n in ((4, 37), (2, 37), (2, 37)))
     lens = torch.tensor([37, 21])
     calls = {
-        "causal_padded_gqa": lambda be: be.sdpa(q, k, v, causal="bottom_right", q_lens=lens, kv_lens=lens,
-                                                return_lse=True),
+        "causal_padded_gqa": lambda be: be.sdpa(
+            q, k, v, causal="bottom_right", q_lens=lens, kv_lens=lens, return_lse=True
+        ),
         "flash_blocks": lambda be: be.flash_forward(q, k, v, block_q=5, block_k=7, causal="top_left"),
-        "decode_split": lambda be: be.decode(q[:, :, :1], k[:, :, :36], v[:, :, :36],
-                                             cache_lens=torch.tensor([36, 36]), num_splits=4),
+        "decode_split": lambda be: be.decode(
+            q[:, :, :1], k[:, :, :36], v[:, :, :36], cache_lens=torch.tensor([36, 36]), num_splits=4
+        ),
         "decode_padded_split": lambda be: be.decode(q[:, :, :2], k, v, cache_lens=lens, num_splits=3),
         "decode_one_split": lambda be: be.decode(q[:, :, :1], k, v, cache_lens=lens, num_splits=1),
     }

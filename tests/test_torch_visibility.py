@@ -35,7 +35,9 @@ def cases(draw, modifiers: bool = False):
     n_q, n_k = draw(st.integers(0, 11)), draw(st.integers(0, 11))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     h_q = h_kv * group
-    q, k, v = (torch.randn(b, h, n, 3, generator=gen, dtype=torch.float64) for h, n in ((h_q, n_q), (h_kv, n_k), (h_kv, n_k)))
+    q, k, v = (
+        torch.randn(b, h, n, 3, generator=gen, dtype=torch.float64) for h, n in ((h_q, n_q), (h_kv, n_k), (h_kv, n_k))
+    )
     options = {"causal": draw(st.sampled_from([None, "top_left", "bottom_right"]))}
     if draw(st.booleans()):
         options["window"] = (draw(st.integers(-1, 4)), draw(st.integers(-1, 4)))
@@ -49,16 +51,20 @@ def cases(draw, modifiers: bool = False):
         if draw(st.booleans()):
             options["softcap"] = draw(st.sampled_from([0.5, 4.0]))
         if draw(st.booleans()):
-            options["bias"] = torch.randn(draw(st.sampled_from([(b, h_q, n_q, n_k), (1, h_q, 1, n_k)])), generator=gen,
-                                          dtype=torch.float64)
+            options["bias"] = torch.randn(
+                draw(st.sampled_from([(b, h_q, n_q, n_k), (1, h_q, 1, n_k)])), generator=gen, dtype=torch.float64
+            )
         if draw(st.booleans()):
-            options["alibi_slopes"] = torch.rand(draw(st.sampled_from([(h_q,), (b, h_q)])), generator=gen, dtype=torch.float64)
+            options["alibi_slopes"] = torch.rand(
+                draw(st.sampled_from([(h_q,), (b, h_q)])), generator=gen, dtype=torch.float64
+            )
     return q, k, v, options
 
 
 def reference_problem(q, k, v, options):
-    return prepare(*(x.numpy() for x in (q, k, v)),
-                   **{name: x.numpy() if torch.is_tensor(x) else x for name, x in options.items()})
+    return prepare(
+        *(x.numpy() for x in (q, k, v)), **{name: x.numpy() if torch.is_tensor(x) else x for name, x in options.items()}
+    )
 
 
 def reference_grid(q, k, v, options) -> np.ndarray:
@@ -119,13 +125,15 @@ def test_tile_planning_skips_and_unmasks_only_what_it_may(case, block_q, block_k
     rules = kernel.prepare(q, k, v, **options).rules
     n_q, n_k = want.shape[2:]
     offsets = rules.kv_lens - rules.q_lens
-    causal = {"top_left": reference_masks.causal_top_left(),
-              "bottom_right": reference_masks.causal_bottom_right(offsets)}.get(options["causal"])
+    causal = {
+        "top_left": reference_masks.causal_top_left(),
+        "bottom_right": reference_masks.causal_bottom_right(offsets),
+    }.get(options["causal"])
     for c0 in range(0, n_k, block_k):
         c1 = min(c0 + block_k, n_k)
         lo, hi = vis.row_range(rules, c0, c1)
         seen = want[:, :, :, c0:c1].any(axis=(0, 1, 3))
-        assert not seen[:lo].any() and not seen[max(hi, lo):].any(), (lo, hi, np.flatnonzero(seen))
+        assert not seen[:lo].any() and not seen[max(hi, lo) :].any(), (lo, hi, np.flatnonzero(seen))
         for r0 in range(0, n_q, block_q):
             r1 = min(r0 + block_q, n_q)
             if vis.fully_visible(rules, r0, r1, c0, c1):
@@ -173,8 +181,15 @@ def test_score_modifiers_are_the_reference(case):
     p = kernel.prepare(q, k, v, **options)
     got, scale = kernel._scores(p, 0, q.shape[2], 0, k.shape[2], scaled=True)
     np.testing.assert_allclose(got.reshape(want.shape).numpy(), want, rtol=1e-12, atol=1e-12)
-    score_mod = flex._score_mod(q, k, options.get("softcap"), options.get("bias"), options.get("alibi_slopes"),
-                                options.get("q_lens"), options.get("kv_lens"))
+    score_mod = flex._score_mod(
+        q,
+        k,
+        options.get("softcap"),
+        options.get("bias"),
+        options.get("alibi_slopes"),
+        options.get("q_lens"),
+        options.get("kv_lens"),
+    )
     if score_mod is not None:
         got = score_mod(scaled_dots(q, k).float(), *grid[:4])
         np.testing.assert_allclose(full(got, q, k), want, rtol=2e-6, atol=2e-6)
@@ -194,7 +209,9 @@ def test_visible_pairs_counts_the_reference_grid(n_q, n_k, causal, window):
     rules = [reference_masks.padding(np.array([n_q]), np.array([n_k]))]
     offsets = np.array([n_k - n_q])
     if causal:
-        rules.append(reference_masks.causal_top_left() if causal == "top_left" else reference_masks.causal_bottom_right(offsets))
+        rules.append(
+            reference_masks.causal_top_left() if causal == "top_left" else reference_masks.causal_bottom_right(offsets)
+        )
     if window:
         rules.append(reference_masks.sliding_window(*window, offsets))
     grid = reference_masks.evaluate(reference_masks.and_masks(*rules), (1, 1), range(n_q), range(n_k))

@@ -35,9 +35,11 @@ def attend(backend, q, k, v, **options):
 
 def inputs(b, h_q, h_kv, n_q, n_k, d, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((b, h_q, n_q, d)).astype(np.float32),
-            rng.standard_normal((b, h_kv, n_k, d)).astype(np.float32),
-            rng.standard_normal((b, h_kv, n_k, d)).astype(np.float32))
+    return (
+        rng.standard_normal((b, h_q, n_q, d)).astype(np.float32),
+        rng.standard_normal((b, h_kv, n_k, d)).astype(np.float32),
+        rng.standard_normal((b, h_kv, n_k, d)).astype(np.float32),
+    )
 
 
 def assert_matches(got, want):
@@ -45,8 +47,9 @@ def assert_matches(got, want):
     ref_out, ref_lse = want
     np.testing.assert_allclose(out, ref_out, atol=2e-6, rtol=0)
     assert (np.isneginf(lse) == np.isneginf(ref_lse)).all()
-    np.testing.assert_allclose(np.where(np.isneginf(ref_lse), 0, lse), np.where(np.isneginf(ref_lse), 0, ref_lse),
-                               atol=2e-6, rtol=0)
+    np.testing.assert_allclose(
+        np.where(np.isneginf(ref_lse), 0, lse), np.where(np.isneginf(ref_lse), 0, ref_lse), atol=2e-6, rtol=0
+    )
 
 
 # (B, H_q, H_kv, N_q, N_k, D) at the interpreter's 32 x 32 tiles
@@ -93,7 +96,9 @@ def test_decode_packs_query_heads_and_reads_lengths(backend):
     """Four query heads per KV head share a tile; splits end past the shorter cache."""
     q, k, v = inputs(2, 8, 2, 1, 100, 16)
     lens = np.array([100, 9])
-    out, lse = backend.decode(*(backend.to_native(x) for x in (q, k, v)), cache_lens=backend.to_native(lens), num_splits=3)
+    out, lse = backend.decode(
+        *(backend.to_native(x) for x in (q, k, v)), cache_lens=backend.to_native(lens), num_splits=3
+    )
     ref = reference.sdpa(q, k, v, causal="bottom_right", kv_lens=lens, return_lse=True)
     assert_matches((backend.to_numpy(out), backend.to_numpy(lse)), ref)
 
@@ -121,8 +126,14 @@ def test_one_mode_per_process(backend):
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_the_suite_catches_kernel_mutants(tmp_path, name):
     clause = MUTATIONS[name][3]
-    code, report, output = run_suite(tmp_path, f"--backend={ROOT / 'tests' / 'triton_mutants.py'}:{name}",
-                                     "--device=cpu", "--dtype=float32", f"--clauses={clause}", name=name,
-                                     profile="mutants")
+    code, report, output = run_suite(
+        tmp_path,
+        f"--backend={ROOT / 'tests' / 'triton_mutants.py'}:{name}",
+        "--device=cpu",
+        "--dtype=float32",
+        f"--clauses={clause}",
+        name=name,
+        profile="mutants",
+    )
     assert code == 1, output[-3000:]
     assert report["clauses"][clause]["status"] == "failed", report["clauses"][clause]

@@ -18,11 +18,19 @@ import attnspec.backends.triton as original
 #: name -> (file, the exact text, its replacement, the clause it breaks)
 MUTATIONS = {
     # the masked blocks after the unmasked ones (the causal diagonal, the last partial key block)
-    "diagonal_dropped": ("attention.py", "for start_n in range(full_hi, hi, BLOCK_N):",
-                         "for start_n in range(full_hi, full_hi, BLOCK_N):", "sdpa.causal.top_left"),
+    "diagonal_dropped": (
+        "attention.py",
+        "for start_n in range(full_hi, hi, BLOCK_N):",
+        "for start_n in range(full_hi, full_hi, BLOCK_N):",
+        "sdpa.causal.top_left",
+    ),
     # the stored LSE left in base 2, the flash-attention tutorial's convention
-    "lse_base2": ("attention.py", "(m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2",
-                  "(m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)))", "sdpa.lse"),
+    "lse_base2": (
+        "attention.py",
+        "(m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2",
+        "(m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)))",
+        "sdpa.lse",
+    ),
 }
 
 

@@ -83,7 +83,7 @@ class NsaSelectFirstHeadMutant(Mutant):
     breaks = "nsa.select"
 
     def nsa_select(self, q, k, **kwargs):
-        leaders = q[:, ::q.shape[1] // k.shape[1]]
+        leaders = q[:, :: q.shape[1] // k.shape[1]]
         return NSA.build(leaders, k, **kwargs).select()
 
 
@@ -138,8 +138,10 @@ class RoutedUnnormalisedCentroidsMutant(Mutant):
 
     def routed_assign(self, q, k, *, centroids):
         c = centroids.astype(np.float64)
-        by_dot = [np.argmax(routed_ref.unit(x.astype(np.float64)) @ np.swapaxes(c, -1, -2)[None], axis=-1)
-                  for x in (q, routed_ref.per_query_head(k, q.shape[1]))]
+        by_dot = [
+            np.argmax(routed_ref.unit(x.astype(np.float64)) @ np.swapaxes(c, -1, -2)[None], axis=-1)
+            for x in (q, routed_ref.per_query_head(k, q.shape[1]))
+        ]
         return tuple(by_dot)
 
 

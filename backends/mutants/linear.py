@@ -18,7 +18,9 @@ def _linear(q, k, v, *, forms=None, phi=linear.phi, output_final_state=False, **
     fq = phi(np.asarray(q, np.float64), feature_map) * scale
     fk = phi(np.asarray(k, np.float64), feature_map)
     form, causal = options.get("form", "parallel"), options.get("causal", False)
-    impl = {"parallel": linear.parallel, "recurrent": linear.recurrent, "chunked": linear.chunked, **(forms or {})}[form]
+    impl = {"parallel": linear.parallel, "recurrent": linear.recurrent, "chunked": linear.chunked, **(forms or {})}[
+        form
+    ]
     extra = {"chunk_size": options["chunk_size"]} if form == "chunked" else {}
     p = impl(fq, fk, v64, s0, z0, causal=causal, **extra)
     out = linear.finish(p.num, p.den, normalize=options.get("normalize", True), eps=options.get("eps", 0.0))
@@ -121,8 +123,9 @@ def _chunked_partial_without_state(fq, fk, v, s0, z0, *, causal, chunk_size):
     start = (n // chunk_size) * chunk_size
     if not causal or start in (0, n):
         return p
-    tail = linear.chunked(fq[..., start:, :], fk[..., start:, :], v[..., start:, :], s0, z0, causal=True,
-                          chunk_size=chunk_size)
+    tail = linear.chunked(
+        fq[..., start:, :], fk[..., start:, :], v[..., start:, :], s0, z0, causal=True, chunk_size=chunk_size
+    )
     num, den = p.num.copy(), p.den.copy()
     num[..., start:, :], den[..., start:] = tail.num, tail.den
     return p._replace(num=num, den=den)
@@ -209,7 +212,7 @@ class ProjectionRowsNotOrthogonalMutant(Mutant):
 
     def orthogonal_projection(self, gaussian_blocks, norms):
         g = np.asarray(gaussian_blocks, np.float64)
-        rows = g.reshape(-1, g.shape[-1])[:norms.shape[0]]
+        rows = g.reshape(-1, g.shape[-1])[: norms.shape[0]]
         rows = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
         return (rows * np.asarray(norms, np.float64)[:, None]).astype(gaussian_blocks.dtype)
 
@@ -238,8 +241,9 @@ def _shifted_performer(q, k, v, projection, causal, scale, key_logits):
     fq = np.exp(lq - lq.max(axis=-1, keepdims=True))
     fk = np.exp(key_logits(np.asarray(k, np.float64) * root, w))
     b, h, _, m = fq.shape
-    p = linear.parallel(fq, fk, np.asarray(v, np.float64), np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m)),
-                        causal=causal)
+    p = linear.parallel(
+        fq, fk, np.asarray(v, np.float64), np.zeros((b, h, m, v.shape[-1])), np.zeros((b, h, m)), causal=causal
+    )
     return linear.finish(p.num, p.den, normalize=True).astype(q.dtype)
 
 

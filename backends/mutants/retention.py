@@ -28,8 +28,15 @@ class DecayOneStepTooManyMutant(Mutant):
         if form != "parallel":
             return super().retention(q, k, v, form=form, return_state=return_state, **kwargs)
         p = _problem(q, k, v, kwargs)
-        out, state = ref.block(p.q, p.k, p.v, p.gammas, p.scale, p.state,
-                               powers=lambda g, e, dtype: ref.decay_powers(g, np.asarray(e) + 1, dtype))
+        out, state = ref.block(
+            p.q,
+            p.k,
+            p.v,
+            p.gammas,
+            p.scale,
+            p.state,
+            powers=lambda g, e, dtype: ref.decay_powers(g, np.asarray(e) + 1, dtype),
+        )
         return _finish(q, out, state, return_state)
 
 
@@ -70,8 +77,8 @@ class ChunkStateNotDecayedMutant(Mutant):
         p = _problem(q, k, v, kwargs)
         out, state = np.empty(p.v.shape), p.state
         for start in range(0, p.q.shape[2], chunk_size):
-            run = [x[:, :, start:start + chunk_size] for x in (p.q, p.k, p.v)]
-            out[:, :, start:start + chunk_size], _ = ref.block(*run, p.gammas, p.scale, state)
+            run = [x[:, :, start : start + chunk_size] for x in (p.q, p.k, p.v)]
+            out[:, :, start : start + chunk_size], _ = ref.block(*run, p.gammas, p.scale, state)
             _, inner = ref.block(*run, p.gammas, p.scale, np.zeros_like(state))
             state = state + inner
         return _finish(q, out, state, return_state)
@@ -89,10 +96,10 @@ class FactorisedChunkDecayMutant(Mutant):
         p = _problem(q, k, v, kwargs)
         out, state = np.empty(p.v.shape), p.state
         for start in range(0, p.q.shape[2], chunk_size):
-            qc, kc, vc = (x[:, :, start:start + chunk_size] for x in (q, k, v))
+            qc, kc, vc = (x[:, :, start : start + chunk_size] for x in (q, k, v))
             carried, _ = ref.block(qc, kc, np.zeros_like(vc), p.gammas, p.scale, state)  # the cross-chunk term only
             _, state = ref.block(qc, kc, vc, p.gammas, p.scale, state)
-            out[:, :, start:start + chunk_size] = carried + _factorised_inner(qc, kc, vc, p.gammas, p.scale)
+            out[:, :, start : start + chunk_size] = carried + _factorised_inner(qc, kc, vc, p.gammas, p.scale)
         return _finish(q, out, state, return_state)
 
 
@@ -101,7 +108,7 @@ def _factorised_inner(q, k, v, gammas, scale):
     pos = np.arange(q.shape[2], dtype=dtype)
     g = gammas.astype(dtype)[:, None]
     with np.errstate(all="ignore"):
-        up, down = (g ** pos)[..., None], (g ** -pos)[..., None]
+        up, down = (g**pos)[..., None], (g**-pos)[..., None]
         s = ((q * up) @ np.swapaxes(k * down, -1, -2)) * dtype(scale)
         s = np.where(np.tril(np.ones(s.shape[-2:], dtype=bool)), s, dtype(0))
         return (s @ v).astype(np.float64)

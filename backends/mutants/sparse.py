@@ -80,7 +80,7 @@ class SparseMaskFirstHeadMutant(Mutant):
 
 
 class DilationOffByOneMutant(_WrongPattern):
-    """"Gaps of size d" read as d skipped positions: attended keys are ``d + 1`` apart."""
+    """ "Gaps of size d" read as d skipped positions: attended keys are ``d + 1`` apart."""
 
     breaks, target = "sparse.dilated", "dilated"
 

@@ -19,15 +19,33 @@ from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
-SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
-                "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+SDPA_CLAUSES = (
+    "sdpa",
+    "sdpa.scale",
+    "sdpa.lse",
+    "sdpa.fully_masked",
+    "sdpa.gqa",
+    "sdpa.mask",
+    "sdpa.bias",
+    "sdpa.softcap",
+    "sdpa.alibi",
+    "sdpa.causal.*",
+    "sdpa.window",
+    "sdpa.padding",
+)
 
 
 class TorchBackend(Backend):
     name = "torch"
     clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
-    clauses += ("linear.chunked", "linear.causal", "linear.feature_map", "linear.normalizer", "linear.state",
-                "linear.cost")
+    clauses += (
+        "linear.chunked",
+        "linear.causal",
+        "linear.feature_map",
+        "linear.normalizer",
+        "linear.state",
+        "linear.cost",
+    )
     dtypes = ("float64", "float32", "float16", "bfloat16")
     devices = ("cpu", "cuda")
     #: key tile for ``sdpa``; the query rows of a tile are all processed together
@@ -61,7 +79,9 @@ class TorchBackend(Backend):
     def flash_forward(self, q, k, v, *, block_q, block_k, **options):
         block_q = _checks.integer("block_q", block_q, low=1)
         block_k = _checks.integer("block_k", block_k, low=1)
-        out, lse = kernel.forward(kernel.prepare(q, k, v, steps=self.steps, **options), block_q=block_q, block_k=block_k)
+        out, lse = kernel.forward(
+            kernel.prepare(q, k, v, steps=self.steps, **options), block_q=block_q, block_k=block_k
+        )
         return out.to(q.dtype), lse
 
     def split_kv(self, q, k, v, *, num_splits, **options):
@@ -77,7 +97,9 @@ class TorchBackend(Backend):
         """Lengths are read on the host (checked, and used to skip and mask): ``cache_lens`` on the
         GPU costs a synchronisation per call; a serving loop that knows them on the host passes them so."""
         check_decode_options(options)
-        problem = kernel.prepare(q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, steps=self.steps, **options)
+        problem = kernel.prepare(
+            q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, steps=self.steps, **options
+        )
         out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
         return out.to(q.dtype), lse
 

@@ -55,8 +55,19 @@ class Problem:
         """The options as visibility rules and score modifiers, with the host lengths (to plan tiles)."""
         b, h_kv, g, n_q, n_k, _ = self.shape
         left, right = vis.window_sides(self.window)
-        return vis.Rules(n_q, n_k, self.causal, left, right, self.q_lens, self.kv_lens, self.mask,
-                         self.softcap, self.bias, None if self.slopes is None else self.slopes.reshape(b, h_kv * g))
+        return vis.Rules(
+            n_q,
+            n_k,
+            self.causal,
+            left,
+            right,
+            self.q_lens,
+            self.kv_lens,
+            self.mask,
+            self.softcap,
+            self.bias,
+            None if self.slopes is None else self.slopes.reshape(b, h_kv * g),
+        )
 
     @cached_property
     def on_device(self) -> vis.Rules:
@@ -64,8 +75,22 @@ class Problem:
         return self.rules.to(self.q.device)
 
 
-def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=None, softcap=None,
-            alibi_slopes=None, q_lens=None, kv_lens=None, steps: Steps = EAGER) -> Problem:
+def prepare(
+    q,
+    k,
+    v,
+    *,
+    scale=None,
+    causal=None,
+    window=None,
+    mask=None,
+    bias=None,
+    softcap=None,
+    alibi_slopes=None,
+    q_lens=None,
+    kv_lens=None,
+    steps: Steps = EAGER,
+) -> Problem:
     """Check the arguments (the same errors as the reference) and group the query heads."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -78,19 +103,29 @@ def prepare(q, k, v, *, scale=None, causal=None, window=None, mask=None, bias=No
     full = (b, h_q, n_q, n_k)
     group = h_q // h_kv
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    lens = [np.full(b, n) if x is None else _checks.int_array(name, x.cpu().numpy(), shape=(b,), low=0, high=n)
-            for name, x, n in (("q_lens", q_lens, n_q), ("kv_lens", kv_lens, n_k))]
+    lens = [
+        np.full(b, n) if x is None else _checks.int_array(name, x.cpu().numpy(), shape=(b,), low=0, high=n)
+        for name, x, n in (("q_lens", q_lens, n_q), ("kv_lens", kv_lens, n_k))
+    ]
     slopes = None
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(q.device, acc).expand(b, h_q).reshape(b, h_kv, group, 1, 1)
     return Problem(
-        q=q.reshape(b, h_kv, group, n_q, d), k=k, v=v,
+        q=q.reshape(b, h_kv, group, n_q, d),
+        k=k,
+        v=v,
         scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
-        causal=_check_causal(causal), window=_check_window(window),
+        causal=_check_causal(causal),
+        window=_check_window(window),
         mask=None if mask is None else mask.to(torch.bool).expand(full),
         bias=None if bias is None else bias.expand(full),
         softcap=_checks.positive_float("softcap", softcap, allow_none=True),
-        slopes=slopes, q_lens=lens[0], kv_lens=lens[1], acc=acc, steps=steps)
+        slopes=slopes,
+        q_lens=lens[0],
+        kv_lens=lens[1],
+        acc=acc,
+        steps=steps,
+    )
 
 
 def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_range: tuple[int, int] | None = None):
@@ -257,8 +292,10 @@ def split_kv(p: Problem, num_splits: int, block_k: int = 128):
     if p.q.shape[2] * p.q.shape[3] <= DECODE_ROWS and p.mask is None and p.bias is None:
         return _split_kv_parallel(p, num_splits)
     chunk = max(1, math.ceil(n_k / num_splits))
-    parts = [forward(p, block_k=block_k, key_range=(min(s * chunk, n_k), min((s + 1) * chunk, n_k)))
-             for s in range(num_splits)]
+    parts = [
+        forward(p, block_k=block_k, key_range=(min(s * chunk, n_k), min((s + 1) * chunk, n_k)))
+        for s in range(num_splits)
+    ]
     return merge(torch.stack([o for o, _ in parts]), torch.stack([lse for _, lse in parts]))
 
 

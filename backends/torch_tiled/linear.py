@@ -16,12 +16,37 @@ from attnspec.contract import Unsupported
 from attnspec.reference import linear as reference_linear
 
 
-def linear_attention(q, k, v, *, feature_map="elu+1", causal=False, form="parallel", chunk_size=None,
-                     normalize=True, scale=1.0, eps=0.0, initial_state=None, initial_normalizer=None,
-                     output_final_state=False):
-    _check(q, k, v, feature_map=feature_map, causal=causal, form=form, chunk_size=chunk_size,
-           normalize=normalize, scale=scale, eps=eps, initial_state=initial_state,
-           initial_normalizer=initial_normalizer, output_final_state=output_final_state)
+def linear_attention(
+    q,
+    k,
+    v,
+    *,
+    feature_map="elu+1",
+    causal=False,
+    form="parallel",
+    chunk_size=None,
+    normalize=True,
+    scale=1.0,
+    eps=0.0,
+    initial_state=None,
+    initial_normalizer=None,
+    output_final_state=False,
+):
+    _check(
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        causal=causal,
+        form=form,
+        chunk_size=chunk_size,
+        normalize=normalize,
+        scale=scale,
+        eps=eps,
+        initial_state=initial_state,
+        initial_normalizer=initial_normalizer,
+        output_final_state=output_final_state,
+    )
     if form != "chunked":  # after the checks: an invalid call is an error in every form
         raise Unsupported(f"form={form!r}: the torch backend implements the chunked form only")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -76,5 +101,8 @@ def _finish(num, den, *, normalize: bool, eps: float):
         return num
     den = den + eps
     zero = den == 0
-    return torch.where(zero[..., None], torch.zeros((), dtype=num.dtype, device=num.device),
-                       num / torch.where(zero, torch.ones_like(den), den)[..., None])
+    return torch.where(
+        zero[..., None],
+        torch.zeros((), dtype=num.dtype, device=num.device),
+        num / torch.where(zero, torch.ones_like(den), den)[..., None],
+    )

@@ -45,8 +45,14 @@ def tile_softmax(s: torch.Tensor, scale: float, visible: torch.Tensor | None, dt
     return e.to(dtype), top.squeeze(-1), torch.where(empty, 0.0, row_sum).squeeze(-1)
 
 
-def combine(acc: torch.Tensor, m: torch.Tensor, total: torch.Tensor, weighted: torch.Tensor,
-            top: torch.Tensor, row_sum: torch.Tensor) -> None:
+def combine(
+    acc: torch.Tensor,
+    m: torch.Tensor,
+    total: torch.Tensor,
+    weighted: torch.Tensor,
+    top: torch.Tensor,
+    row_sum: torch.Tensor,
+) -> None:
     """Fold a tile's ``(weighted = e @ V, top, row_sum)`` into the running ``(acc, m, total)``, in place.
 
     Both parts are brought to the new maximum ``max(m, top)``; a part whose maximum is ``-inf``

@@ -29,8 +29,20 @@ from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
-SDPA_CLAUSES = ("sdpa", "sdpa.scale", "sdpa.lse", "sdpa.fully_masked", "sdpa.gqa", "sdpa.mask", "sdpa.bias",
-                "sdpa.softcap", "sdpa.alibi", "sdpa.causal.*", "sdpa.window", "sdpa.padding")
+SDPA_CLAUSES = (
+    "sdpa",
+    "sdpa.scale",
+    "sdpa.lse",
+    "sdpa.fully_masked",
+    "sdpa.gqa",
+    "sdpa.mask",
+    "sdpa.bias",
+    "sdpa.softcap",
+    "sdpa.alibi",
+    "sdpa.causal.*",
+    "sdpa.window",
+    "sdpa.padding",
+)
 
 
 class TritonBackend(Backend):
@@ -78,8 +90,10 @@ class TritonBackend(Backend):
 
     def merge_partials(self, outs, lses):
         if outs.dim() != 5 or lses.shape != outs.shape[:4] or outs.shape[0] < 1:
-            raise ValueError(f"outs must be (S, B, H, N, D_v) with S >= 1 and lses (S, B, H, N); "
-                             f"got {tuple(outs.shape)} and {tuple(lses.shape)}")
+            raise ValueError(
+                f"outs must be (S, B, H, N, D_v) with S >= 1 and lses (S, B, H, N); "
+                f"got {tuple(outs.shape)} and {tuple(lses.shape)}"
+            )
         if torch.isnan(lses).any() or torch.isposinf(lses).any():
             raise ValueError("lses must be finite or -inf")
         return self._launch.merge(outs, lses.float(), outs.dtype)
@@ -99,7 +113,9 @@ class TritonBackend(Backend):
         self._check_head_dims(problem)
         pat = _block_sparse(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
-        out, lse = self._launch.block_sparse(problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"])
+        out, lse = self._launch.block_sparse(
+            problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"]
+        )
         return (out, lse) if return_lse else out
 
     def sparse_mask(self, pattern, n_q, n_k, **params):
@@ -117,8 +133,10 @@ class TritonBackend(Backend):
             host = cache_lens.numpy() if torch.is_tensor(cache_lens) else cache_lens
             cache_lens = torch.as_tensor(_checks.int_array("cache_lens", host, shape=(batch,), low=0, high=capacity))
         elif cache_lens.shape != (batch,) or cache_lens.dtype.is_floating_point:
-            raise ValueError(f"cache_lens must be an integer array of shape (B,) = ({batch},); "
-                             f"got {cache_lens.dtype} of shape {tuple(cache_lens.shape)}")
+            raise ValueError(
+                f"cache_lens must be an integer array of shape (B,) = ({batch},); "
+                f"got {cache_lens.dtype} of shape {tuple(cache_lens.shape)}"
+            )
         return cache_lens.to(self.device, torch.int32)
 
     def _check_head_dims(self, p) -> None:
@@ -151,6 +169,8 @@ def _select_mode(interpret: bool) -> None:
 
     if isinstance(library.cdiv, InterpretedFunction) != interpret:
         loaded = "the interpreter" if interpret is False else "the GPU"
-        raise BackendError(f"Triton was imported for {loaded} before this backend was loaded; in a new process, "
-                           + ("set TRITON_INTERPRET=1 before Python starts" if interpret else "unset TRITON_INTERPRET")
-                           + " (or load the backend before anything imports triton)")
+        raise BackendError(
+            f"Triton was imported for {loaded} before this backend was loaded; in a new process, "
+            + ("set TRITON_INTERPRET=1 before Python starts" if interpret else "unset TRITON_INTERPRET")
+            + " (or load the backend before anything imports triton)"
+        )

@@ -41,8 +41,23 @@ def _tanh(x):
     ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|) <= 0.37``, which has no cancellation there.
     """
     x2 = x * x
-    series = x * (1.0 + x2 * (-1.0 / 3 + x2 * (2.0 / 15 + x2 * (-17.0 / 315 + x2 * (62.0 / 2835 + x2 * (
-        -1382.0 / 155925 + x2 * (21844.0 / 6081075 + x2 * (-929569.0 / 638512875))))))))
+    series = x * (
+        1.0
+        + x2
+        * (
+            -1.0 / 3
+            + x2
+            * (
+                2.0 / 15
+                + x2
+                * (
+                    -17.0 / 315
+                    + x2
+                    * (62.0 / 2835 + x2 * (-1382.0 / 155925 + x2 * (21844.0 / 6081075 + x2 * (-929569.0 / 638512875))))
+                )
+            )
+        )
+    )
     e = tl.exp(-2.0 * tl.abs(x))
     far = (1.0 - e) / (1.0 + e)
     return tl.where(tl.abs(x) < 0.5, series, tl.where(x < 0, -far, far))
@@ -59,22 +74,69 @@ def _dot(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _attend_block(acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
-                  stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
-                  stride_bb, stride_bh, stride_bm, stride_bn,
-                  k_start, k_stop, offset, causal_offset, win_left, win_right, scale, softcap,
-                  d_qk, d_v, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                  WINDOW: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+def _attend_block(
+    acc,
+    l_i,
+    m_i,
+    q,
+    start_n,
+    K,
+    V,
+    MASK,
+    BIAS,
+    slope,
+    b,
+    h,
+    i,
+    offs_n,
+    offs_d,
+    offs_dv,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    stride_bb,
+    stride_bh,
+    stride_bm,
+    stride_bn,
+    k_start,
+    k_stop,
+    offset,
+    causal_offset,
+    win_left,
+    win_right,
+    scale,
+    softcap,
+    d_qk,
+    d_v,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """One online-softmax step over keys ``[start_n, start_n + BLOCK_N)``; returns the new state."""
     j = start_n + offs_n
     in_range = (j >= k_start) & (j < k_stop)
     pair_ok = (i[:, None] >= 0) & in_range[None, :]  # rows past the lengths have i = -1: read nothing for them
     if MASKED:  # keys outside the range are not read: NaN stored there must not reach the output
-        kt = tl.load(K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=in_range[None, :] & (offs_d[:, None] < d_qk), other=0.0)
-        v = tl.load(V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=in_range[:, None] & (offs_dv[None, :] < d_v), other=0.0)
+        kt = tl.load(
+            K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            mask=in_range[None, :] & (offs_d[:, None] < d_qk),
+            other=0.0,
+        )
+        v = tl.load(
+            V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+            mask=in_range[:, None] & (offs_dv[None, :] < d_v),
+            other=0.0,
+        )
     else:
         kt = tl.load(K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=offs_d[:, None] < d_qk, other=0.0)
         v = tl.load(V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=offs_dv[None, :] < d_v, other=0.0)
@@ -84,8 +146,11 @@ def _attend_block(acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, o
         if HAS_SOFTCAP:
             s = softcap * _tanh(s / softcap)
         if HAS_BIAS:
-            s += tl.load(BIAS + b * stride_bb + h[:, None] * stride_bh + i[:, None] * stride_bm + j[None, :] * stride_bn,
-                         mask=pair_ok, other=0.0).to(tl.float32)
+            s += tl.load(
+                BIAS + b * stride_bb + h[:, None] * stride_bh + i[:, None] * stride_bm + j[None, :] * stride_bn,
+                mask=pair_ok,
+                other=0.0,
+            ).to(tl.float32)
         if HAS_ALIBI:
             s -= slope[:, None] * tl.abs(i[:, None] + offset - j[None, :]).to(tl.float32)
         s = s * LOG2E
@@ -101,8 +166,14 @@ def _attend_block(acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, o
             if win_right >= 0:
                 visible &= j[None, :] <= i[:, None] + offset + win_right
         if HAS_MASK:
-            visible &= tl.load(MASK + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm
-                               + j[None, :] * stride_mn, mask=pair_ok, other=0) != 0
+            visible &= (
+                tl.load(
+                    MASK + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm + j[None, :] * stride_mn,
+                    mask=pair_ok,
+                    other=0,
+                )
+                != 0
+            )
         s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: exp2(-inf - 0) = 0
@@ -115,16 +186,73 @@ def _attend_block(acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, o
 
 @triton.jit
 def attention_fwd(
-    Q, K, V, O, LSE, MASK, BIAS, SLOPES, Q_LENS, KV_LENS,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_os, stride_ob, stride_oh, stride_om, stride_od,
-    stride_ls, stride_lb, stride_lh, stride_lm, stride_mb, stride_mh, stride_mm, stride_mn,
-    stride_bb, stride_bh, stride_bm, stride_bn, stride_sb, stride_sh,
-    n_heads, n_q, n_k, d_qk, d_v, group, split_len, scale, softcap, win_left, win_right,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_Q_LENS: tl.constexpr, HAS_KV_LENS: tl.constexpr, PACK_GQA: tl.constexpr, REVERSE: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    MASK,
+    BIAS,
+    SLOPES,
+    Q_LENS,
+    KV_LENS,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_os,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_ls,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    stride_bb,
+    stride_bh,
+    stride_bm,
+    stride_bn,
+    stride_sb,
+    stride_sh,
+    n_heads,
+    n_q,
+    n_k,
+    d_qk,
+    d_v,
+    group,
+    split_len,
+    scale,
+    softcap,
+    win_left,
+    win_right,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_Q_LENS: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr,
+    PACK_GQA: tl.constexpr,
+    REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """Grid ``(row blocks, B * heads, splits)``; ``heads`` is ``H_kv`` when packing, else ``H_q``.
@@ -163,8 +291,11 @@ def attention_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & (offs_d[None, :] < d_qk), other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & (offs_d[None, :] < d_qk),
+        other=0.0,
+    )
     slope = tl.load(SLOPES + b * stride_sb + h * stride_sh, mask=row_ok, other=0.0).to(tl.float32) if HAS_ALIBI else 0.0
     K += b * stride_kb + h_kv * stride_kh
     V += b * stride_vb + h_kv * stride_vh
@@ -201,25 +332,151 @@ def attention_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for start_n in range(lo, full_lo, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
-            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
-            win_left, win_right, scale, softcap, d_qk, d_v, True, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
-            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+            acc,
+            l_i,
+            m_i,
+            q,
+            start_n,
+            K,
+            V,
+            MASK,
+            BIAS,
+            slope,
+            b,
+            h,
+            i,
+            offs_n,
+            offs_d,
+            offs_dv,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mb,
+            stride_mh,
+            stride_mm,
+            stride_mn,
+            stride_bb,
+            stride_bh,
+            stride_bm,
+            stride_bn,
+            k_start,
+            k_stop,
+            offset,
+            causal_offset,
+            win_left,
+            win_right,
+            scale,
+            softcap,
+            d_qk,
+            d_v,
+            True,
+            CAUSAL,
+            WINDOW,
+            HAS_MASK,
+            HAS_BIAS,
+            HAS_ALIBI,
+            HAS_SOFTCAP,
+            PRECISION,
+        )
     for start_n in range(full_lo, full_hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
-            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
-            win_left, win_right, scale, softcap, d_qk, d_v, False, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
-            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+            acc,
+            l_i,
+            m_i,
+            q,
+            start_n,
+            K,
+            V,
+            MASK,
+            BIAS,
+            slope,
+            b,
+            h,
+            i,
+            offs_n,
+            offs_d,
+            offs_dv,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mb,
+            stride_mh,
+            stride_mm,
+            stride_mn,
+            stride_bb,
+            stride_bh,
+            stride_bm,
+            stride_bn,
+            k_start,
+            k_stop,
+            offset,
+            causal_offset,
+            win_left,
+            win_right,
+            scale,
+            softcap,
+            d_qk,
+            d_v,
+            False,
+            CAUSAL,
+            WINDOW,
+            HAS_MASK,
+            HAS_BIAS,
+            HAS_ALIBI,
+            HAS_SOFTCAP,
+            PRECISION,
+        )
     for start_n in range(full_hi, hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, start_n, K, V, MASK, BIAS, slope, b, h, i, offs_n, offs_d, offs_dv,
-            stride_kn, stride_kd, stride_vn, stride_vd, stride_mb, stride_mh, stride_mm, stride_mn,
-            stride_bb, stride_bh, stride_bm, stride_bn, k_start, k_stop, offset, causal_offset,
-            win_left, win_right, scale, softcap, d_qk, d_v, True, CAUSAL, WINDOW, HAS_MASK, HAS_BIAS,
-            HAS_ALIBI, HAS_SOFTCAP, PRECISION)
+            acc,
+            l_i,
+            m_i,
+            q,
+            start_n,
+            K,
+            V,
+            MASK,
+            BIAS,
+            slope,
+            b,
+            h,
+            i,
+            offs_n,
+            offs_d,
+            offs_dv,
+            stride_kn,
+            stride_kd,
+            stride_vn,
+            stride_vd,
+            stride_mb,
+            stride_mh,
+            stride_mm,
+            stride_mn,
+            stride_bb,
+            stride_bh,
+            stride_bm,
+            stride_bn,
+            k_start,
+            k_stop,
+            offset,
+            causal_offset,
+            win_left,
+            win_right,
+            scale,
+            softcap,
+            d_qk,
+            d_v,
+            True,
+            CAUSAL,
+            WINDOW,
+            HAS_MASK,
+            HAS_BIAS,
+            HAS_ALIBI,
+            HAS_SOFTCAP,
+            PRECISION,
+        )
 
     has_key = row_ok & (l_i > 0)  # rows past q_lens went through the unmasked blocks too
     out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
@@ -228,6 +485,9 @@ def attention_fwd(
     i_store = r % n_q if PACK_GQA else r
     store_ok = (r < group * n_q) if PACK_GQA else (r < n_q)
     O += split * stride_os + b * stride_ob
-    tl.store(O + h_store[:, None] * stride_oh + i_store[:, None] * stride_om + offs_dv[None, :] * stride_od,
-             out.to(O.dtype.element_ty), mask=store_ok[:, None] & (offs_dv[None, :] < d_v))
+    tl.store(
+        O + h_store[:, None] * stride_oh + i_store[:, None] * stride_om + offs_dv[None, :] * stride_od,
+        out.to(O.dtype.element_ty),
+        mask=store_ok[:, None] & (offs_dv[None, :] < d_v),
+    )
     tl.store(LSE + split * stride_ls + b * stride_lb + h_store * stride_lh + i_store * stride_lm, lse, mask=store_ok)

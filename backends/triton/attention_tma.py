@@ -25,9 +25,25 @@ from .attention import LN2, LOG2E
 
 
 @triton.jit
-def _fast_block(acc, l_i, m_i, q, desc_k, desc_v, bh_kv, start_n, i, n_k, causal_offset, qk_scale,
-                BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr):
+def _fast_block(
+    acc,
+    l_i,
+    m_i,
+    q,
+    desc_k,
+    desc_v,
+    bh_kv,
+    start_n,
+    i,
+    n_k,
+    causal_offset,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
     k = desc_k.load([bh_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     v = desc_v.load([bh_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM_V)
     qk = tl.dot(q, k.T)
@@ -47,22 +63,51 @@ def _fast_block(acc, l_i, m_i, q, desc_k, desc_v, bh_kv, start_n, i, n_k, causal
 
 
 @triton.jit
-def attention_fwd_tma(Q, K, V, O, LSE, batch, n_heads, group, n_q, n_k, scale,
-                      HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+def attention_fwd_tma(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    batch,
+    n_heads,
+    group,
+    n_q,
+    n_k,
+    scale,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
     """Grid ``(row blocks, B * H_q)``; ``CAUSAL``: 0 none, 1 top-left, 2 bottom-right (longest rows first)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
     bh = tl.program_id(1)
     bh_kv = (bh // n_heads) * (n_heads // group) + (bh % n_heads) // group
-    desc_q = tl.make_tensor_descriptor(Q, shape=[batch * n_heads, n_q, HEAD_DIM], strides=[n_q * HEAD_DIM, HEAD_DIM, 1],
-                                       block_shape=[1, BLOCK_M, HEAD_DIM])
-    desc_o = tl.make_tensor_descriptor(O, shape=[batch * n_heads, n_q, HEAD_DIM_V],
-                                       strides=[n_q * HEAD_DIM_V, HEAD_DIM_V, 1], block_shape=[1, BLOCK_M, HEAD_DIM_V])
+    desc_q = tl.make_tensor_descriptor(
+        Q,
+        shape=[batch * n_heads, n_q, HEAD_DIM],
+        strides=[n_q * HEAD_DIM, HEAD_DIM, 1],
+        block_shape=[1, BLOCK_M, HEAD_DIM],
+    )
+    desc_o = tl.make_tensor_descriptor(
+        O,
+        shape=[batch * n_heads, n_q, HEAD_DIM_V],
+        strides=[n_q * HEAD_DIM_V, HEAD_DIM_V, 1],
+        block_shape=[1, BLOCK_M, HEAD_DIM_V],
+    )
     kv_heads = batch * (n_heads // group)
-    desc_k = tl.make_tensor_descriptor(K, shape=[kv_heads, n_k, HEAD_DIM], strides=[n_k * HEAD_DIM, HEAD_DIM, 1],
-                                       block_shape=[1, BLOCK_N, HEAD_DIM])
-    desc_v = tl.make_tensor_descriptor(V, shape=[kv_heads, n_k, HEAD_DIM_V], strides=[n_k * HEAD_DIM_V, HEAD_DIM_V, 1],
-                                       block_shape=[1, BLOCK_N, HEAD_DIM_V])
+    desc_k = tl.make_tensor_descriptor(
+        K, shape=[kv_heads, n_k, HEAD_DIM], strides=[n_k * HEAD_DIM, HEAD_DIM, 1], block_shape=[1, BLOCK_N, HEAD_DIM]
+    )
+    desc_v = tl.make_tensor_descriptor(
+        V,
+        shape=[kv_heads, n_k, HEAD_DIM_V],
+        strides=[n_k * HEAD_DIM_V, HEAD_DIM_V, 1],
+        block_shape=[1, BLOCK_N, HEAD_DIM_V],
+    )
     start_m = pid_m * BLOCK_M
     r = start_m + tl.arange(0, BLOCK_M)
     i = tl.where(r < n_q, r, -1)
@@ -81,11 +126,45 @@ def attention_fwd_tma(Q, K, V, O, LSE, batch, n_heads, group, n_q, n_k, scale,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], dtype=tl.float32)
     for start_n in tl.range(0, full_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        acc, l_i, m_i = _fast_block(acc, l_i, m_i, q, desc_k, desc_v, bh_kv, start_n, i, n_k, causal_offset,
-                                    qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, False, CAUSAL)
+        acc, l_i, m_i = _fast_block(
+            acc,
+            l_i,
+            m_i,
+            q,
+            desc_k,
+            desc_v,
+            bh_kv,
+            start_n,
+            i,
+            n_k,
+            causal_offset,
+            qk_scale,
+            BLOCK_N,
+            HEAD_DIM,
+            HEAD_DIM_V,
+            False,
+            CAUSAL,
+        )
     for start_n in range(full_hi, hi, BLOCK_N):
-        acc, l_i, m_i = _fast_block(acc, l_i, m_i, q, desc_k, desc_v, bh_kv, start_n, i, n_k, causal_offset,
-                                    qk_scale, BLOCK_N, HEAD_DIM, HEAD_DIM_V, True, CAUSAL)
+        acc, l_i, m_i = _fast_block(
+            acc,
+            l_i,
+            m_i,
+            q,
+            desc_k,
+            desc_v,
+            bh_kv,
+            start_n,
+            i,
+            n_k,
+            causal_offset,
+            qk_scale,
+            BLOCK_N,
+            HEAD_DIM,
+            HEAD_DIM_V,
+            True,
+            CAUSAL,
+        )
 
     has_key = (i >= 0) & (l_i > 0)
     out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)

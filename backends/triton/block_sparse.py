@@ -19,13 +19,54 @@ from .attention import LN2, _attend_block
 
 @triton.jit
 def block_sparse_fwd(
-    Q, K, V, O, LSE, COUNTS, INDICES,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-    stride_lb, stride_lh, stride_lm, stride_ch, stride_cr, stride_ih, stride_ir, stride_ic,
-    n_heads, n_q, n_k, d_qk, d_v, group, block_q, block_k, pieces_m, scale,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, EVEN_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PER_HEAD: tl.constexpr, PRECISION: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    COUNTS,
+    INDICES,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    stride_ch,
+    stride_cr,
+    stride_ih,
+    stride_ir,
+    stride_ic,
+    n_heads,
+    n_q,
+    n_k,
+    d_qk,
+    d_v,
+    group,
+    block_q,
+    block_k,
+    pieces_m,
+    scale,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PER_HEAD: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Grid ``(query blocks * pieces_m, B * H_q)``; ``PER_HEAD``: the layout has one row per query head."""
     if EVEN_D:
@@ -45,8 +86,11 @@ def block_sparse_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * stride_qb + head * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & (offs_d[None, :] < d_qk), other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + head * stride_qh + i[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & (offs_d[None, :] < d_qk),
+        other=0.0,
+    )
     K += b * stride_kb + (head // group) * stride_kh
     V += b * stride_vb + (head // group) * stride_vh
     layout_head = head if PER_HEAD else 0
@@ -61,15 +105,61 @@ def block_sparse_fwd(
         k_stop = tl.minimum(k_start + block_k, n_k)
         for start_n in range(k_start, k_stop, BLOCK_N):
             acc, l_i, m_i = _attend_block(
-                acc, l_i, m_i, q, start_n, K, V, K, K, 0.0, b, h, i, offs_n, offs_d, offs_dv,
-                stride_kn, stride_kd, stride_vn, stride_vd, 0, 0, 0, 0, 0, 0, 0, 0,
-                k_start, k_stop, offset, 0, -1, -1, scale, 1.0, d_qk, d_v, True, 0, False, False, False,
-                False, False, PRECISION)
+                acc,
+                l_i,
+                m_i,
+                q,
+                start_n,
+                K,
+                V,
+                K,
+                K,
+                0.0,
+                b,
+                h,
+                i,
+                offs_n,
+                offs_d,
+                offs_dv,
+                stride_kn,
+                stride_kd,
+                stride_vn,
+                stride_vd,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                k_start,
+                k_stop,
+                offset,
+                0,
+                -1,
+                -1,
+                scale,
+                1.0,
+                d_qk,
+                d_v,
+                True,
+                0,
+                False,
+                False,
+                False,
+                False,
+                False,
+                PRECISION,
+            )
 
     has_key = row_ok & (l_i > 0)
     out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
     lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
     O += b * stride_ob + head * stride_oh
-    tl.store(O + i[:, None] * stride_om + offs_dv[None, :] * stride_od, out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & (offs_dv[None, :] < d_v))
+    tl.store(
+        O + i[:, None] * stride_om + offs_dv[None, :] * stride_od,
+        out.to(O.dtype.element_ty),
+        mask=row_ok[:, None] & (offs_dv[None, :] < d_v),
+    )
     tl.store(LSE + b * stride_lb + head * stride_lh + i * stride_lm, lse, mask=row_ok)

@@ -43,8 +43,15 @@ def host_lens(p: Problem) -> Lens:
     return Lens(device(p.q_lens, n_q), device(p.kv_lens, n_k))
 
 
-def attention(p: Problem, lens: Lens, *, num_splits: int = 1, pack_gqa: bool = False,
-              tile: tuple[int, int] | None = None, config: configs.Config | None = None):
+def attention(
+    p: Problem,
+    lens: Lens,
+    *,
+    num_splits: int = 1,
+    pack_gqa: bool = False,
+    tile: tuple[int, int] | None = None,
+    config: configs.Config | None = None,
+):
     """``(out, lse)``: ``out`` ``(B, H_q, N_q, D_v)`` in the input dtype, ``lse`` float32.
 
     ``num_splits > 1`` splits the keys into contiguous ranges (one program column each) and merges
@@ -78,16 +85,54 @@ def attention(p: Problem, lens: Lens, *, num_splits: int = 1, pack_gqa: bool = F
     grid = (triton.cdiv(rows, cfg.block_m), b * heads, num_splits)
     if rows and b * heads:
         attention_fwd[grid](
-            q, p.k, p.v, out, lse, mask[0], bias[0], slopes[0], _or(lens.q, q), _or(lens.kv, q),
-            *q.stride(), *p.k.stride(), *p.v.stride(), *out.stride(), *lse.stride(),
-            *mask[1], *bias[1], *slopes[1],
-            heads, n_q, n_k, d_qk, d_v, group, split_len, p.scale, p.softcap or 1.0, window[0], window[1],
-            BLOCK_D=_pow2(d_qk), BLOCK_DV=_pow2(d_v), EVEN_D=_even(d_qk, d_v), BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n, CAUSAL=CAUSAL_CODES[p.causal], WINDOW=p.window is not None,
-            HAS_MASK=p.mask is not None, HAS_BIAS=p.bias is not None, HAS_ALIBI=p.slopes is not None,
-            HAS_SOFTCAP=p.softcap is not None, HAS_Q_LENS=lens.q is not None, HAS_KV_LENS=lens.kv is not None,
-            PACK_GQA=pack_gqa, REVERSE=p.causal is not None, PRECISION=configs.precision(q),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            q,
+            p.k,
+            p.v,
+            out,
+            lse,
+            mask[0],
+            bias[0],
+            slopes[0],
+            _or(lens.q, q),
+            _or(lens.kv, q),
+            *q.stride(),
+            *p.k.stride(),
+            *p.v.stride(),
+            *out.stride(),
+            *lse.stride(),
+            *mask[1],
+            *bias[1],
+            *slopes[1],
+            heads,
+            n_q,
+            n_k,
+            d_qk,
+            d_v,
+            group,
+            split_len,
+            p.scale,
+            p.softcap or 1.0,
+            window[0],
+            window[1],
+            BLOCK_D=_pow2(d_qk),
+            BLOCK_DV=_pow2(d_v),
+            EVEN_D=_even(d_qk, d_v),
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            CAUSAL=CAUSAL_CODES[p.causal],
+            WINDOW=p.window is not None,
+            HAS_MASK=p.mask is not None,
+            HAS_BIAS=p.bias is not None,
+            HAS_ALIBI=p.slopes is not None,
+            HAS_SOFTCAP=p.softcap is not None,
+            HAS_Q_LENS=lens.q is not None,
+            HAS_KV_LENS=lens.kv is not None,
+            PACK_GQA=pack_gqa,
+            REVERSE=p.causal is not None,
+            PRECISION=configs.precision(q),
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
     if num_splits == 1:
         return out[0], lse[0]
     return merge(out, lse, q.dtype)
@@ -101,8 +146,21 @@ def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype):
     block_m = configs.INTERPRETER.block_m if configs.interpreted(outs) else 64
     if b * h * n:
         merge_partials[(triton.cdiv(n, block_m), b * h)](
-            outs, lses, out, lse, s, h, n, d_v, *outs.stride(), *lses.stride(), *out.stride(), *lse.stride(),
-            BLOCK_M=block_m, BLOCK_DV=_pow2(d_v))
+            outs,
+            lses,
+            out,
+            lse,
+            s,
+            h,
+            n,
+            d_v,
+            *outs.stride(),
+            *lses.stride(),
+            *out.stride(),
+            *lse.stride(),
+            BLOCK_M=block_m,
+            BLOCK_DV=_pow2(d_v),
+        )
     return out, lse
 
 
@@ -144,11 +202,40 @@ def block_sparse(p: Problem, layout, block_q: int, block_k: int):
     lse = torch.empty((b, h_q, n_q), dtype=torch.float32, device=q.device)
     if n_q and b * h_q:
         block_sparse_fwd[(layout.shape[1] * pieces_m, b * h_q)](
-            q, p.k, p.v, out, lse, counts, indices, *q.stride(), *p.k.stride(), *p.v.stride(), *out.stride(),
-            *lse.stride(), *counts.stride(), *indices.stride(), h_q, n_q, n_k, d_qk, d_v, group, block_q, block_k,
-            pieces_m, p.scale, BLOCK_D=_pow2(d_qk), BLOCK_DV=_pow2(d_v), EVEN_D=_even(d_qk, d_v), BLOCK_M=block_m,
-            BLOCK_N=block_n, PER_HEAD=layout.shape[0] > 1, PRECISION=configs.precision(q),
-            num_warps=warps, num_stages=stages)
+            q,
+            p.k,
+            p.v,
+            out,
+            lse,
+            counts,
+            indices,
+            *q.stride(),
+            *p.k.stride(),
+            *p.v.stride(),
+            *out.stride(),
+            *lse.stride(),
+            *counts.stride(),
+            *indices.stride(),
+            h_q,
+            n_q,
+            n_k,
+            d_qk,
+            d_v,
+            group,
+            block_q,
+            block_k,
+            pieces_m,
+            p.scale,
+            BLOCK_D=_pow2(d_qk),
+            BLOCK_DV=_pow2(d_v),
+            EVEN_D=_even(d_qk, d_v),
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            PER_HEAD=layout.shape[0] > 1,
+            PRECISION=configs.precision(q),
+            num_warps=warps,
+            num_stages=stages,
+        )
     return out, lse
 
 
@@ -156,9 +243,18 @@ def tma_eligible(p: Problem, lens: Lens) -> bool:
     """Whether :mod:`.attention_tma` covers the call: plain or causal attention, nothing else."""
     d_qk, d_v = p.q.shape[-1], p.v.shape[-1]
     plain = p.mask is None and p.bias is None and p.slopes is None and p.softcap is None and p.window is None
-    return (plain and lens.q is None and lens.kv is None and p.scale > 0 and p.q.dtype in (torch.float16, torch.bfloat16)
-            and d_qk == _pow2(d_qk) and d_v == _pow2(d_v) and d_qk <= 128 and d_v <= 128
-            and all(x.is_contiguous() for x in (p.q, p.k, p.v)))
+    return (
+        plain
+        and lens.q is None
+        and lens.kv is None
+        and p.scale > 0
+        and p.q.dtype in (torch.float16, torch.bfloat16)
+        and d_qk == _pow2(d_qk)
+        and d_v == _pow2(d_v)
+        and d_qk <= 128
+        and d_v <= 128
+        and all(x.is_contiguous() for x in (p.q, p.k, p.v))
+    )
 
 
 def attention_tma(p: Problem, cfg: configs.Config):
@@ -170,9 +266,26 @@ def attention_tma(p: Problem, cfg: configs.Config):
     lse = torch.empty((b, h_q, n_q), dtype=torch.float32, device=p.q.device)
     if n_q and b * h_q:
         attention_fwd_tma[(triton.cdiv(n_q, cfg.block_m), b * h_q)](
-            p.q, p.k, p.v, out, lse, b, h_q, group, n_q, n_k, p.scale, HEAD_DIM=d_qk, HEAD_DIM_V=d_v,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=CAUSAL_CODES[p.causal], WARP_SPECIALIZE=cfg.warp_specialize,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            p.q,
+            p.k,
+            p.v,
+            out,
+            lse,
+            b,
+            h_q,
+            group,
+            n_q,
+            n_k,
+            p.scale,
+            HEAD_DIM=d_qk,
+            HEAD_DIM_V=d_v,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            CAUSAL=CAUSAL_CODES[p.causal],
+            WARP_SPECIALIZE=cfg.warp_specialize,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
     return out, lse
 
 

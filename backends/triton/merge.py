@@ -14,11 +14,34 @@ import triton.language as tl
 
 
 @triton.jit
-def merge_partials(OUTS, LSES, O, LSE, n_splits, n_heads, n_rows, d_v,
-                   stride_ps, stride_pb, stride_ph, stride_pm, stride_pd,
-                   stride_qs, stride_qb, stride_qh, stride_qm,
-                   stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm,
-                   BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+def merge_partials(
+    OUTS,
+    LSES,
+    O,
+    LSE,
+    n_splits,
+    n_heads,
+    n_rows,
+    d_v,
+    stride_ps,
+    stride_pb,
+    stride_ph,
+    stride_pm,
+    stride_pd,
+    stride_qs,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    BLOCK_M: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+):
     """Grid ``(row blocks, B * H)``."""
     b = tl.program_id(1) // n_heads
     h = tl.program_id(1) % n_heads
