@@ -75,7 +75,7 @@ VARIANTS = [
     (
         "TMA",
         attention_tma.attention_fwd_tma,
-        dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_M=128, BLOCK_N=64, CAUSAL=1, WARP_SPECIALIZE=False),
+        dict(HEAD_DIM=128, HEAD_DIM_V=128, BLOCK_M=128, BLOCK_N=64, CAUSAL=1),
         "bf16",
     ),
     ("merge", merge.merge_partials, dict(BLOCK_M=64, BLOCK_DV=128), "fp32"),

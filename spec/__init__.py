@@ -18,7 +18,8 @@ from attnspec.registry import load_backend
 # package is imported, so a new spec module needs no line here (a module that uses another's
 # operation imports that module itself).
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
+    # Modules only: the subpackages beside them (reference, backends, conformance) import the spec.
+    if not _module.name.startswith("_") and not _module.ispkg:
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __version__ = "0.1.0"

@@ -20,8 +20,8 @@ MUTATIONS = {
     # the masked blocks after the unmasked ones (the causal diagonal, the last partial key block)
     "diagonal_dropped": (
         "attention.py",
-        "for start_n in range(full_hi, hi, BLOCK_N):",
-        "for start_n in range(full_hi, full_hi, BLOCK_N):",
+        "start, stop = full_hi, hi  # masked",
+        "start, stop = full_hi, full_hi  # masked",
         "sdpa.causal.top_left",
     ),
     # the stored LSE left in base 2, the flash-attention tutorial's convention

@@ -35,7 +35,27 @@ SDPA_CLAUSES = (
 )
 
 
-class TorchBackend(Backend):
+class BlockSparseLayouts:
+    """For a backend whose ``sparse`` runs block-sparse layouts only (``torch``, ``triton``): the
+    pattern checked by the reference's own code, and ``sparse_mask`` as the layout's table."""
+
+    name: str
+    device: str
+
+    def block_sparse_pattern(self, pattern, n_q, n_k, params):
+        """The validated block-sparse pattern (host copies of its parameters), or ``Unsupported``."""
+        if pattern != "block_sparse":
+            raise Unsupported(f"pattern {pattern!r}: the {self.name} backend implements block_sparse only")
+        host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
+        return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks
+
+    def sparse_mask(self, pattern, n_q, n_k, **params):
+        pat = self.block_sparse_pattern(pattern, n_q, n_k, params)
+        layout = torch.as_tensor(pat.params["layout"], device=self.device)
+        return kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
+
+
+class TorchBackend(BlockSparseLayouts, Backend):
     name = "torch"
     clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     clauses += (
@@ -105,23 +125,10 @@ class TorchBackend(Backend):
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         problem = kernel.prepare(q, k, v, scale=scale, steps=self.steps)
-        pat = self._block_sparse(pattern, q.shape[2], k.shape[2], params)
+        pat = self.block_sparse_pattern(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
         out, lse = kernel.block_sparse(problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"])
         return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
-
-    def sparse_mask(self, pattern, n_q, n_k, **params):
-        pat = self._block_sparse(pattern, n_q, n_k, params)
-        layout = torch.as_tensor(pat.params["layout"], device=self.device)
-        return kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
-
-    @staticmethod
-    def _block_sparse(pattern, n_q, n_k, params):
-        """The validated block-sparse pattern (host copies of its parameters): the only one this backend runs."""
-        if pattern != "block_sparse":
-            raise Unsupported(f"pattern {pattern!r}: the torch backend implements block_sparse only")
-        host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
-        return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks
 
     def linear_attention(self, q, k, v, **options):
         return chunked_linear.linear_attention(q, k, v, **options)

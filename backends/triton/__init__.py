@@ -24,28 +24,14 @@ import torch
 
 from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends.torch_tiled import SDPA_CLAUSES, BlockSparseLayouts
 from attnspec.backends.torch_tiled import kernel as torch_kernel
 from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
-SDPA_CLAUSES = (
-    "sdpa",
-    "sdpa.scale",
-    "sdpa.lse",
-    "sdpa.fully_masked",
-    "sdpa.gqa",
-    "sdpa.mask",
-    "sdpa.bias",
-    "sdpa.softcap",
-    "sdpa.alibi",
-    "sdpa.causal.*",
-    "sdpa.window",
-    "sdpa.padding",
-)
 
-
-class TritonBackend(Backend):
+class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
     clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     dtypes = ("float32", "float16", "bfloat16")
@@ -111,17 +97,12 @@ class TritonBackend(Backend):
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         problem = torch_kernel.prepare(q, k, v, scale=scale)
         self._check_head_dims(problem)
-        pat = _block_sparse(pattern, q.shape[2], k.shape[2], params)
+        pat = self.block_sparse_pattern(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
         out, lse = self._launch.block_sparse(
             problem, pat.params["layout"], pat.params["block_q"], pat.params["block_k"]
         )
         return (out, lse) if return_lse else out
-
-    def sparse_mask(self, pattern, n_q, n_k, **params):
-        pat = _block_sparse(pattern, n_q, n_k, params)
-        layout = torch.as_tensor(pat.params["layout"], device=self.device)
-        return torch_kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
 
     def _attend(self, q, k, v, options, **launch):
         problem = torch_kernel.prepare(q, k, v, **options)
@@ -143,14 +124,6 @@ class TritonBackend(Backend):
         d = max(p.q.shape[-1], p.v.shape[-1])
         if d > self.max_head_dim:
             raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")
-
-
-def _block_sparse(pattern, n_q, n_k, params):
-    """The validated block-sparse pattern (host copies of its parameters): the only one this backend runs."""
-    if pattern != "block_sparse":
-        raise Unsupported(f"pattern {pattern!r}: the triton backend implements block_sparse only")
-    host = {name: arrays.to_numpy(x) if torch.is_tensor(x) else x for name, x in params.items()}
-    return reference_sparse.build("block_sparse", n_q, n_k, **host)  # the reference's argument checks
 
 
 def _tile(block: int) -> int:

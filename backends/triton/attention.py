@@ -185,6 +185,16 @@ def _attend_block(
 
 
 @triton.jit
+def finish(acc, l_i, m_i, row_ok):
+    """``(out, lse)`` of the online softmax's state: ``acc / l`` and ``m + log(l)`` in natural log
+    (``m`` is in base 2), or 0 and ``-inf`` for a row with no key (``l = 0``) or outside ``row_ok``."""
+    has_key = row_ok & (l_i > 0)
+    out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
+    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
+    return out, lse
+
+
+@triton.jit
 def attention_fwd(
     Q,
     K,
@@ -330,157 +340,66 @@ def attention_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for start_n in range(lo, full_lo, BLOCK_N):
-        acc, l_i, m_i = _attend_block(
-            acc,
-            l_i,
-            m_i,
-            q,
-            start_n,
-            K,
-            V,
-            MASK,
-            BIAS,
-            slope,
-            b,
-            h,
-            i,
-            offs_n,
-            offs_d,
-            offs_dv,
-            stride_kn,
-            stride_kd,
-            stride_vn,
-            stride_vd,
-            stride_mb,
-            stride_mh,
-            stride_mm,
-            stride_mn,
-            stride_bb,
-            stride_bh,
-            stride_bm,
-            stride_bn,
-            k_start,
-            k_stop,
-            offset,
-            causal_offset,
-            win_left,
-            win_right,
-            scale,
-            softcap,
-            d_qk,
-            d_v,
-            True,
-            CAUSAL,
-            WINDOW,
-            HAS_MASK,
-            HAS_BIAS,
-            HAS_ALIBI,
-            HAS_SOFTCAP,
-            PRECISION,
-        )
-    for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc, l_i, m_i = _attend_block(
-            acc,
-            l_i,
-            m_i,
-            q,
-            start_n,
-            K,
-            V,
-            MASK,
-            BIAS,
-            slope,
-            b,
-            h,
-            i,
-            offs_n,
-            offs_d,
-            offs_dv,
-            stride_kn,
-            stride_kd,
-            stride_vn,
-            stride_vd,
-            stride_mb,
-            stride_mh,
-            stride_mm,
-            stride_mn,
-            stride_bb,
-            stride_bh,
-            stride_bm,
-            stride_bn,
-            k_start,
-            k_stop,
-            offset,
-            causal_offset,
-            win_left,
-            win_right,
-            scale,
-            softcap,
-            d_qk,
-            d_v,
-            False,
-            CAUSAL,
-            WINDOW,
-            HAS_MASK,
-            HAS_BIAS,
-            HAS_ALIBI,
-            HAS_SOFTCAP,
-            PRECISION,
-        )
-    for start_n in range(full_hi, hi, BLOCK_N):
-        acc, l_i, m_i = _attend_block(
-            acc,
-            l_i,
-            m_i,
-            q,
-            start_n,
-            K,
-            V,
-            MASK,
-            BIAS,
-            slope,
-            b,
-            h,
-            i,
-            offs_n,
-            offs_d,
-            offs_dv,
-            stride_kn,
-            stride_kd,
-            stride_vn,
-            stride_vd,
-            stride_mb,
-            stride_mh,
-            stride_mm,
-            stride_mn,
-            stride_bb,
-            stride_bh,
-            stride_bm,
-            stride_bn,
-            k_start,
-            k_stop,
-            offset,
-            causal_offset,
-            win_left,
-            win_right,
-            scale,
-            softcap,
-            d_qk,
-            d_v,
-            True,
-            CAUSAL,
-            WINDOW,
-            HAS_MASK,
-            HAS_BIAS,
-            HAS_ALIBI,
-            HAS_SOFTCAP,
-            PRECISION,
-        )
+    # The three ranges of key blocks through one call site: static_range unrolls the stages, so
+    # whether a stage masks is a compile-time constant in each copy of the loop.
+    for stage in tl.static_range(3):
+        if stage == 0:
+            start, stop = lo, full_lo  # masked: the window's left edge
+        elif stage == 1:
+            start, stop = full_lo, full_hi  # every pair visible: no mask is built
+        else:
+            start, stop = full_hi, hi  # masked: the causal diagonal, the window's right edge, the last key
+        for start_n in range(start, stop, BLOCK_N):
+            acc, l_i, m_i = _attend_block(
+                acc,
+                l_i,
+                m_i,
+                q,
+                start_n,
+                K,
+                V,
+                MASK,
+                BIAS,
+                slope,
+                b,
+                h,
+                i,
+                offs_n,
+                offs_d,
+                offs_dv,
+                stride_kn,
+                stride_kd,
+                stride_vn,
+                stride_vd,
+                stride_mb,
+                stride_mh,
+                stride_mm,
+                stride_mn,
+                stride_bb,
+                stride_bh,
+                stride_bm,
+                stride_bn,
+                k_start,
+                k_stop,
+                offset,
+                causal_offset,
+                win_left,
+                win_right,
+                scale,
+                softcap,
+                d_qk,
+                d_v,
+                stage != 1,
+                CAUSAL,
+                WINDOW,
+                HAS_MASK,
+                HAS_BIAS,
+                HAS_ALIBI,
+                HAS_SOFTCAP,
+                PRECISION,
+            )
 
-    has_key = row_ok & (l_i > 0)  # rows past q_lens went through the unmasked blocks too
-    out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
-    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
+    out, lse = finish(acc, l_i, m_i, row_ok)  # rows past q_lens went through the unmasked blocks too
     h_store = h if PACK_GQA else tl.zeros([BLOCK_M], dtype=tl.int32) + head
     i_store = r % n_q if PACK_GQA else r
     store_ok = (r < group * n_q) if PACK_GQA else (r < n_q)

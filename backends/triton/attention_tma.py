@@ -1,17 +1,20 @@
-"""The forward kernel's fast path on Hopper: TMA tensor descriptors and warp specialisation.
+"""The forward kernel's fast path on Hopper: TMA tensor descriptors.
 
 Taken only for plain attention (causal or not, no mask, bias, softcap, ALiBi, window or lengths),
 16-bit inputs, head dims that fill their tile, a positive scale and contiguous ``(B, H, N, D)``
-arrays; :mod:`.attention` covers everything else, and the tuning sweep keeps this path only
-where it wins. The differences from :mod:`.attention`:
+arrays; :mod:`.attention` covers everything else. It is a candidate of the tuning sweep
+(``benchmarks/tune_triton.py``) and is taken by default only where the sweep shows it winning
+(:func:`.configs.choose_tma`; no GPU sweep has run yet, so nowhere). The differences from
+:mod:`.attention`:
 
 - Q, K and V tiles come through device-side tensor descriptors (``tl.make_tensor_descriptor``,
   the copy engine, three-dimensional ``(B * H, N, D)`` so that a tile never crosses into the next
   head: rows past ``N`` are zero-filled on load and clipped on store);
 - the row maximum is taken on the raw products and scaled once, so that scale and subtraction
-  are one multiply-add per score (valid because the scale is positive);
-- without causal masking the key loop is warp-specialised (``tl.range(warp_specialize=True)``:
-  a producer warp issues the copies while the consumer warps compute).
+  are one multiply-add per score (valid because the scale is positive).
+
+Warp specialisation (``tl.range(warp_specialize=True)``) is not used: Triton 3.6's Hopper pass fails
+on this kernel (``NVGPUWarpSpecialization``; ``scripts/triton_compile_check.py`` showed it).
 The visibility of the last key block (``j < N_k``) and of the causal diagonal band is the same
 rule as in :mod:`.attention`, written for this kernel's two loops.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention import LN2, LOG2E
+from .attention import LOG2E, finish
 
 
 @triton.jit
@@ -80,7 +83,6 @@ def attention_fwd_tma(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
 ):
     """Grid ``(row blocks, B * H_q)``; ``CAUSAL``: 0 none, 1 top-left, 2 bottom-right (longest rows first)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
@@ -125,49 +127,29 @@ def attention_fwd_tma(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_V], dtype=tl.float32)
-    for start_n in tl.range(0, full_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        acc, l_i, m_i = _fast_block(
-            acc,
-            l_i,
-            m_i,
-            q,
-            desc_k,
-            desc_v,
-            bh_kv,
-            start_n,
-            i,
-            n_k,
-            causal_offset,
-            qk_scale,
-            BLOCK_N,
-            HEAD_DIM,
-            HEAD_DIM_V,
-            False,
-            CAUSAL,
-        )
-    for start_n in range(full_hi, hi, BLOCK_N):
-        acc, l_i, m_i = _fast_block(
-            acc,
-            l_i,
-            m_i,
-            q,
-            desc_k,
-            desc_v,
-            bh_kv,
-            start_n,
-            i,
-            n_k,
-            causal_offset,
-            qk_scale,
-            BLOCK_N,
-            HEAD_DIM,
-            HEAD_DIM_V,
-            True,
-            CAUSAL,
-        )
+    for stage in tl.static_range(2):  # unmasked blocks, then the masked band (static: one call site)
+        start, stop = (0, full_hi) if stage == 0 else (full_hi, hi)
+        for start_n in range(start, stop, BLOCK_N):
+            acc, l_i, m_i = _fast_block(
+                acc,
+                l_i,
+                m_i,
+                q,
+                desc_k,
+                desc_v,
+                bh_kv,
+                start_n,
+                i,
+                n_k,
+                causal_offset,
+                qk_scale,
+                BLOCK_N,
+                HEAD_DIM,
+                HEAD_DIM_V,
+                stage == 1,
+                CAUSAL,
+            )
 
-    has_key = (i >= 0) & (l_i > 0)
-    out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
-    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
+    out, lse = finish(acc, l_i, m_i, i >= 0)
     desc_o.store([bh, start_m, 0], out.to(O.dtype.element_ty).reshape(1, BLOCK_M, HEAD_DIM_V))
     tl.store(LSE + bh * n_q + r, lse, mask=r < n_q)

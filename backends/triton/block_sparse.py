@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention import LN2, _attend_block
+from .attention import _attend_block, finish
 
 
 @triton.jit
@@ -153,9 +153,7 @@ def block_sparse_fwd(
                 PRECISION,
             )
 
-    has_key = row_ok & (l_i > 0)
-    out = tl.where(has_key[:, None], acc / tl.where(has_key, l_i, 1.0)[:, None], 0.0)
-    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * LN2, float("-inf"))
+    out, lse = finish(acc, l_i, m_i, row_ok)
     O += b * stride_ob + head * stride_oh
     tl.store(
         O + i[:, None] * stride_om + offs_dv[None, :] * stride_od,

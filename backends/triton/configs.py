@@ -21,9 +21,6 @@ class Config:
     num_warps: int = 4
     num_stages: int = 2
     tma: bool = False  # the TMA fast path (attention_tma), where the call is eligible
-    # Its key loop warp-specialised: Triton 3.6's Hopper pass fails on this kernel
-    # (NVGPUWarpSpecialization, scripts/triton_compile_check.py), so no entry of the table sets it.
-    warp_specialize: bool = False
 
 
 INTERPRETER = Config(32, 32, 1, 1)
@@ -60,10 +57,9 @@ def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=No
 
 def choose_tma(d: int, causal: bool) -> Config | None:
     """The TMA fast path's tile for a plain (or causal) 16-bit call on the GPU, or None to use the
-    general kernel."""
-    if d <= 64:
-        return Config(128, 64, 4, 3, tma=True)
-    return Config(128, 64, 8, 3, tma=True)
+    general kernel. None everywhere until a GPU sweep (``benchmarks/tune_triton.py``) shows where
+    the TMA kernel wins; its candidates there are ``Config(..., tma=True)``."""
+    return None
 
 
 def _pow2(x: int) -> int:

@@ -282,7 +282,6 @@ def attention_tma(p: Problem, cfg: configs.Config):
             BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n,
             CAUSAL=CAUSAL_CODES[p.causal],
-            WARP_SPECIALIZE=cfg.warp_specialize,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
