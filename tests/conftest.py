@@ -13,6 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The project's own tests run the Triton kernels on the CPU only (tests/test_triton_backend.py; the
+# GPU run is scripts/gpu_conformance.py). Triton fixes its mode when first imported, and other tests
+# import it first (torch.compile does), so the interpreter is chosen here, before any of them runs.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def run_suite(tmp_path: Path, *args: str, name: str = "run", profile: str = "ci") -> tuple[int, dict, str]:
     """``pytest conformance ARGS`` in a fresh interpreter: (exit code, JSON report, output)."""
