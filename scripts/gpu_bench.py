@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -110,7 +111,9 @@ def run(spec: str, parts: Path, matrix: str, budget: float, rounds: int | None =
         *done,
     ]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=pytest_env()
+    )
     try:
         output, status = proc.communicate(timeout=max(budget - GRACE, 1))[0], proc.returncode
     except subprocess.TimeoutExpired:
@@ -140,6 +143,13 @@ def render(path: Path) -> None:
     doc["targets"] = summary.read_targets()
     write(doc, path.with_suffix(""), with_plots=True)
     print(f"rendered {path.with_suffix('.md')}")
+
+
+def pytest_env() -> dict:
+    """This environment without xdist's worker variables: pytest-benchmark reads them (inherited
+    when the driver itself runs inside an xdist worker, as the harness's tests do) as xdist being
+    active in the child, and then disables every benchmark."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST")}
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import summary  # noqa: E402
 from benchmarks.cases import Case, key_ranges, smoke_matrix, visible_pairs  # noqa: E402
 from benchmarks.harness import add_rates  # noqa: E402
+from scripts.gpu_bench import pytest_env  # noqa: E402
 
 pytest.importorskip("pytest_benchmark")  # the 'test' extra installs it: this guards a bare checkout only
 
@@ -207,6 +208,7 @@ def test_torch_backend_and_the_floor(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env=pytest_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
