@@ -67,10 +67,11 @@ def pytest_addoption(parser):
     group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
     group.addoption(
         "--shapes",
-        choices=("all", "menu"),
+        choices=("all", "menu", "long"),
         default="all",
         help="'menu': draw sizes from a short fixed menu, for backends that compile once per shape "
-        "(pinned examples keep their shapes); default 'all'",
+        "(pinned examples keep their shapes); 'long': sdpa cases also past a GPU kernel's tiles "
+        "(lengths 255..4000, head dim 256) and the pinned 16k-token cases; default 'all'",
     )
 
 
@@ -96,9 +97,7 @@ def _target(config) -> target.Target:
             backend = load_backend(spec, device=config.getoption("device"))
         except BackendError as exc:
             raise pytest.UsageError(f"attnspec: {exc}") from None
-        target.CURRENT = target.Target(
-            backend, spec, _dtypes(config, backend), shape_menu=config.getoption("shapes") == "menu"
-        )
+        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend), shapes=config.getoption("shapes"))
     return target.CURRENT
 
 
@@ -118,7 +117,7 @@ def pytest_report_header(config):
         return (
             f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
             f"dtypes {', '.join(t.dtypes)}; hypothesis profile {config.stash[PROFILE]}"
-            + ("; shapes from the menu" if t.shape_menu else "")
+            + (f"; shapes: {t.shapes}" if t.shapes != "all" else "")
         )
     return None
 
@@ -175,7 +174,7 @@ def check(request, dtype) -> Checker:
     t = _target(request.config)
     command = (
         f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
-        f"--hypothesis-profile={request.config.stash[PROFILE]}" + (" --shapes=menu" if t.shape_menu else "")
+        f"--hypothesis-profile={request.config.stash[PROFILE]}" + (f" --shapes={t.shapes}" if t.shapes != "all" else "")
     )
     return Checker(
         clause=clause_ids(request.node)[0],

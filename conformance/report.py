@@ -93,7 +93,7 @@ def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> 
             "numpy": np.__version__,
             "hypothesis": hypothesis.__version__,
             "hypothesis_profile": hypothesis_profile,
-            "shapes": "menu" if target.shape_menu else "all",
+            "shapes": target.shapes,
             **_frameworks(),
         },
         "clauses": per_clause(target, results),

@@ -23,7 +23,11 @@ class Target:
     dtypes: tuple[str, ...]
     declines: dict = field(default_factory=lambda: defaultdict(list))
     test_id: str = ""
-    shape_menu: bool = False  # --shapes=menu: sizes from a short menu (strategies.MENU_*)
+    shapes: str = "all"  # --shapes: "all", "menu" (strategies.MENU_*) or "long" (strategies.LONG_*)
+
+    @property
+    def shape_menu(self) -> bool:
+        return self.shapes == "menu"
 
 
 CURRENT: Target | None = None

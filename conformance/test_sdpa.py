@@ -9,6 +9,7 @@ from attnspec.conformance.calls import call_sdpa
 from attnspec.conformance.cases import SdpaCase
 from attnspec.conformance.probes import check_arrays, check_fully_masked_rows, check_sdpa
 from attnspec.conformance.strategies import declares, sdpa_cases
+from attnspec.conformance.target import current
 from attnspec.conformance.tolerance import sdpa_bounds
 
 
@@ -20,6 +21,28 @@ from attnspec.conformance.tolerance import sdpa_bounds
 @example(case=SdpaCase(n_q=1, n_k=128, d_qk=1, d_v=1, magnitude="large"))
 def test_sdpa(check, dtype, case):
     """Numerical equivalence with the reference: cross-attention, D_v != D_qk, large magnitudes."""
+    check_sdpa(check, case, dtype)
+
+
+#: ``--shapes=long`` only: 16k tokens, where a GPU kernel runs hundreds of key tiles per row and
+#: its skipped blocks (causal, window, lengths) are most of the work. One head keeps the float64
+#: reference's score matrix at 2 GiB.
+LONG_CASES = [
+    SdpaCase(n_q=2048, n_k=16384, d_qk=64, d_v=64),
+    SdpaCase(n_q=16384, n_k=16384, d_qk=128, d_v=128, causal="top_left"),
+    SdpaCase(n_q=4000, n_k=16384, d_qk=128, d_v=128, causal="bottom_right", window=(2048, 0), kv_lens=(16000,)),
+]
+
+
+@pytest.mark.clause("sdpa", "sdpa.causal.top_left", "sdpa.causal.bottom_right", "sdpa.window", "sdpa.padding")
+@pytest.mark.parametrize("case", LONG_CASES, ids=lambda c: f"Nq{c.n_q}-Nk{c.n_k}-D{c.d_qk}-{c.causal or 'full'}")
+def test_long_sequences(check, dtype, case):
+    """16k-token sequences: every key tile of a long row, the causal and window skips, a length cut."""
+    if current().shapes != "long":
+        pytest.skip("16k-token cases run in the long tier only (--shapes=long)")
+    needs = {f"sdpa.causal.{case.causal}": case.causal, "sdpa.window": case.window, "sdpa.padding": case.kv_lens}
+    for clause in [c for c, used in needs.items() if used and not declares(c)]:
+        pytest.skip(f"{current().backend.name} does not declare {clause}")
     check_sdpa(check, case, dtype)
 
 

@@ -34,9 +34,11 @@ def _merge_rows(first: dict | None, second: dict) -> dict:
 
 
 def _sampling(report: dict) -> str:
-    """The Hypothesis profile, and whether shapes came from the suite's menu (older reports: unknown)."""
+    """The Hypothesis profile, and the shape tier when not the default (older reports: unknown)."""
     env = report.get("environment", {})
-    menu = ", shapes from the menu" if env.get("shapes") == "menu" else ""
+    menu = {"menu": ", shapes from the menu", "long": ", shapes past the tiles (--shapes=long)"}.get(
+        env.get("shapes"), ""
+    )
     return f", profile {env['hypothesis_profile']}{menu}" if "hypothesis_profile" in env else ""
 
 

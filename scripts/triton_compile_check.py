@@ -3,7 +3,11 @@
 Usage: ``python scripts/triton_compile_check.py [--arch 90]``. Triton's front end and its bundled
 ``ptxas`` need no device, so a kernel that stops compiling (for the compiled path, which the
 interpreter does not exercise: constexpr globals, layouts, tensor descriptors) fails here, on
-the CPU, in CI. Prints one line per variant and exits non-zero if any fails.
+the CPU, in CI. Arguments are specialised as the launcher specialises them on the GPU (pointers
+16-byte aligned, last-dimension strides 1), and a variant whose strides are declared aligned
+(``ALIGNED``) must load its tiles in 16-byte vectors (``cp.async`` / ``ld.global.v4``): the check
+that :func:`attention.aligned` still does its job. Prints one line per variant and exits non-zero
+if any fails.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
 import sys
 import time
 
@@ -39,7 +44,12 @@ GENERAL = dict(
     PACK_GQA=False,
     REVERSE=False,
     PRECISION="tf32",
+    ALIGNED=True,
 )
+#: Integers the launcher leaves specialised, at their usual value (contiguous last dimensions).
+UNIT_STRIDES = dict(stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
+#: Head dims stay specialised: 80 and 96 are multiples of 16, as the launcher's specialisation says.
+SIXTEENS = ("d_qk", "d_v")
 #: (name, kernel, constexpr overrides, element type)
 VARIANTS = [
     ("plain bf16", attention.attention_fwd, {}, "bf16"),
@@ -59,6 +69,7 @@ VARIANTS = [
         ),
         "fp16",
     ),
+    ("strides not multiples of 16 (head dim 8)", attention.attention_fwd, dict(ALIGNED=False), "bf16"),
     (
         "head dims 80/96 in 128-wide tiles",
         attention.attention_fwd,
@@ -82,7 +93,9 @@ VARIANTS = [
     (
         "block-sparse",
         block_sparse.block_sparse_fwd,
-        dict(BLOCK_D=64, BLOCK_DV=64, EVEN_D=True, BLOCK_M=64, BLOCK_N=64, PER_HEAD=True, PRECISION="tf32"),
+        dict(
+            BLOCK_D=64, BLOCK_DV=64, EVEN_D=True, BLOCK_M=64, BLOCK_N=64, PER_HEAD=True, PRECISION="tf32", ALIGNED=True
+        ),
         "bf16",
     ),
 ]
@@ -109,23 +122,37 @@ def signature(kernel, constants: dict, element: str) -> dict:
     return types
 
 
+def compile_variant(kernel, constants: dict, element: str, arch: int):
+    """``kernel`` compiled for ``sm_{arch}`` with the GPU launcher's specialisation of its arguments."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    constants = {**constants, **{k: v for k, v in UNIT_STRIDES.items() if k in names}}
+    types = signature(kernel, constants, element)
+    sixteens = [i for i, n in enumerate(names) if types[n].startswith("*") or n in SIXTEENS]
+    source = ASTSource(kernel, types, constants, attrs={(i,): [["tt.divisibility", 16]] for i in sixteens})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32))
+
+
+def vector_loads(compiled) -> bool:
+    return bool(re.search(r"cp\.async\.cg\.shared\.global|ld\.global\.v4|cp\.async\.bulk", compiled.asm["ptx"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", type=int, default=90)
     args = parser.parse_args()
-    target = GPUTarget("cuda", args.arch, 32)
     failed = 0
     for name, kernel, overrides, element in VARIANTS:
         defaults = GENERAL if kernel is attention.attention_fwd else {}
         constants = {**defaults, **overrides}
         start = time.perf_counter()
         try:
-            compiled = triton.compile(
-                ASTSource(kernel, signature(kernel, constants, element), constants), target=target
-            )
+            compiled = compile_variant(kernel, constants, element, args.arch)
+            vectors = vector_loads(compiled)
+            if constants.get("ALIGNED") and element != "fp32" and not vectors:
+                raise AssertionError("strides declared aligned, yet no 16-byte vector loads in the PTX")
             print(
                 f"ok      {name}: sm_{args.arch}, {compiled.metadata.shared} B shared, "
-                f"{time.perf_counter() - start:.1f} s",
+                f"{'16-byte vector loads' if vectors else 'scalar loads'}, {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
         except Exception as exc:  # every variant is tried; each failure printed in full

@@ -1,4 +1,5 @@
-"""The case strategies themselves: ``--shapes=menu`` keeps every drawn shape on the menu."""
+"""The case strategies themselves: ``--shapes=menu`` keeps every drawn shape on the menu; ``--shapes=long``
+reaches past a GPU kernel's tiles."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def _shape(case) -> tuple[int, ...]:
     return case.batch, case.h_q, case.h_kv, case.n_q, case.n_k, case.d_qk, case.d_v
 
 
-def _drawn_shapes(monkeypatch, *, menu: bool, **kwargs) -> set:
-    monkeypatch.setattr(target, "CURRENT", target.Target(NumpyBackend(), "numpy", ("float64",), shape_menu=menu))
+def _drawn_shapes(monkeypatch, *, menu: bool, tier: str = "all", **kwargs) -> set:
+    tier = "menu" if menu else tier
+    monkeypatch.setattr(target, "CURRENT", target.Target(NumpyBackend(), "numpy", ("float64",), shapes=tier))
     seen = set()
 
     @settings(max_examples=150, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -36,6 +38,13 @@ def test_without_the_menu_shapes_vary_freely(monkeypatch):
     assert len(_drawn_shapes(monkeypatch, menu=False) - set(MENU_SHAPES)) > 20
 
 
+def test_long_tier_draws_lengths_and_head_dims_past_the_tiles(monkeypatch):
+    seen = _drawn_shapes(monkeypatch, menu=False, tier="long")
+    lengths = {n for s in seen for n in s[3:5]}
+    assert set(strategies.LONG_LENGTHS) & lengths and 256 in {d for s in seen for d in s[5:]}
+    assert not {n for s in _drawn_shapes(monkeypatch, menu=False) for n in s[3:5]} & set(strategies.LONG_LENGTHS)
+
+
 @pytest.mark.parametrize("max_len", [1, 24])
 def test_menu_respects_length_limits_and_mha_only_backends(monkeypatch, max_len):
     seen = _drawn_shapes(monkeypatch, menu=True, gqa=False, max_len=max_len)
@@ -49,7 +58,7 @@ def test_menu_lengths_are_clamped_to_a_short_backend(monkeypatch):
     """Regression: with max_seq_len 16 the menu kept only length 1, so a test needing 2 drew nothing."""
     backend = NumpyBackend()
     backend.max_seq_len = 16
-    monkeypatch.setattr(target, "CURRENT", target.Target(backend, "numpy", ("float64",), shape_menu=True))
+    monkeypatch.setattr(target, "CURRENT", target.Target(backend, "numpy", ("float64",), shapes="menu"))
     seen = set()
 
     @settings(max_examples=50, database=None, derandomize=True, suppress_health_check=list(HealthCheck))

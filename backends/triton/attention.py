@@ -32,6 +32,27 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)  # constexpr: a kernel may read no other global
 LN2 = tl.constexpr(0.6931471805599453)
 
+#: Arguments Triton must not specialise on their values (by default it compiles a new kernel for
+#: every integer that is 1 or a multiple of 16): the lengths, and every stride but the last
+#: dimension's. One compiled kernel then serves every length and batch, where the conformance
+#: suite's random shapes otherwise cost a compile each; :func:`aligned` keeps the alignment facts
+#: that the specialisation gave the loads. The head dims stay specialised: a head dim that is a
+#: multiple of 16 (80, 96) lets the masked loads along it stay vectors.
+GENERIC = (
+    *("stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh"),
+    *("stride_vn", "stride_os", "stride_ob", "stride_oh", "stride_om", "stride_ls", "stride_lb", "stride_lh"),
+    *("stride_mb", "stride_mh", "stride_mm", "stride_bb", "stride_bh", "stride_bm", "stride_sb", "stride_sh"),
+    *("n_heads", "n_q", "n_k", "group", "split_len", "win_left", "win_right"),
+)
+
+
+@triton.jit
+def aligned(stride, ALIGNED: tl.constexpr):
+    """``stride`` as the compiler should see it: where the host found every row, head and batch
+    stride of Q, K, V and O a multiple of 16 elements (``ALIGNED``), ``stride // 16 * 16`` (equal to
+    it) proves that to the compiler, so tile loads stay 16-byte vectors without a compile per value."""
+    return stride // 16 * 16 if ALIGNED else stride
+
 
 @triton.jit
 def _tanh(x):
@@ -194,7 +215,7 @@ def finish(acc, l_i, m_i, row_ok):
     return out, lse
 
 
-@triton.jit
+@triton.jit(do_not_specialize=GENERIC)
 def attention_fwd(
     Q,
     K,
@@ -264,6 +285,7 @@ def attention_fwd(
     PACK_GQA: tl.constexpr,
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     """Grid ``(row blocks, B * heads, splits)``; ``heads`` is ``H_kv`` when packing, else ``H_q``.
 
@@ -275,6 +297,23 @@ def attention_fwd(
     if EVEN_D:
         d_qk = BLOCK_D
         d_v = BLOCK_DV
+    stride_qb, stride_qh, stride_qm = (
+        aligned(stride_qb, ALIGNED),
+        aligned(stride_qh, ALIGNED),
+        aligned(stride_qm, ALIGNED),
+    )
+    stride_kb, stride_kh, stride_kn = (
+        aligned(stride_kb, ALIGNED),
+        aligned(stride_kh, ALIGNED),
+        aligned(stride_kn, ALIGNED),
+    )
+    stride_vb, stride_vh, stride_vn = (
+        aligned(stride_vb, ALIGNED),
+        aligned(stride_vh, ALIGNED),
+        aligned(stride_vn, ALIGNED),
+    )
+    stride_os, stride_ob = aligned(stride_os, ALIGNED), aligned(stride_ob, ALIGNED)
+    stride_oh, stride_om = aligned(stride_oh, ALIGNED), aligned(stride_om, ALIGNED)
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if REVERSE else tl.program_id(0)
     b = tl.program_id(1) // n_heads
     head = tl.program_id(1) % n_heads

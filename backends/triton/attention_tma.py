@@ -3,8 +3,8 @@
 Taken only for plain attention (causal or not, no mask, bias, softcap, ALiBi, window or lengths),
 16-bit inputs, head dims that fill their tile, a positive scale and contiguous ``(B, H, N, D)``
 arrays; :mod:`.attention` covers everything else. It is a candidate of the tuning sweep
-(``benchmarks/tune_triton.py``) and is taken by default only where the sweep shows it winning
-(:func:`.configs.choose_tma`; no GPU sweep has run yet, so nowhere). The differences from
+(``benchmarks/tune_triton.py``) and is taken by default where the H100 sweep showed it winning
+(:func:`.configs.choose_tma`: head dim 128, and head dim 64 from 4k tokens). The differences from
 :mod:`.attention`:
 
 - Q, K and V tiles come through device-side tensor descriptors (``tl.make_tensor_descriptor``,
@@ -65,7 +65,7 @@ def _fast_block(
     return acc, l_i, m_new
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("batch", "n_heads", "group", "n_q", "n_k"))  # one compile for every length
 def attention_fwd_tma(
     Q,
     K,

@@ -14,10 +14,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention import _attend_block, finish
+from .attention import _attend_block, aligned, finish
+
+#: Not specialised on their values (see :data:`.attention.GENERIC`): sizes, and the strides
+#: :func:`.attention.aligned` restores the alignment of.
+GENERIC = (
+    *("stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh"),
+    *("stride_vn", "stride_ob", "stride_oh", "stride_om", "stride_lb", "stride_lh", "stride_ch", "stride_cr"),
+    *("stride_ih", "stride_ir", "n_heads", "n_q", "n_k", "group", "block_q", "block_k", "pieces_m"),
+)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=GENERIC)
 def block_sparse_fwd(
     Q,
     K,
@@ -67,11 +75,32 @@ def block_sparse_fwd(
     BLOCK_N: tl.constexpr,
     PER_HEAD: tl.constexpr,
     PRECISION: tl.constexpr,
+    ALIGNED: tl.constexpr,
 ):
     """Grid ``(query blocks * pieces_m, B * H_q)``; ``PER_HEAD``: the layout has one row per query head."""
     if EVEN_D:
         d_qk = BLOCK_D
         d_v = BLOCK_DV
+    stride_qb, stride_qh, stride_qm = (
+        aligned(stride_qb, ALIGNED),
+        aligned(stride_qh, ALIGNED),
+        aligned(stride_qm, ALIGNED),
+    )
+    stride_kb, stride_kh, stride_kn = (
+        aligned(stride_kb, ALIGNED),
+        aligned(stride_kh, ALIGNED),
+        aligned(stride_kn, ALIGNED),
+    )
+    stride_vb, stride_vh, stride_vn = (
+        aligned(stride_vb, ALIGNED),
+        aligned(stride_vh, ALIGNED),
+        aligned(stride_vn, ALIGNED),
+    )
+    stride_ob, stride_oh, stride_om = (
+        aligned(stride_ob, ALIGNED),
+        aligned(stride_oh, ALIGNED),
+        aligned(stride_om, ALIGNED),
+    )
     qb = tl.program_id(0) // pieces_m
     piece = tl.program_id(0) % pieces_m
     b = tl.program_id(1) // n_heads

@@ -40,7 +40,10 @@ def precision(x: torch.Tensor) -> str:
 
 
 def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=None) -> Config:
-    """The tile for one call: ``tile`` (flash_forward's block sizes) if given, else the table's."""
+    """The tile for one call of the general kernel: ``tile`` (flash_forward's block sizes) if given,
+    else the table's. Measured on an H100 (``docs/results/2026-12-07-triton-sweep-h100.md``): for
+    16-bit inputs 128-row tiles with 8 warps beat 4 warps at every head dim (D = 80 and 96 run in
+    128-wide tiles: 0.83-0.86x of SDPA against 0.45-0.48x with 4 warps)."""
     if interpreted(q):
         return Config(*tile) if tile else INTERPRETER
     d = max(d_qk, d_v)
@@ -51,14 +54,20 @@ def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=No
         block_m, block_n = max(16, min(64, _pow2(rows))), 64 if wide else 128
     else:
         block_m, block_n = (64, 32) if wide else (128, 64)
-    warps = 8 if block_m * max(d, block_n) >= 128 * 128 and not wide else 4
+    warps = 8 if block_m >= 128 and not wide else 4
     return Config(block_m, block_n, warps, 2 if wide else 3)
 
 
-def choose_tma(d: int, causal: bool) -> Config | None:
-    """The TMA fast path's tile for a plain (or causal) 16-bit call on the GPU, or None to use the
-    general kernel. None everywhere until a GPU sweep (``benchmarks/tune_triton.py``) shows where
-    the TMA kernel wins; its candidates there are ``Config(..., tma=True)``."""
+def choose_tma(d: int, causal: bool, n: int) -> Config | None:
+    """The TMA kernel's tile for a plain or causal 16-bit call (``launch.tma_eligible``), or None
+    where the general kernel was faster. From the H100 sweep (same file as :func:`choose`): at
+    D = 128 the TMA kernel with 128 x 128 tiles wins from N = 4k (0.80-0.96x of SDPA against
+    0.71-0.86x) and is within 0.04 below; at D = 64 its 128 x 64 tiles win from N = 4k, causal
+    from 8k (0.84-0.99x against 0.84-0.93x), and lose at 2k (0.75-0.85x against 0.83-0.88x)."""
+    if d > 64:
+        return Config(128, 128, 8, 3, tma=True)
+    if n >= (8192 if causal else 4096):
+        return Config(128, 64, 4, 3, tma=True)
     return None
 
 

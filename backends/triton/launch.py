@@ -63,7 +63,7 @@ def attention(
     n_k, d_v, h_q = p.k.shape[2], p.v.shape[3], h_kv * group
     q = p.q.reshape(b, h_q, n_q, d_qk)
     if config is None and tile is None and num_splits == 1 and not pack_gqa and q.is_cuda and tma_eligible(p, lens):
-        fast = configs.choose_tma(max(d_qk, d_v), p.causal is not None)
+        fast = configs.choose_tma(max(d_qk, d_v), p.causal is not None, max(n_q, n_k))
         if fast is not None:
             return attention_tma(p, fast)
     if config is not None and config.tma:
@@ -130,6 +130,7 @@ def attention(
             PACK_GQA=pack_gqa,
             REVERSE=p.causal is not None,
             PRECISION=configs.precision(q),
+            ALIGNED=_aligned(q, p.k, p.v, out),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
@@ -167,6 +168,12 @@ def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype):
 def _strided(x: torch.Tensor | None, like: torch.Tensor, ndim: int):
     """``(tensor, strides)`` for an optional operand; ``like`` and zero strides if absent (never read)."""
     return (like, (0,) * ndim) if x is None else (x, x.stride())
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every stride but the last of every tensor is a multiple of 16 elements (the kernels'
+    ``ALIGNED``: their strides are not specialised on value, see ``attention.GENERIC``)."""
+    return all(stride % 16 == 0 for x in tensors for stride in x.stride()[:-1])
 
 
 def _or(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -233,6 +240,7 @@ def block_sparse(p: Problem, layout, block_q: int, block_k: int):
             BLOCK_N=block_n,
             PER_HEAD=layout.shape[0] > 1,
             PRECISION=configs.precision(q),
+            ALIGNED=_aligned(q, p.k, p.v, out),
             num_warps=warps,
             num_stages=stages,
         )
@@ -249,7 +257,7 @@ def tma_eligible(p: Problem, lens: Lens) -> bool:
         and lens.kv is None
         and p.scale > 0
         and p.q.dtype in (torch.float16, torch.bfloat16)
-        and d_qk == _pow2(d_qk)
+        and d_qk == _pow2(d_qk)  # (at least 16: a descriptor's rows are 16 bytes or more)
         and d_v == _pow2(d_v)
         and d_qk <= 128
         and d_v <= 128
