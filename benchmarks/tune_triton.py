@@ -62,6 +62,24 @@ def flops(d: int, n: int, causal: bool) -> float:
     return 4 * b * h * n * n * d / (2 if causal else 1)
 
 
+def table_choice(d: int, n: int, causal: bool) -> Config:
+    """The launch configuration ``configs.py`` picks for a forward row of this sweep (bf16, contiguous,
+    plain or causal: the TMA kernel is eligible wherever the head dim is a power of two)."""
+    tma = configs.choose_tma(d, causal, n) if d == 1 << (d - 1).bit_length() else None
+    return tma or configs.choose_gpu(torch.bfloat16, d, d, rows=n)
+
+
+def rechoose(doc: dict) -> None:
+    """Mark each row's candidate that the current ``configs.py`` picks (``--render --rechoose``): for a
+    sweep run before the table was set from it; the times stay the sweep's own."""
+    for row in doc["rows"]:
+        choice = list(table_choice(row["d"], row["n"], row["causal"]).__dict__.values())
+        for c in row["configs"]:
+            c["chosen"] = c["config"] == choice
+        row.pop("default", None)
+    doc["rechosen"] = True
+
+
 def run_row(row: dict) -> dict:
     q, k, v = inputs(row["d"], row["n"])
     causal = row["causal"]
@@ -93,11 +111,7 @@ def run_row(row: dict) -> dict:
             result["configs"].append(
                 dict(config=list(cfg.__dict__.values()), error=f"{type(exc).__name__}: {exc}"[:300])
             )
-    chosen = (
-        launch.tma_eligible(problem, lens)
-        and configs.choose_tma(row["d"], causal, row["n"])
-        or configs.choose(q, row["d"], row["d"], rows=row["n"], n_k=row["n"])
-    )
+    chosen = table_choice(row["d"], row["n"], causal)
     for c in result["configs"]:
         c["chosen"] = c["config"] == list(chosen.__dict__.values())
     # what a caller gets: the backend's own path, timed as a whole (its choice of kernel and tile)
@@ -244,7 +258,13 @@ def render(doc: dict) -> str:
         f"CUDA {env['cuda']}, {env['date']}",
         "",
         "Ratios are SDPA default time / Triton time in the same process (bf16, B*N = 16384, H*D = 2048; "
-        "`do_bench` median).",
+        "`do_bench` median)."
+        + (
+            " The backend's choice is re-derived (`--render --rechoose`) from the current "
+            "`backends/triton/configs.py`: the candidate it now picks, timed in this sweep."
+            if doc.get("rechosen")
+            else ""
+        ),
         "",
         "| D | N | causal | SDPA TFLOP/s | backend's choice | ratio | best candidate | best ratio | target | met | first call s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -302,6 +322,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--render", action="store_true", help="only write OUT's Markdown table (OUT with .md)")
     parser.add_argument(
+        "--rechoose",
+        action="store_true",
+        help="with --render: the backend's choice per row as the current configs.py makes it (times unchanged)",
+    )
+    parser.add_argument(
         "--forward-budget",
         type=float,
         default=1e9,
@@ -309,7 +334,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
-        args.out.with_suffix(".md").write_text(render(json.loads(args.out.read_text())))
+        doc = json.loads(args.out.read_text())
+        if args.rechoose:
+            rechoose(doc)
+        args.out.with_suffix(".md").write_text(render(doc))
         return
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     doc["environment"] = dict(

@@ -46,8 +46,13 @@ def choose(q: torch.Tensor, d_qk: int, d_v: int, *, rows: int, n_k: int, tile=No
     128-wide tiles: 0.83-0.86x of SDPA against 0.45-0.48x with 4 warps)."""
     if interpreted(q):
         return Config(*tile) if tile else INTERPRETER
+    return choose_gpu(q.dtype, d_qk, d_v, rows=rows, tile=tile)
+
+
+def choose_gpu(dtype: torch.dtype, d_qk: int, d_v: int, *, rows: int, tile=None) -> Config:
+    """:func:`choose` on the GPU, from the call's dtype and sizes alone."""
     d = max(d_qk, d_v)
-    wide = q.dtype == torch.float32 or d > 128  # twice the bytes per element, or twice the width
+    wide = dtype == torch.float32 or d > 128  # twice the bytes per element, or twice the width
     if tile:
         block_m, block_n = tile
     elif rows <= 64:  # decode and short prefills: few rows, many keys
