@@ -67,11 +67,12 @@ def pytest_addoption(parser):
     group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
     group.addoption(
         "--shapes",
-        choices=("all", "menu", "long"),
-        default="all",
+        choices=("all", "menu", "gpu"),
+        default=None,
         help="'menu': draw sizes from a short fixed menu, for backends that compile once per shape "
-        "(pinned examples keep their shapes); 'long': sdpa cases also past a GPU kernel's tiles "
-        "(lengths 255..4000, head dim 256) and the pinned 16k-token cases; default 'all'",
+        "(pinned examples keep their shapes); 'gpu': sdpa cases also past a GPU kernel's tiles "
+        "(lengths 255..4000, head dim 256) and the pinned 16k-token cases; default 'gpu' on a "
+        "CUDA device, else 'all'",
     )
 
 
@@ -97,7 +98,8 @@ def _target(config) -> target.Target:
             backend = load_backend(spec, device=config.getoption("device"))
         except BackendError as exc:
             raise pytest.UsageError(f"attnspec: {exc}") from None
-        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend), shapes=config.getoption("shapes"))
+        shapes = config.getoption("shapes") or ("gpu" if str(backend.device).startswith("cuda") else "all")
+        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend), shapes=shapes)
     return target.CURRENT
 
 

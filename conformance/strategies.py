@@ -12,8 +12,8 @@ shape (static FlexAttention), where a new shape per example costs seconds. The p
 cases keep their own shapes, and a test may still adjust a drawn size (N_q = N_k, batch 2), so the
 shapes a run sees are few rather than exactly the menu.
 
-``--shapes=long`` adds, for ``sdpa`` cases only, the sizes past a GPU kernel's tiles
-(``LONG_LENGTHS``, ``LONG_HEAD_DIMS``): a third of the drawn lengths come from there. The pinned
+``--shapes=gpu`` (the default on CUDA) adds, for ``sdpa`` cases only, the sizes past a GPU kernel's tiles
+(``GPU_LENGTHS``, ``GPU_HEAD_DIMS``): a third of the drawn lengths come from there. The pinned
 16k-token cases (``test_sdpa.test_long_sequences``) run only in this tier.
 """
 
@@ -46,9 +46,9 @@ MENU_SHAPES = (
     (2, 3, 3, 129, 17, 8, 8),
 )
 MENU_LENGTHS = (1, 17, 129)
-#: ``--shapes=long``: around GPU tiles of 128 and 256 rows, and lengths no tile divides.
-LONG_LENGTHS = (255, 256, 257, 1000, 4000)
-LONG_HEAD_DIMS = (256,)
+#: ``--shapes=gpu``: around GPU tiles of 128 and 256 rows, and lengths no tile divides.
+GPU_LENGTHS = (255, 256, 257, 1000, 4000)
+GPU_HEAD_DIMS = (256,)
 
 
 def _limit(value: int | None, default: int) -> int:
@@ -76,16 +76,16 @@ def _head_dims() -> st.SearchStrategy[int]:
     return st.sampled_from([d for d in HEAD_DIMS if d <= top])
 
 
-def _long_lengths(max_len: int | None) -> st.SearchStrategy[int]:
-    """Lengths of the sdpa cases: the long tier's a third of the time (``--shapes=long``)."""
-    top = _limit(current().backend.max_seq_len, _limit(max_len, max(LONG_LENGTHS)))
-    picks = [n for n in LONG_LENGTHS if n <= top]
+def _gpu_lengths(max_len: int | None) -> st.SearchStrategy[int]:
+    """Lengths of the sdpa cases: the GPU tier's a third of the time (``--shapes=gpu``)."""
+    top = _limit(current().backend.max_seq_len, _limit(max_len, max(GPU_LENGTHS)))
+    picks = [n for n in GPU_LENGTHS if n <= top]
     return st.one_of(lengths(max_len), lengths(max_len), st.sampled_from(picks)) if picks else lengths(max_len)
 
 
-def _long_head_dims() -> st.SearchStrategy[int]:
-    top = _limit(current().backend.max_head_dim, max(LONG_HEAD_DIMS))
-    picks = [d for d in LONG_HEAD_DIMS if d <= top]
+def _gpu_head_dims() -> st.SearchStrategy[int]:
+    top = _limit(current().backend.max_head_dim, max(GPU_HEAD_DIMS))
+    picks = [d for d in GPU_HEAD_DIMS if d <= top]
     return st.one_of(head_dims(), st.sampled_from(picks)) if picks else head_dims()
 
 
@@ -111,9 +111,9 @@ def _shapes(draw, gqa: bool, max_len: int | None) -> tuple[int, ...]:
     if current().shape_menu:
         return draw(_menu_shapes(gqa, max_len))
     h_q, h_kv = draw(head_pairs(gqa))
-    long = current().shapes == "long"
-    length = _long_lengths(max_len) if long else lengths(max_len)
-    head_dim = _long_head_dims() if long else head_dims()
+    gpu = current().shapes == "gpu"
+    length = _gpu_lengths(max_len) if gpu else lengths(max_len)
+    head_dim = _gpu_head_dims() if gpu else head_dims()
     n_q, n_k = draw(length), draw(length)
     d_qk = draw(head_dim)
     d_v = draw(st.one_of(st.just(d_qk), head_dim))

@@ -23,7 +23,7 @@ class Target:
     dtypes: tuple[str, ...]
     declines: dict = field(default_factory=lambda: defaultdict(list))
     test_id: str = ""
-    shapes: str = "all"  # --shapes: "all", "menu" (strategies.MENU_*) or "long" (strategies.LONG_*)
+    shapes: str = "all"  # --shapes: "all", "menu" (strategies.MENU_*) or "gpu" (strategies.GPU_*)
 
     @property
     def shape_menu(self) -> bool:

@@ -24,10 +24,10 @@ def test_sdpa(check, dtype, case):
     check_sdpa(check, case, dtype)
 
 
-#: ``--shapes=long`` only: 16k tokens, where a GPU kernel runs hundreds of key tiles per row and
+#: ``--shapes=gpu`` only (the default on CUDA): 16k tokens, where a GPU kernel runs hundreds of key tiles per row and
 #: its skipped blocks (causal, window, lengths) are most of the work. One head keeps the float64
 #: reference's score matrix at 2 GiB.
-LONG_CASES = [
+GPU_CASES = [
     SdpaCase(n_q=2048, n_k=16384, d_qk=64, d_v=64),
     SdpaCase(n_q=16384, n_k=16384, d_qk=128, d_v=128, causal="top_left"),
     SdpaCase(n_q=4000, n_k=16384, d_qk=128, d_v=128, causal="bottom_right", window=(2048, 0), kv_lens=(16000,)),
@@ -35,11 +35,11 @@ LONG_CASES = [
 
 
 @pytest.mark.clause("sdpa", "sdpa.causal.top_left", "sdpa.causal.bottom_right", "sdpa.window", "sdpa.padding")
-@pytest.mark.parametrize("case", LONG_CASES, ids=lambda c: f"Nq{c.n_q}-Nk{c.n_k}-D{c.d_qk}-{c.causal or 'full'}")
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"Nq{c.n_q}-Nk{c.n_k}-D{c.d_qk}-{c.causal or 'full'}")
 def test_long_sequences(check, dtype, case):
     """16k-token sequences: every key tile of a long row, the causal and window skips, a length cut."""
-    if current().shapes != "long":
-        pytest.skip("16k-token cases run in the long tier only (--shapes=long)")
+    if current().shapes != "gpu":
+        pytest.skip("16k-token cases run in the GPU shape tier only (--shapes=gpu, the default on CUDA)")
     needs = {f"sdpa.causal.{case.causal}": case.causal, "sdpa.window": case.window, "sdpa.padding": case.kv_lens}
     for clause in [c for c, used in needs.items() if used and not declares(c)]:
         pytest.skip(f"{current().backend.name} does not declare {clause}")

@@ -36,9 +36,7 @@ def _merge_rows(first: dict | None, second: dict) -> dict:
 def _sampling(report: dict) -> str:
     """The Hypothesis profile, and the shape tier when not the default (older reports: unknown)."""
     env = report.get("environment", {})
-    menu = {"menu": ", shapes from the menu", "long": ", shapes past the tiles (--shapes=long)"}.get(
-        env.get("shapes"), ""
-    )
+    menu = {"menu": ", shapes from the menu", "gpu": ", the GPU shape tier (--shapes=gpu)"}.get(env.get("shapes"), "")
     return f", profile {env['hypothesis_profile']}{menu}" if "hypothesis_profile" in env else ""
 
 

@@ -1,4 +1,4 @@
-"""The case strategies themselves: ``--shapes=menu`` keeps every drawn shape on the menu; ``--shapes=long``
+"""The case strategies themselves: ``--shapes=menu`` keeps every drawn shape on the menu; ``--shapes=gpu``
 reaches past a GPU kernel's tiles."""
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ def test_without_the_menu_shapes_vary_freely(monkeypatch):
     assert len(_drawn_shapes(monkeypatch, menu=False) - set(MENU_SHAPES)) > 20
 
 
-def test_long_tier_draws_lengths_and_head_dims_past_the_tiles(monkeypatch):
-    seen = _drawn_shapes(monkeypatch, menu=False, tier="long")
+def test_gpu_tier_draws_lengths_and_head_dims_past_the_tiles(monkeypatch):
+    seen = _drawn_shapes(monkeypatch, menu=False, tier="gpu")
     lengths = {n for s in seen for n in s[3:5]}
-    assert set(strategies.LONG_LENGTHS) & lengths and 256 in {d for s in seen for d in s[5:]}
-    assert not {n for s in _drawn_shapes(monkeypatch, menu=False) for n in s[3:5]} & set(strategies.LONG_LENGTHS)
+    assert set(strategies.GPU_LENGTHS) & lengths and 256 in {d for s in seen for d in s[5:]}
+    assert not {n for s in _drawn_shapes(monkeypatch, menu=False) for n in s[3:5]} & set(strategies.GPU_LENGTHS)
 
 
 @pytest.mark.parametrize("max_len", [1, 24])
