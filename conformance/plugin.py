@@ -41,6 +41,9 @@ settings.register_profile("nightly", max_examples=400, **_COMMON)
 # For backends that compile per shape (FlexAttention): derandomised, few examples, pinned ones kept.
 settings.register_profile("quick", _CI_BASE, max_examples=4, **_COMMON)
 
+#: The profiles above, named in the error for an unknown ``--hypothesis-profile``.
+PROFILES = ("ci", "dev", "quick", "nightly", "mutants")
+
 #: The run's per-test results (node ID -> outcome), filled in the main process.
 RESULTS = pytest.StashKey[dict]()
 #: The Hypothesis profile the run uses, by the name that reproduces it (``--hypothesis-profile=NAME``).
@@ -76,9 +79,15 @@ def pytest_addoption(parser):
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    """Options are checked before any work (Hypothesis's plugin loads the profile after this hook)."""
     config.addinivalue_line("markers", "clause(*ids): spec clauses a conformance test checks; the first is its own")
-    profile = config.getoption("hypothesis_profile", None)  # Hypothesis's own plugin has loaded it
+    profile = config.getoption("hypothesis_profile", None)
+    if profile:
+        _check_profile(profile)
+    if not hasattr(config, "workerinput"):
+        _check_report_path("--report", config.getoption("report"))
     if not profile:
         profile = "ci" if os.environ.get("CI") else "dev"
         settings.load_profile(profile)
@@ -87,6 +96,29 @@ def pytest_configure(config):
     config.pluginmanager.register(_Collector(config.stash[RESULTS]), "attnspec-results")
     if config.getoption("backend"):
         _target(config)  # a backend that cannot load is a usage error before any collection
+
+
+def _check_profile(name: str) -> None:
+    try:
+        settings.get_profile(name)
+    except Exception:
+        raise pytest.UsageError(
+            f"attnspec: --hypothesis-profile={name!r} is not a registered profile; the suite's are "
+            f"{', '.join(PROFILES)} (ci: 50 examples a test, derandomised; dev: 12; quick: 4; nightly: 400)"
+        ) from None
+
+
+def _check_report_path(option: str, path: str | None) -> None:
+    """A report that cannot be written is refused before the run, not after it."""
+    if not path:
+        return
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise pytest.UsageError(f"attnspec: {option}={path!r} is a directory; give a file path")
+    if not os.path.isdir(where):
+        raise pytest.UsageError(f"attnspec: {option}={path!r}: the directory {where!r} does not exist")
+    if not os.access(where, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"attnspec: {option}={path!r} cannot be written (no write permission)")
 
 
 def _target(config) -> target.Target:
@@ -174,8 +206,9 @@ def backend(request):
 @pytest.fixture
 def check(request, dtype) -> Checker:
     t = _target(request.config)
+    node = f"{request.config.rootpath}/{request.node.nodeid}"  # absolute: the command works from any directory
     command = (
-        f"pytest '{request.node.nodeid}' --backend={t.spec} --device={t.backend.device} --dtype={dtype} "
+        f"pytest '{node}' --backend={_absolute_spec(t.spec)} --device={t.backend.device} --dtype={dtype} "
         f"--hypothesis-profile={request.config.stash[PROFILE]}" + (f" --shapes={t.shapes}" if t.shapes != "all" else "")
     )
     return Checker(
@@ -185,6 +218,12 @@ def check(request, dtype) -> Checker:
         dtype=dtype,
         reproduce=command,
     )
+
+
+def _absolute_spec(spec: str) -> str:
+    """A ``path/to/file.py:Object`` backend with its path made absolute (names and modules unchanged)."""
+    path, sep, obj = spec.partition(".py:")
+    return f"{os.path.abspath(path + '.py')}:{obj}" if sep and not os.path.isabs(path) else spec
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -232,13 +271,23 @@ class _Collector:
             )
 
 
+#: Why the report could not be written at the end (printed after the per-clause table).
+REPORT_ERROR = pytest.StashKey[str]()
+
+
 def pytest_terminal_summary(terminalreporter, config):
     if target.CURRENT is not None and config.stash[RESULTS]:
         _report.print_summary(terminalreporter, target.CURRENT, config.stash[RESULTS])
+    if REPORT_ERROR in config.stash:
+        terminalreporter.write_line(config.stash[REPORT_ERROR], red=True, bold=True)
 
 
 def pytest_sessionfinish(session):
     config = session.config
     path = config.getoption("report")
     if path and target.CURRENT is not None and not hasattr(config, "workerinput"):
-        _report.write_json(path, target.CURRENT, config.stash[RESULTS], hypothesis_profile=config.stash[PROFILE])
+        try:
+            _report.write_json(path, target.CURRENT, config.stash[RESULTS], hypothesis_profile=config.stash[PROFILE])
+        except OSError as exc:  # the results above are still printed; the run then fails
+            config.stash[REPORT_ERROR] = f"attnspec: the report could not be written to {path!r}: {exc}"
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

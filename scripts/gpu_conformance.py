@@ -121,6 +121,20 @@ def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
     return result
 
 
+def read_resume(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The document of an interrupted run, or a usage error saying what is wrong with the file."""
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        parser.error(f"--resume {path}: cannot be read ({exc.strerror})")
+    except ValueError as exc:
+        parser.error(f"--resume {path}: not JSON ({exc})")
+    runs = document.get("runs") if isinstance(document, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "backend" in r and "exit" in r for r in runs):
+        parser.error(f"--resume {path}: not a gpu-conformance.json written by this script (no 'runs' with backends)")
+    return document
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -133,12 +147,18 @@ def main() -> None:
         "it has no result for, and write both parts into one document",
     )
     args = parser.parse_args()
+    resumed = read_resume(parser, args.resume) if args.resume else None  # checked before torch is imported
+    only = [b for b in args.only.split(",") if b]
+    unknown = sorted(set(only) - {b for b, _, _ in RUNS})
+    if unknown:
+        parser.error(
+            f"--only: unknown backend(s) {', '.join(unknown)}; this script runs {', '.join(b for b, _, _ in RUNS)}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
-    only = [b for b in args.only.split(",") if b]
     document = {"environment": environment(), "runs": []}
-    if args.resume:
-        document = json.loads(args.resume.read_text())
+    if resumed:
+        document = resumed
         document.setdefault("resumed", []).append(environment())
     finished = {r["backend"] for r in document["runs"] if r["exit"] in (0, 1)}  # ran to the end: nothing to resume
     runs = [(b, e, w) for b, e, w in RUNS if (not only or b in only) and b not in finished]

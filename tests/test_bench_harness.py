@@ -19,6 +19,9 @@ from benchmarks.cases import Case, key_ranges, smoke_matrix, visible_pairs  # no
 from benchmarks.harness import add_rates  # noqa: E402
 from scripts.gpu_bench import pytest_env  # noqa: E402
 
+#: one xdist worker runs this file (its module fixture is costly): ``--dist loadgroup``
+pytestmark = pytest.mark.xdist_group("bench_harness")
+
 pytest.importorskip("pytest_benchmark")  # the 'test' extra installs it: this guards a bare checkout only
 
 

@@ -1,13 +1,12 @@
 """The suite has teeth: every mutant fails on the clause it breaks, and the reference passes.
 
-Each mutant is run against the tests of its clause in a subprocess (two at a time); the JSON
+Each mutant is run against the tests of its clause in a subprocess of its own, one test per
+mutant (so a run reports each as it finishes, and xdist spreads them over its workers); the JSON
 report must mark that clause failed by a conformance assertion, not by a crash. That every
 clause has a mutant is checked with the rest of the catalog in ``tests/test_catalog.py``.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -15,26 +14,14 @@ from attnspec.backends.mutants import MUTANTS
 from tests.conftest import run_suite
 
 
-@pytest.fixture(scope="session")
-def mutant_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mutants")
-
-    def run(name):
-        clause = MUTANTS[name].breaks
-        return name, run_suite(tmp, f"--backend=mutant:{name}", f"--clauses={clause}", name=name, profile="mutants")
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, sorted(MUTANTS)))
-
-
 def test_there_are_enough_mutants():
     assert len(MUTANTS) >= 12
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
-def test_mutant_fails_on_its_clause(mutant_runs, name):
-    code, report, output = mutant_runs[name]
+def test_mutant_fails_on_its_clause(tmp_path, name):
     clause = MUTANTS[name].breaks
+    code, report, output = run_suite(tmp_path, f"--backend=mutant:{name}", f"--clauses={clause}", profile="mutants")
     assert code == 1, f"mutant {name}: pytest exited {code}, expected 1 (tests failed)\n{output[-3000:]}"
     row = report["clauses"][clause]
     assert row["status"] == "failed", f"mutant {name} was not caught on {clause}: {row}"

@@ -13,6 +13,9 @@ from attnspec.clauses import CATALOG
 from attnspec.conformance import scaling
 from attnspec.conformance.scaling_cases import VARIANTS
 
+#: one xdist worker runs this file (its module fixture is costly): ``--dist loadgroup``
+pytestmark = pytest.mark.xdist_group("scaling")
+
 LENGTHS = "256,512,1024"
 
 

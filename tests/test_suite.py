@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import ROOT, write_module
@@ -86,10 +91,23 @@ def test_a_wrong_kernel_gets_a_message_that_locates_the_bug(suite, tmp_path):
         "[sdpa] backend 'nan-at-64' (float32, cpu)",
         "non-finite where the reference is not",
         "case: SdpaCase(",
-        "reproduce: pytest 'conformance/test_",
+        f"reproduce: pytest '{ROOT}/conformance/test_",
     ):
         assert expected in message, message
     assert "@reproduce_failure" in output or "Falsifying" in output
+
+
+def test_the_reproduce_line_works_from_any_directory(suite, tmp_path):
+    """The command a failure prints fails the same way when run elsewhere (absolute node and backend file)."""
+    spec = f"--backend={os.path.relpath(write_module(tmp_path, NAN_AT_64), ROOT)}:Kernel"  # relative to the run's cwd
+    _, report, _ = suite(spec, "--clauses=sdpa")
+    message = report["clauses"]["sdpa"]["failures"][0]["message"]
+    command = next(line for line in message.splitlines() if "reproduce: " in line).split("reproduce: ", 1)[1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    argv = [sys.executable, "-m", *shlex.split(command), "-p", "no:cacheprovider", "-q"]
+    proc = subprocess.run(argv, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "[sdpa] backend 'nan-at-64'" in proc.stdout, proc.stdout[-3000:] + proc.stderr
 
 
 def test_a_correct_flash_style_kernel_passes_at_16_and_32_bits(suite):

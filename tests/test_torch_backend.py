@@ -13,6 +13,9 @@ from attnspec.backends.torch_tiled import kernel  # noqa: E402
 from attnspec.backends.torch_tiled.steps import Steps, tile_softmax  # noqa: E402
 from attnspec.contract import BackendError  # noqa: E402
 
+#: one xdist worker runs this file (its module fixture is costly): ``--dist loadgroup``
+pytestmark = pytest.mark.xdist_group("torch_backend")
+
 
 @pytest.fixture(scope="module")
 def compiled():

@@ -21,6 +21,9 @@ from attnspec.registry import load_backend  # noqa: E402
 from tests.conftest import ROOT, run_suite  # noqa: E402
 from tests.triton_mutants import MUTATIONS  # noqa: E402
 
+#: one xdist worker runs this file (its module fixture is costly): ``--dist loadgroup``
+pytestmark = pytest.mark.xdist_group("triton_backend")
+
 
 @pytest.fixture(scope="module")
 def backend():
