@@ -101,6 +101,8 @@ class Checker:
         if wrong.any():
             at = _index(np.argwhere(wrong)[0])
             verb = "gets weight but must be invisible" if actual[at] else "gets no weight but is visible"
+            if actual[at] and not expected[at[:-1]].any():
+                verb = "gets weight, but this query sees no key at all (a fully masked row: every weight 0)"
             self.fail(
                 f"{what}: the attention pattern is wrong",
                 case,

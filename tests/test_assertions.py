@@ -59,6 +59,16 @@ def test_pattern_names_the_first_wrong_pair():
         check.pattern(actual, expected, what="weights", case="c")
 
 
+def test_pattern_says_when_the_query_sees_no_key_at_all():
+    expected = np.zeros((1, 1, 2, 3), bool)
+    expected[0, 0, 1] = True
+    actual = np.ones_like(expected)
+    with pytest.raises(
+        ConformanceError, match=r"\(0, 0, 0, 0\): the key gets weight, but this query sees no key at all"
+    ):
+        check.pattern(actual, expected, what="weights", case="c")
+
+
 def test_exact_and_differs_and_rejects():
     check.exact(np.array([0.0, -0.0]), np.zeros(2), what="zeros", case="c")
     with pytest.raises(ConformanceError, match="not exactly as specified"):
