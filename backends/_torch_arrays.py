@@ -21,6 +21,30 @@ TORCH_DTYPES = {
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
+def tensor(name: str, x) -> torch.Tensor:
+    """``x`` if it is a floating-point tensor, else a TypeError naming ``name``.
+
+    Arrays are not converted here: they reach a backend through its ``to_native``, which also puts
+    them on its device; a silent conversion would hide a list or a host array passed by mistake.
+    """
+    if not torch.is_tensor(x):
+        got = "None" if x is None else type(x).__name__
+        raise TypeError(f"{name} must be a torch.Tensor (convert arrays with the backend's to_native); got {got}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    return x
+
+
+def host(x) -> np.ndarray:
+    """A host copy of a tensor, or ``x`` as an array: lengths and layouts are read on the host."""
+    return to_numpy(x) if torch.is_tensor(x) else np.asarray(x)
+
+
+def stand_in(x: torch.Tensor) -> np.ndarray:
+    """A zero-stride NumPy array of ``x``'s shape (no copy, no device read), for the shared shape checks."""
+    return np.broadcast_to(np.zeros((), np.float64), tuple(x.shape))
+
+
 def to_torch(array: np.ndarray, device: str) -> torch.Tensor:
     if array.dtype == _BF16:
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16).to(device)

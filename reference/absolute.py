@@ -26,6 +26,7 @@ def sinusoidal(positions, dim, *, layout="interleaved", base=10000.0, arithmetic
     pos = check.int_array("positions", positions, low=0)
     if pos.ndim != 1:
         raise ValueError(f"positions must be 1-D; got shape {pos.shape}")
+    check.fits_in_memory("sinusoidal", ("encoding (len(positions), dim)", (pos.size, dim), 8))
 
     freqs = (base ** (-2.0 * np.arange(dim // 2) / dim)).astype(arithmetic.compute)  # w_c
     angles = pos[:, None].astype(arithmetic.compute) * freqs[None, :]

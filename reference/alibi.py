@@ -19,6 +19,7 @@ def _power_of_two_slopes(n: int) -> np.ndarray:
 def alibi_slopes(num_heads) -> np.ndarray:
     """Slopes ``(H,)`` by the paper's recipe, for any head count. Clause ``alibi.slopes``."""
     n = check.integer("num_heads", num_heads, low=1)
+    check.fits_in_memory("alibi_slopes", ("slopes (num_heads,)", (n,), 8))
     m = 1 << (n.bit_length() - 1)  # the largest power of two <= n
     if m == n:
         return _power_of_two_slopes(n)
@@ -39,6 +40,9 @@ def alibi_bias(slopes, n_q, n_k, *, form="symmetric") -> np.ndarray:
     n_q = check.integer("n_q", n_q, low=0)
     n_k = check.integer("n_k", n_k, low=0)
     check.choice("form", form, ALIBI_FORMS)
+    check.fits_in_memory(
+        "alibi_bias", ("distances (n_q, n_k)", (n_q, n_k), 8), ("bias (H, n_q, n_k)", (slopes.size, n_q, n_k), 8)
+    )
     offset = n_k - n_q
     # Integer distances keep the table exact; negating before the product avoids -0.0.
     dist = np.arange(n_k)[None, :] - np.arange(n_q)[:, None] - offset

@@ -26,8 +26,13 @@ def flash_forward(q, k, v, *, block_q: int, block_k: int, stats: dict | None = N
     block_q = check.integer("block_q", block_q, low=1)
     block_k = check.integer("block_k", block_k, low=1)
     problem = prepare(q, k, v, **options)
-    lo, hi = key_bounds(problem.n_q, problem.causal, problem.window, problem.q_lens, problem.kv_lens)
     b, h_q, n_q, d_v = problem.batch, problem.h_q, problem.n_q, problem.v.shape[-1]
+    check.fits_in_memory(
+        "flash_forward",
+        ("score tile (B, H_q, block_q, block_k)", (b, h_q, min(block_q, n_q), min(block_k, problem.n_k)), 8),
+        ("output (B, H_q, N_q, D_v)", (b, h_q, n_q, d_v), 8),
+    )
+    lo, hi = key_bounds(problem.n_q, problem.causal, problem.window, problem.q_lens, problem.kv_lens)
     out = np.full((b, h_q, n_q, d_v), np.nan)
     lse = np.full((b, h_q, n_q), np.nan)
     visited = skipped = 0
@@ -85,14 +90,11 @@ def merge_partials(outs, lses):
     ``outs`` ``(S, B, H, N, D_v)``, ``lses`` ``(S, B, H, N)``. A partial with ``lse = -inf`` is
     ignored, whatever its ``out`` holds.
     """
-    outs = check.float_array("outs", outs, ndim=5)
-    lses = check.float_array("lses", lses, ndim=4)
-    if lses.shape != outs.shape[:4]:
-        raise ValueError(f"lses must have shape outs.shape[:4] = {outs.shape[:4]} (S, B, H, N); got {lses.shape}")
+    outs = check.float_array("outs", outs)
+    lses = check.float_array("lses", lses)
+    check.partials(outs, lses)
     if np.isnan(lses).any() or np.isposinf(lses).any():
         raise ValueError("lses must be finite or -inf")
-    if lses.shape[0] == 0:
-        raise ValueError("outs and lses must hold at least one partial result (S >= 1)")
     top = lses.max(axis=0)
     shift = np.where(np.isneginf(top), 0.0, top)
     weights = np.exp(lses - shift)
@@ -107,15 +109,18 @@ def merge_partials(outs, lses):
 
 @reference("split_kv")
 def split_kv(q, k, v, *, num_splits: int, **options):
-    """Clause ``flash.split_kv``: attention over ``num_splits`` contiguous key ranges, merged by LSE."""
+    """Clause ``flash.split_kv``: attention over ``num_splits`` contiguous key ranges, merged by LSE.
+
+    Only the splits that hold a key are computed (at most ``N_k``, one when ``N_k = 0``): an empty
+    split's partial has LSE ``-inf`` and adds nothing to the merge, and a ``num_splits`` far above
+    ``N_k`` would otherwise loop for minutes over nothing.
+    """
     num_splits = check.integer("num_splits", num_splits, low=1)
     problem = prepare(q, k, v, **options)
-    chunk = max(1, math.ceil(problem.n_k / num_splits))
+    n_k = problem.n_k
+    chunk = max(1, math.ceil(n_k / num_splits))
     rows = range(problem.n_q)
-    partials = [
-        attend(problem, rows, range(min(s * chunk, problem.n_k), min((s + 1) * chunk, problem.n_k)))
-        for s in range(num_splits)
-    ]
+    partials = [attend(problem, rows, range(start, min(start + chunk, n_k))) for start in range(0, max(n_k, 1), chunk)]
     return merge_partials(np.stack([o for o, _ in partials]), np.stack([lse for _, lse in partials]))
 
 
@@ -127,7 +132,11 @@ def decode(q, k_cache, v_cache, *, cache_lens, num_splits: int = 1, **options):
     positions at or past ``cache_lens[b]`` are never read.
     """
     check_decode_options(options)
-    batch, capacity = np.shape(k_cache)[0], np.shape(k_cache)[2]
+    q, k_cache, v_cache = (
+        check.float_array(n, x, ndim=4) for n, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
+    )
+    check.kv_shapes(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
+    batch, capacity = k_cache.shape[0], k_cache.shape[2]
     cache_lens = check.int_array("cache_lens", cache_lens, shape=(batch,), low=0, high=capacity)
     return split_kv(q, k_cache, v_cache, num_splits=num_splits, causal="bottom_right", kv_lens=cache_lens, **options)
 
@@ -151,6 +160,11 @@ class KVCache:
             ("d_v", d_v),
         ):
             check.integer(name, value, low=1)
+        check.fits_in_memory(
+            "KVCache",
+            ("k (batch, kv_heads, capacity, d_qk)", (batch, kv_heads, capacity, d_qk), 8),
+            ("v (batch, kv_heads, capacity, d_v)", (batch, kv_heads, capacity, d_v), 8),
+        )
         self.k = np.full((batch, kv_heads, capacity, d_qk), np.nan)
         self.v = np.full((batch, kv_heads, capacity, d_v), np.nan)
         self.lens = np.zeros(batch, dtype=np.int64)

@@ -140,6 +140,11 @@ def finish(num: np.ndarray, den: np.ndarray, *, normalize: bool, eps: float = 0.
 
 def parallel(fq, fk, v, s0, z0, *, causal: bool, arithmetic: Arithmetic = EXACT) -> Parts:
     """``(f_q f_k^T * M) v + f_q S0`` and its row sums plus ``f_q z0``: the quadratic form."""
+    b, h, n_q = fq.shape[:3]
+    itemsize = np.dtype(arithmetic.compute).itemsize
+    check.fits_in_memory(
+        "linear attention's parallel form", ("weights (B, H, N_q, N_k)", (b, h, n_q, fk.shape[2]), itemsize)
+    )
     a = arithmetic.round(arithmetic.matmul(fq, np.swapaxes(fk, -1, -2)))
     if causal:
         a = np.where(np.tri(a.shape[-2], a.shape[-1], dtype=bool), a, 0)  # masked pairs carry exactly zero weight

@@ -36,8 +36,10 @@ class LSH:
 
     @classmethod
     def build(cls, qk, v=None, *, rotations, chunk_len=None, causal=False, scale=None) -> LSH:
-        values = v if v is not None else np.zeros(np.shape(qk)[:3] + (1,))
-        problem = prepare(qk, qk, values, scale=scale)  # shapes, dtypes and scale as sdpa checks them
+        qk = check.float_array("qk", qk, ndim=4)  # named here: prepare would call it q and k
+        values = check.float_array("v", v, ndim=4) if v is not None else np.zeros(qk.shape[:3] + (1,))
+        check.kv_shapes(qk, qk, values, names=("qk", "qk", "v"))
+        problem = prepare(qk, qk, values, scale=scale)  # dtypes and scale as sdpa checks them
         d = problem.q.shape[3]
         rotations = check.float_array("rotations", rotations, ndim=3)
         if rotations.shape[0] < 1 or rotations.shape[1] != d or rotations.shape[2] < 1:
@@ -54,6 +56,12 @@ class LSH:
                 raise ValueError(f"chunk_len must divide the sequence length N = {n}; got chunk_len = {chunk_len}")
             if not isinstance(causal, (bool, np.bool_)):
                 raise TypeError(f"causal must be a bool (LSH attention is self-attention); got {causal!r}")
+            b, h = problem.q.shape[:2]
+            check.fits_in_memory(
+                "lsh",
+                ("visible sets (B, H, n_rounds, N, N)", (b, h, rotations.shape[0], n, n), 1),
+                ("float64 scores (B, H, N, N)", (b, h, n, n), 8),
+            )
         return cls(problem.q, None if v is None else problem.v, rotations, chunk_len, bool(causal), problem.scale)
 
     @property

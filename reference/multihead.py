@@ -41,6 +41,8 @@ def mha(
     x_kv = check.float_array("x_kv", x_kv, ndim=3)
     heads = check.integer("num_heads", num_heads, low=1)
     kv_heads = heads if num_kv_heads is None else check.integer("num_kv_heads", num_kv_heads, low=1)
+    if heads % kv_heads:  # checked here: sdpa would report it as q.shape[1] and k.shape[1]
+        raise ValueError(f"num_heads = {heads} must be a multiple of num_kv_heads = {kv_heads} (sdpa.gqa)")
     if x_kv.shape[0] != x_q.shape[0] or x_kv.shape[2] != x_q.shape[2]:
         raise ValueError(
             f"x_kv must be (B, N_k, d_model) with x_q's B and d_model {x_q.shape[0], x_q.shape[2]}; got {x_kv.shape}"
@@ -58,7 +60,7 @@ def mha(
     if w_o.shape[0] != heads * d_v:
         raise ValueError(f"w_o must have num_heads * D_v = {heads * d_v} rows; got {w_o.shape}")
     if "return_lse" in options:
-        raise ValueError("mha returns the projected output only; call sdpa for the LSE")
+        raise ValueError("mha takes no return_lse: it returns the projected output only; call sdpa for the LSE")
     project = _projection(arithmetic)
     o = sdpa(
         split_heads(project(x_q, w_q), heads),

@@ -75,6 +75,12 @@ class NSA:
                     f"gates must be finite with shape (B, H_q, N_q, 3) = {(b, h_q, n_q, 3)}; got shape {gates.shape}"
                 )
         l = sizes["cmp_len"]
+        n_k = problem.n_k
+        n_c = (n_k - l) // sizes["cmp_stride"] + 1 if n_k >= l else 0  # compression blocks, as num_cmp
+        arrays = [("compressed scores (B, H_q, N_q, N_c)", (b, h_q, n_q, n_c), 8)]
+        if v is not None:  # the selected and window branches are dense sdpa problems
+            arrays.append(("float64 scores (B, H_q, N_q, N_k)", (b, h_q, n_q, n_k), 8))
+        check.fits_in_memory("nsa", *arrays)
         k_weights = _check_weights("compress_k", compress_k, l, problem.k.shape[-1])
         v_weights = None if v is None else _check_weights("compress_v", compress_v, l, problem.v.shape[-1])
         return cls(

@@ -30,7 +30,9 @@ CHUNK = 64
 def performer_features(x, projection, *, arithmetic: Arithmetic = EXACT) -> np.ndarray:
     """Clause ``performer.features``: ``exp(x W^T - |x|^2 / 2) / sqrt(m)``, shape ``(..., m)``."""
     x = check.float_array("x", x)
-    w = _projection(projection, x.shape[-1] if x.ndim else None)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension (..., D); got a scalar")
+    w = _projection(projection, x.shape[-1])
     return arithmetic.round(np.exp(logits(x, w, arithmetic)) / arithmetic.compute(math.sqrt(w.shape[0])))
 
 
@@ -41,9 +43,9 @@ def logits(x: np.ndarray, w: np.ndarray, arithmetic: Arithmetic) -> np.ndarray:
     return arithmetic.round(arithmetic.round(arithmetic.matmul(x, w.T)) - half_sq)
 
 
-def _projection(projection, d: int | None) -> np.ndarray:
+def _projection(projection, d: int) -> np.ndarray:
     w = check.float_array("projection", projection, ndim=2)
-    if w.shape[0] < 1 or d is None or w.shape[1] != d:
+    if w.shape[0] < 1 or w.shape[1] != d:
         raise ValueError(f"projection must have shape (m >= 1, D) with D = x.shape[-1] = {d}; got {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("projection must be finite")

@@ -70,6 +70,11 @@ def t5_bias(table, q_positions, k_positions, *, bidirectional=True, num_buckets=
     for name, pos in (("q_positions", q_pos), ("k_positions", k_pos)):
         if pos.ndim != 1:
             raise ValueError(f"{name} must be 1-D; got shape {pos.shape}")
+    check.fits_in_memory(
+        "t5_bias",
+        ("buckets (N_q, N_k)", (q_pos.size, k_pos.size), 8),
+        ("bias (H, N_q, N_k)", (table.shape[1], q_pos.size, k_pos.size), 8),
+    )
     buckets = t5_bucket(
         k_pos[None, :] - q_pos[:, None], bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
     )
@@ -86,6 +91,8 @@ def _check_qkv(q, k, v):
         )
     if v.shape[:3] != k.shape[:3]:
         raise ValueError(f"v must have shape (B, H, N_k, D_v) with (B, H, N_k) of k {k.shape[:3]}; got {v.shape}")
+    if q.shape[3] < 1:
+        raise ValueError(f"head dim D_qk must be >= 1; got q of shape {q.shape}")
     return q, k, v
 
 
@@ -109,9 +116,14 @@ def shaw(q, k, v, *, rel_k, rel_v, max_relative, scale=None, arithmetic: Arithme
     rel_k = _check_rel("rel_k", rel_k, 2 * m + 1, q.shape[3])
     rel_v = _check_rel("rel_v", rel_v, 2 * m + 1, v.shape[3])
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else check.finite_float("scale", scale)
+    b, h, n_q, n_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    check.fits_in_memory(
+        "shaw",
+        ("float64 scores (B, H, N_q, N_k)", (b, h, n_q, n_k), 8),
+        ("relative rows (N_q, N_k, 2 * max_relative + 1)", (n_q, n_k, 2 * m + 1), 8),
+    )
     q, k, v, rel_k, rel_v = (a.astype(arithmetic.compute) for a in (q, k, v, rel_k, rel_v))
     rnd = arithmetic.round
-    n_q, n_k = q.shape[2], k.shape[2]
     if n_k == 0:  # the row maximum below needs at least one key
         return np.zeros(q.shape[:3] + v.shape[3:])
 

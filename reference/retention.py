@@ -77,6 +77,7 @@ def retention(
 def retention_decays(num_heads: int) -> np.ndarray:
     """Clause ``retention.multiscale``: ``1 - 2^(-5 - h)`` for ``h = 0 .. num_heads - 1`` (float64)."""
     num_heads = check.integer("num_heads", num_heads, low=1)
+    check.fits_in_memory("retention_decays", ("decays (num_heads,)", (num_heads,), 8))
     return 1.0 - 2.0 ** (-5.0 - np.arange(num_heads))
 
 
@@ -107,8 +108,9 @@ def block(q, k, v, gammas, scale: float, state, arithmetic: Arithmetic = EXACT, 
     evaluates the decays (the conformance suite swaps in weighted decays to size its bound).
     """
     c = arithmetic.compute
+    b, h, n = np.shape(q)[:3]
+    check.fits_in_memory("retention", ("scores (B, H, N, N) of a parallel block", (b, h, n, n), np.dtype(c).itemsize))
     q, k, v, state = (np.asarray(x).astype(c) for x in (q, k, v, state))
-    n = q.shape[2]
     pos = np.arange(n)
     s = arithmetic.round(arithmetic.matmul(q, np.swapaxes(k, -1, -2)) * c(scale))
     s = arithmetic.round(s * causal_decay(gammas, n, c, powers))

@@ -45,6 +45,12 @@ def per_query_head(k: np.ndarray, h_q: int) -> np.ndarray:
 def problem(q, k, v, *, centroids, causal=None, scale=None) -> tuple:
     """The equivalent ``sdpa`` problem ``(q, k, v, options)``: the same-cluster mask, with ``causal``."""
     q_clusters, k_clusters = routed_assign(q, k, centroids=centroids)
+    b, h_q, n_q = q_clusters.shape
+    check.fits_in_memory(
+        "routed",
+        ("same-cluster mask (B, H_q, N_q, N_k)", (b, h_q, n_q, k_clusters.shape[2]), 1),
+        ("float64 scores (B, H_q, N_q, N_k)", (b, h_q, n_q, k_clusters.shape[2]), 8),
+    )
     mask = q_clusters[..., :, None] == k_clusters[..., None, :]
     return q, k, v, {"mask": mask, "causal": causal, "scale": scale}
 

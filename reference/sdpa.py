@@ -77,6 +77,8 @@ def sdpa(q, k, v, *, return_lse: bool = False, arithmetic: Arithmetic = EXACT, *
 
 def attend(problem: Problem, rows: range, cols: range, arithmetic: Arithmetic = EXACT):
     """Normalised attention of queries ``rows`` over keys ``cols`` only: ``(out, lse)``."""
+    scores_shape = (problem.batch, problem.h_q, len(rows), len(cols))
+    check.fits_in_memory("the float64 reference attention", ("scores (B, H_q, N_q, N_k)", scores_shape, 8))
     s = scores(problem, rows, cols, arithmetic)
     vis = visible(problem, rows, cols)
     v = problem.v[:, :, cols.start : cols.stop].astype(arithmetic.compute)

@@ -43,6 +43,7 @@ class Pattern:
 def sparse_mask(pattern: str, n_q: int, n_k: int, **params) -> np.ndarray:
     """Clause ``sparse.mask``: the boolean table ``(B_p, H_p, n_q, n_k)`` of ``pattern``."""
     pat = build(pattern, n_q, n_k, **params)
+    check.fits_in_memory("sparse_mask", ("table (B_p, H_p, n_q, n_k)", (pat.batch, pat.heads, n_q, n_k), 1))
     return table(pat.mask_mod, pat.batch, pat.heads, n_q, n_k)
 
 

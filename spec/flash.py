@@ -75,6 +75,8 @@ def split_kv(q, k, v, *, num_splits, **sdpa_options):
     ``ceil(N_k / num_splits)`` keys (the last may be shorter or empty); each split yields a partial
     ``(out, lse)`` over its keys with every visibility rule still evaluated at the keys' global
     positions; the partials merge by ``flash.merge``. The result MUST equal ``sdpa``.
+    ``num_splits`` is any integer ``>= 1``: above ``N_k`` the splits past the last key are empty
+    and contribute nothing, so computing at most ``N_k`` of them suffices.
 
     .. versionadded:: 0.1.0
     """

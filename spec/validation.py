@@ -9,7 +9,9 @@ these functions; a backend imports them to reject exactly what the reference rej
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 from typing import TypeVar
 
 import numpy as np
@@ -24,15 +26,33 @@ T = TypeVar("T")
 def float_array(name: str, x, *, ndim: int | None = None) -> np.ndarray:
     """``x`` as a float64 array; TypeError for integer, boolean, complex or object input."""
     arr = np.asarray(x)
-    if arr.dtype.kind not in "fV" or not _is_real_float(arr.dtype):
-        raise TypeError(f"{name} must be a real floating-point array; got dtype {arr.dtype}")
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions; got shape {arr.shape}")
+    if not is_real_float(arr.dtype):
+        got = f"dtype {arr.dtype}" if hasattr(x, "dtype") or arr.dtype.kind in "iub" else f"{x!r:.60}"
+        raise TypeError(f"{name} must be a real floating-point array; got {got}")
+    if ndim is not None:
+        dims(name, arr, ndim)
     return arr.astype(np.float64)
 
 
-def _is_real_float(dtype: np.dtype) -> bool:
-    # ml_dtypes' bfloat16 and float8 types have kind 'V'; accept them through their finfo.
+def dims(name: str, x, ndim: int) -> None:
+    """ValueError unless ``x`` (a NumPy array or a tensor) has ``ndim`` dimensions."""
+    if len(x.shape) != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions; got shape {tuple(x.shape)}")
+
+
+def same_dtype(**arrays) -> None:
+    """TypeError unless every array has one dtype: a backend computes in its inputs' dtype, and
+    mixing them is a caller's mistake that the kernel would report, if at all, from inside."""
+    dtypes = {name: x.dtype for name, x in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"{', '.join(dtypes)} must share one dtype; got {listed}")
+
+
+def is_real_float(dtype: np.dtype) -> bool:
+    """True for NumPy's float dtypes and ml_dtypes' (bfloat16, float8), whose kind is 'V'."""
+    if dtype.kind not in "fV":
+        return False
     if dtype.kind == "f":
         return True
     try:
@@ -100,6 +120,52 @@ def choice(name: str, x, options: tuple[T, ...]) -> T:
     return x
 
 
+class TooLarge(ValueError, MemoryError):
+    """A call refused before it allocates: its arrays cannot fit in the memory available.
+
+    A MemoryError too, so that code which catches NumPy's MemoryError still catches it."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), else the physical memory; None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+#: Below this many bytes a call is not checked against the memory available (reading it costs time).
+SMALL = 1 << 26
+
+
+def fits_in_memory(op: str, *arrays: tuple[str, tuple, int]) -> None:
+    """:class:`TooLarge` if ``op`` cannot hold ``arrays`` at once, before it allocates any of them.
+
+    Each array is ``(what, shape, itemsize)``: ``what`` names the array in the caller's terms
+    (``"scores (B, H_q, N_q, N_k)"``). The sum is a lower bound of what ``op`` needs, so a call
+    refused here would have failed, or exhausted the machine, inside NumPy.
+    """
+    need = sum(math.prod(shape) * itemsize for _, shape, itemsize in arrays)
+    if need < SMALL:
+        return
+    available = available_memory()
+    if available is None or need <= available:
+        return
+    listed = ", ".join(f"{what} = {tuple(shape)}" for what, shape, _ in arrays)
+    raise TooLarge(f"{op} needs at least {_gib(need)} of memory for its {listed}; {_gib(available)} is available")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def broadcastable(name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
     """``x`` broadcast to ``shape`` (a view); ValueError naming ``name`` if it does not fit."""
     try:
@@ -108,21 +174,39 @@ def broadcastable(name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
         raise ValueError(f"{name} of shape {x.shape} is not broadcastable to {shape} (B, H_q, N_q, N_k)") from None
 
 
-def kv_shapes(q, k, v) -> tuple[int, int]:
-    """``(H_kv, N_k)`` of ``(B, H, N, D)`` arrays ``q, k, v`` that fit together (clause ``sdpa.gqa``)."""
-    b, h_q, _, d_qk = q.shape
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape} (expected (B, H, N, D) each)")
-    if k.shape[3] != d_qk:
-        raise ValueError(f"k's head dim must equal q's (D_qk = {d_qk}); got k of shape {k.shape}")
-    if v.shape[1:3] != k.shape[1:3]:
-        raise ValueError(f"v must have k's heads and length (H_kv, N_k) = {k.shape[1:3]}; got v of shape {v.shape}")
+def kv_shapes(q, k, v, names: tuple[str, str, str] = ("q", "k", "v")) -> tuple[int, int]:
+    """``(H_kv, N_k)`` of ``(B, H, N, D)`` arrays ``q, k, v`` that fit together (clause ``sdpa.gqa``).
+
+    ``q``, ``k``, ``v`` are NumPy arrays or tensors of 4 dimensions; ``names`` are the caller's
+    names for them (``decode`` calls its keys ``k_cache``).
+    """
+    nq, nk, nv = names
+    qs, ks, vs = (tuple(x.shape) for x in (q, k, v))
+    b, h_q, _, d_qk = qs
+    if ks[0] != b or vs[0] != b:
+        raise ValueError(f"batch sizes differ: {nq} {qs}, {nk} {ks}, {nv} {vs} (expected (B, H, N, D) each)")
+    if ks[3] != d_qk:
+        raise ValueError(f"{nk}'s head dim must equal {nq}'s (D_qk = {d_qk}); got {nk} of shape {ks}")
+    if vs[1:3] != ks[1:3]:
+        raise ValueError(f"{nv} must have {nk}'s heads and length (H_kv, N_k) = {ks[1:3]}; got {nv} of shape {vs}")
     if d_qk < 1:
-        raise ValueError(f"head dim D_qk must be >= 1; got q of shape {q.shape}")
-    h_kv = k.shape[1]
+        raise ValueError(f"head dim D_qk must be >= 1; got {nq} of shape {qs}")
+    h_kv = ks[1]
     if h_kv < 1 or h_q % h_kv:
-        raise ValueError(f"H_q = {h_q} (q.shape[1]) must be a multiple of H_kv = {h_kv} (k.shape[1])")
-    return h_kv, k.shape[2]
+        raise ValueError(f"H_q = {h_q} ({nq}.shape[1]) must be a multiple of H_kv = {h_kv} ({nk}.shape[1])")
+    return h_kv, ks[2]
+
+
+def partials(outs, lses) -> None:
+    """Shapes of ``merge_partials``' arguments: ``outs`` ``(S, B, H, N, D_v)``, ``lses`` ``(S, B, H, N)``, ``S >= 1``."""
+    dims("outs", outs, 5)
+    dims("lses", lses, 4)
+    if tuple(lses.shape) != tuple(outs.shape[:4]):
+        raise ValueError(
+            f"lses must have shape outs.shape[:4] = {tuple(outs.shape[:4])} (S, B, H, N); got {tuple(lses.shape)}"
+        )
+    if lses.shape[0] == 0:
+        raise ValueError("outs and lses must hold at least one partial result (S >= 1)")
 
 
 def causal(causal):

@@ -110,6 +110,10 @@ class TorchBackend(BlockSparseLayouts, Backend):
         return out.to(q.dtype), lse
 
     def merge_partials(self, outs, lses):
+        outs, lses = arrays.tensor("outs", outs), arrays.tensor("lses", lses)
+        _checks.partials(outs, lses)
+        if bool((torch.isnan(lses) | torch.isposinf(lses)).any()):
+            raise ValueError("lses must be finite or -inf")
         out, lse = kernel.merge(outs.to(torch.promote_types(outs.dtype, torch.float32)), lses)
         return out.to(outs.dtype), lse
 
@@ -117,10 +121,16 @@ class TorchBackend(BlockSparseLayouts, Backend):
         """Lengths are read on the host (checked, and used to skip and mask): ``cache_lens`` on the
         GPU costs a synchronisation per call; a serving loop that knows them on the host passes them so."""
         check_decode_options(options)
+        num_splits = _checks.integer("num_splits", num_splits, low=1)
+        arrays.tensor("q", q)
+        _checks.dims("k_cache", arrays.tensor("k_cache", k_cache), 4)  # its shape bounds cache_lens
+        batch, capacity = k_cache.shape[0], k_cache.shape[2]
+        lens = _checks.int_array("cache_lens", arrays.host(cache_lens), shape=(batch,), low=0, high=capacity)
+        names = ("q", "k_cache", "v_cache")
         problem = kernel.prepare(
-            q, k_cache, v_cache, causal="bottom_right", kv_lens=cache_lens, steps=self.steps, **options
+            q, k_cache, v_cache, causal="bottom_right", kv_lens=lens, steps=self.steps, names=names, **options
         )
-        out, lse = kernel.split_kv(problem, _checks.integer("num_splits", num_splits, low=1), self.block_k)
+        out, lse = kernel.split_kv(problem, num_splits, self.block_k)
         return out.to(q.dtype), lse
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from attnspec import validation as _checks
+from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.backends.torch_tiled.steps import EAGER, Steps
 from attnspec.validation import causal as _check_causal
@@ -90,26 +91,29 @@ def prepare(
     q_lens=None,
     kv_lens=None,
     steps: Steps = EAGER,
+    names: tuple[str, str, str] = ("q", "k", "v"),
 ) -> Problem:
-    """Check the arguments (the same errors as the reference) and group the query heads."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    """Check the arguments (the same errors as the reference) and group the query heads.
+
+    ``names`` are the caller's names of ``q, k, v`` for the errors (``decode``'s ``k_cache``).
+    Lengths may be tensors or host arrays; they are read on the host either way.
+    """
+    given = dict(zip(names, (q, k, v), strict=True))
+    for name, x in given.items():
+        _checks.dims(name, arrays.tensor(name, x), 4)
+    _checks.same_dtype(**given)
+    h_kv, n_k = _checks.kv_shapes(q, k, v, names)  # D_qk = 0 is an error here, before 1 / sqrt(D_qk)
     b, h_q, n_q, d = q.shape
-    h_kv, n_k = k.shape[1], k.shape[2]
-    if k.shape[0] != b or v.shape[0] != b or k.shape[3] != d or v.shape[1:3] != k.shape[1:3]:
-        raise ValueError(f"shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if h_kv < 1 or h_q % h_kv:
-        raise ValueError(f"H_q = {h_q} (q.shape[1]) must be a multiple of H_kv = {h_kv} (k.shape[1])")
     full = (b, h_q, n_q, n_k)
     group = h_q // h_kv
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     lens = [
-        np.full(b, n) if x is None else _checks.int_array(name, x.cpu().numpy(), shape=(b,), low=0, high=n)
+        np.full(b, n) if x is None else _checks.int_array(name, arrays.host(x), shape=(b,), low=0, high=n)
         for name, x, n in (("q_lens", q_lens, n_q), ("kv_lens", kv_lens, n_k))
     ]
     slopes = None
     if alibi_slopes is not None:
-        slopes = alibi_slopes.to(q.device, acc).expand(b, h_q).reshape(b, h_kv, group, 1, 1)
+        slopes = _slopes(alibi_slopes, b, h_q).to(q.device, acc).expand(b, h_q).reshape(b, h_kv, group, 1, 1)
     return Problem(
         q=q.reshape(b, h_kv, group, n_q, d),
         k=k,
@@ -117,8 +121,8 @@ def prepare(
         scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
         causal=_check_causal(causal),
         window=_check_window(window),
-        mask=None if mask is None else mask.to(torch.bool).expand(full),
-        bias=None if bias is None else bias.expand(full),
+        mask=None if mask is None else _mask(mask, full),
+        bias=None if bias is None else _bias(bias, full),
         softcap=_checks.positive_float("softcap", softcap, allow_none=True),
         slopes=slopes,
         q_lens=lens[0],
@@ -126,6 +130,36 @@ def prepare(
         acc=acc,
         steps=steps,
     )
+
+
+def _mask(mask, full: tuple) -> torch.Tensor:
+    """Clause ``sdpa.mask``: a boolean tensor, broadcast to ``full`` (a float mask is an error, not cast)."""
+    if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if torch.is_tensor(mask) else type(mask).__name__
+        raise TypeError(f"mask must be a boolean tensor (True = may attend); got {got}")
+    _checks.broadcastable("mask", arrays.stand_in(mask), full)
+    return mask.expand(full)
+
+
+def _bias(bias, full: tuple) -> torch.Tensor:
+    """Clause ``sdpa.bias``: finite or ``-inf`` (the check reads the tensor: one synchronisation on CUDA)."""
+    bias = arrays.tensor("bias", bias)
+    _checks.broadcastable("bias", arrays.stand_in(bias), full)
+    if bool((torch.isnan(bias) | torch.isposinf(bias)).any()):
+        raise ValueError("bias must be finite or -inf (use -inf to exclude a key); got NaN or +inf")
+    return bias.expand(full)
+
+
+def _slopes(slopes, b: int, h_q: int) -> torch.Tensor:
+    """Clause ``sdpa.alibi``: finite slopes of shape ``(H_q,)`` or ``(B, H_q)``."""
+    slopes = arrays.tensor("alibi_slopes", slopes)
+    if tuple(slopes.shape) not in ((h_q,), (b, h_q)):
+        raise ValueError(
+            f"alibi_slopes must have shape (H_q,) = ({h_q},) or (B, H_q) = ({b}, {h_q}); got {tuple(slopes.shape)}"
+        )
+    if not bool(torch.isfinite(slopes).all()):
+        raise ValueError("alibi_slopes must be finite")
+    return slopes
 
 
 def forward(p: Problem, *, block_q: int | None = None, block_k: int = 128, key_range: tuple[int, int] | None = None):
@@ -289,6 +323,9 @@ DECODE_ROWS = 64
 def split_kv(p: Problem, num_splits: int, block_k: int = 128):
     """Clause ``flash.split_kv``: partials over ``num_splits`` contiguous key ranges, merged."""
     n_k = p.k.shape[2]
+    # Splits past the last key are empty and add nothing to the merge (clause flash.split_kv);
+    # at most N_k splits keep the chunk size and spare a huge num_splits its huge padded layout.
+    num_splits = min(num_splits, max(n_k, 1))
     if p.q.shape[2] * p.q.shape[3] <= DECODE_ROWS and p.mask is None and p.bias is None:
         return _split_kv_parallel(p, num_splits)
     chunk = max(1, math.ceil(n_k / num_splits))

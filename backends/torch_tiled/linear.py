@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.contract import Unsupported
 from attnspec.reference import linear as reference_linear
@@ -76,8 +77,13 @@ def linear_attention(
 
 def _check(q, k, v, *, initial_state, initial_normalizer, **options) -> None:
     """The reference's argument checks and errors, on zero-stride stand-ins for q, k, v (no copy)."""
-    stand_in = [np.broadcast_to(np.zeros((), np.float64), tuple(x.shape)) for x in (q, k, v)]
-    host = [None if x is None else arrays.to_numpy(x).astype(np.float64) for x in (initial_state, initial_normalizer)]
+    tensors = {name: arrays.tensor(name, x) for name, x in (("q", q), ("k", k), ("v", v))}
+    _checks.same_dtype(**tensors)
+    stand_in = [arrays.stand_in(x) for x in tensors.values()]
+    given = {"initial_state": initial_state, "initial_normalizer": initial_normalizer}
+    host = [
+        None if x is None else arrays.to_numpy(arrays.tensor(name, x)).astype(np.float64) for name, x in given.items()
+    ]
     reference_linear.validate(*stand_in, initial_state=host[0], initial_normalizer=host[1], **options)
 
 
