@@ -89,7 +89,9 @@ class TritonBackend(BlockSparseLayouts, Backend):
         synchronisation: given on the host it is checked like every length; given on the device it
         is trusted, clipped to ``[0, N_max]`` by the kernel so that nothing outside the cache is read."""
         check_decode_options(options)
-        problem = torch_kernel.prepare(q, k_cache, v_cache, causal="bottom_right", **options)
+        problem = torch_kernel.prepare(
+            q, k_cache, v_cache, causal="bottom_right", names=("q", "k_cache", "v_cache"), **options
+        )
         lens = self._launch.Lens(None, self._cache_lens(cache_lens, q.shape[0], k_cache.shape[2]))
         splits = _checks.integer("num_splits", num_splits, low=1)
         return self._launch.attention(problem, lens, num_splits=splits, pack_gqa=True)
