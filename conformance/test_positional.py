@@ -47,6 +47,24 @@ def test_sinusoidal_concat(check, dtype, positions, dim, base):
     _check_sinusoidal(check, dtype, "concat", positions, dim, base)
 
 
+@pytest.mark.clause("pe.sinusoidal.t2t")
+@given(positions=positions_1d, dim=even_dims.filter(lambda d: d >= 4), base=st.sampled_from([10000.0, 500000.0, 100.0]))
+@example(positions=[0, 1], dim=4, base=10000.0)  # w_1 = 1e-4 here, 0.01 with the concat clause's frequencies
+@example(positions=[0, 1, 65535], dim=6, base=10000.0)
+def test_sinusoidal_t2t(check, dtype, positions, dim, base):
+    _check_sinusoidal(check, dtype, "t2t", positions, dim, base)
+
+
+@pytest.mark.clause("pe.sinusoidal.t2t")
+def test_sinusoidal_t2t_rejects_dim_2(check, dtype):
+    """``dim = 2`` puts zero in the exponent's divisor ``dim/2 - 1``: an error, not a guess."""
+    check.rejects(
+        functools.partial(call_unguarded, "sinusoidal", np.arange(3), 2, layout="t2t"),
+        what="dim = 2 with layout='t2t'",
+        case=dict(dim=2, layout="t2t"),
+    )
+
+
 @pytest.mark.clause("pe.learned")
 @given(
     max_positions=st.integers(1, 300),
@@ -222,11 +240,14 @@ def test_alibi_bias(check, dtype, num_heads, n_q, n_k, form):
     )
 
 
-BUCKET_SETTINGS = [(32, 128), (16, 50), (8, 20), (64, 256), (128, 128), (6, 7)]
+# (18, 128) and (34, 27) are where float32 and float64 log bins differ (issue 14).
+BUCKET_SETTINGS = [(32, 128), (16, 50), (8, 20), (64, 256), (128, 128), (6, 7), (18, 128), (34, 27)]
 
 
 @pytest.mark.clause("t5.bucket")
 @given(setting=st.sampled_from(BUCKET_SETTINGS), bidirectional=st.booleans(), span=st.sampled_from([8, 300, 5000]))
+@example(setting=(18, 128), bidirectional=True, span=8)  # offset 8: float32 gives 14, float64 13
+@example(setting=(34, 27), bidirectional=True, span=300)  # offset 18: float32 gives 30, float64 31
 def test_t5_bucket(check, dtype, setting, bidirectional, span):
     num_buckets, max_distance = setting
     rel = np.arange(-span, span + 1)

@@ -33,8 +33,8 @@ def _bucket_params(bidirectional, num_buckets, max_distance) -> tuple[bool, int,
 def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_distance=128) -> np.ndarray:
     """T5 bucket of each ``key - query`` offset, int64 in ``[0, num_buckets)``.
 
-    Clause ``t5.bucket``. The log bin is evaluated in float64 in the clause's order of
-    operations and truncated, as HF's ``_relative_position_bucket``.
+    Clause ``t5.bucket``. The log bin is evaluated in float32 in HF's order of operations and
+    truncated, as trained T5 models compute it (``_float32_log_bin``).
     """
     bidirectional, n, exact, max_distance = _bucket_params(bidirectional, num_buckets, max_distance)
     rel = check.int_array("relative_position", relative_position)
@@ -48,11 +48,24 @@ def t5_bucket(relative_position, *, bidirectional=True, num_buckets=32, max_dist
     # Offsets below `exact` get a bucket each; the log is taken only where it is defined.
     offset = rel.copy()
     large = rel >= exact
-    ratio = rel[large].astype(np.float64) / exact
-    # astype truncates toward zero, as HF's .to(torch.long); the argument is >= 0 here.
-    log_bin = (np.log(ratio) / np.log(max_distance / exact) * (n - exact)).astype(np.int64)
-    offset[large] = np.minimum(exact + log_bin, n - 1)
+    offset[large] = np.minimum(exact + _float32_log_bin(rel[large], n, exact, max_distance), n - 1)
     return bucket + offset
+
+
+def _float32_log_bin(rel: np.ndarray, n: int, exact: int, max_distance: int) -> np.ndarray:
+    """``trunc(log(rel / exact) / log(max_distance / exact) * (n - exact))``, each step in float32.
+
+    HF: ``(torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact)
+    * (num_buckets - max_exact)).to(torch.long)``. A Python float or int meeting a float32 tensor
+    is rounded to float32 (torch), as NumPy 2 does with a Python scalar (NEP 50); the explicit
+    casts say so. The log is the correctly rounded one: float64's log rounded to float32 (NumPy's
+    own float32 log is off by an ulp on some CPUs: log(18/8) there gives bucket 31, not HF's 30).
+    """
+    ratio = rel.astype(np.float32) / np.float32(exact)
+    log_ratio = np.log(ratio.astype(np.float64)).astype(np.float32)
+    scaled = log_ratio / np.float32(math.log(max_distance / exact)) * np.float32(n - exact)
+    # astype truncates toward zero, as HF's .to(torch.long); the argument is >= 0 here.
+    return scaled.astype(np.int64)
 
 
 @reference("t5_bias")

@@ -257,6 +257,10 @@ def performer_orthogonal(gaussian_blocks, norms):
     zero and column ``c`` of ``Q_b`` is then fixed by rounding alone. An exactly rank-deficient block,
     such as a rank-1 outer product, is singular by this rule.
 
+    Note: performer-pytorch and google-research's ``performer`` code take ``Q_b`` from the QR
+    factorisation without the sign fix, so their rows differ from these in sign wherever
+    ``R_b[c, c] < 0``, and their ``Q_b`` is not Haar-distributed; they are not conforming.
+
     .. versionadded:: 0.1.0
     """
 

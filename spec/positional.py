@@ -35,14 +35,33 @@ def pe_sinusoidal_interleaved(positions, dim, base=10000.0):
 
 @clause("pe.sinusoidal.concat", op="sinusoidal")
 def pe_sinusoidal_concat(positions, dim, base=10000.0):
-    """Sinusoidal encoding, the concatenated ``[sin | cos]`` layout (tensor2tensor, fairseq).
+    """Sinusoidal encoding, the concatenated ``[sin | cos]`` layout (HF Marian, x-transformers, Transformer-XL).
 
     With ``w_c`` as in ``pe.sinusoidal.interleaved``: ``pe[p, c] = sin(p * w_c)`` and
     ``pe[p, dim/2 + c] = cos(p * w_c)``. The two layouts hold the same values in a different
     channel order; a model trained with one is wrong with the other. Requested with
-    ``layout="concat"``.
+    ``layout="concat"``. tensor2tensor and fairseq concatenate too, but with other frequencies:
+    ``pe.sinusoidal.t2t``.
 
     .. versionadded:: 0.1.0
+    """
+
+
+@clause("pe.sinusoidal.t2t", op="sinusoidal", since="0.2.0")
+def pe_sinusoidal_t2t(positions, dim, base=10000.0):
+    """Sinusoidal encoding with tensor2tensor's frequencies, ``[sin | cos]`` (tensor2tensor, fairseq).
+
+    As ``pe.sinusoidal.concat`` with ``w_c = base ** (-c / (dim/2 - 1))`` for ``c = 0 .. dim/2 - 1``
+    (tensor2tensor's ``get_timing_signal_1d``, fairseq's ``SinusoidalPositionalEmbedding`` and
+    HF's ports of it: M2M100, FSMT, Speech2Text): the lowest frequency is ``1 / base`` exactly.
+    At ``dim = 4``, position 1: ``[sin 1, sin 1e-4, cos 1, cos 1e-4]``, where
+    ``pe.sinusoidal.concat`` gives ``[sin 1, sin 0.01, cos 1, cos 0.01]``. ``dim`` MUST be even
+    and ``>= 4``: at ``dim = 2`` the exponent divides by zero (fairseq raises; tensor2tensor's
+    ``max(dim/2 - 1, 1)`` is not followed). An odd ``dim`` is an error, as in the other layouts:
+    fairseq and tensor2tensor give this encoding at ``dim - 1`` followed by a zero channel, which
+    a caller can append. Requested with ``layout="t2t"``.
+
+    .. versionadded:: 0.2.0
     """
 
 
@@ -140,11 +159,20 @@ def t5_bucket(relative_position, bidirectional=True, num_buckets=32, max_distanc
     otherwise ``n = num_buckets``, ``rel = max(-rel, 0)`` and ``bucket = 0``. Then with
     ``exact = n // 2``: ``rel < exact`` adds ``rel``; else it adds
     ``min(exact + floor(log(rel / exact) / log(max_distance / exact) * (n - exact)), n - 1)``.
-    Results are integers in ``[0, num_buckets)``. The log bin is evaluated in floating point in
-    the order written and truncated toward zero (as HF's code does); at a few offsets of unusual
-    bucket counts this differs from the exact real-number floor, and the floating-point result is
-    the conforming one. ``num_buckets // (2 if bidirectional else 1) // 2`` MUST be ``>= 1`` and
-    ``max_distance`` larger than it, or the log is undefined.
+    Results are integers in ``[0, num_buckets)``. The log bin is evaluated in float32, in the
+    order written, as trained T5 models compute it (HF ``T5Attention``, x-transformers, the
+    original T5 code): ``r = float32(rel) / exact``, ``l = log(r)`` (the float32 nearest the real
+    log), ``l / float32(log(max_distance / exact))``, times ``n - exact``, each step rounded to
+    float32, then truncated toward zero. ``num_buckets // (2 if bidirectional else 1) // 2`` MUST
+    be ``>= 1`` and ``max_distance`` larger than it, or the log is undefined.
+
+    Note: neither precision always gives the real-number floor; the float32 result is the
+    conforming one. Bidirectional, ``t5_bucket(8, num_buckets=18, max_distance=128)`` has the bin
+    ``log 2 / log 32 * 5 = 1`` exactly: float32 gives bucket 14 (the real floor), float64 13;
+    ``t5_bucket(18, num_buckets=34, max_distance=27)`` has ``log 2.25 / log 3.375 * 9 = 6``:
+    float32 gives 30, float64 31 (the real floor). A float32 log that is not correctly rounded
+    differs at a few more offsets: ``t5_bucket(-12, num_buckets=34, max_distance=27)`` is 10, and
+    11 with PyTorch's CPU log (within one ulp).
 
     .. versionadded:: 0.1.0
     """

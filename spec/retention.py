@@ -148,6 +148,10 @@ def multiscale(num_heads):
     not decay). The suite compares the result exactly after rounding both sides to the dtype in
     which it passes ``gammas``: float64 when testing float64, else float32.
 
+    Note: yet-another-retnet's decays ``1 - exp(linspace(log(1/32), log(1/512), H))``, that is
+    ``1 - 2^(-5 - 4h / (H - 1))``, span ``31/32 .. 511/512`` for every ``H``; they equal these only
+    at ``H = 5`` (and ``H = 1``, where ``linspace`` gives its start), and are not conforming.
+
     .. versionadded:: 0.1.0
     """
 

@@ -30,6 +30,17 @@ def test_sinusoidal_hand_values_and_layouts():
     np.testing.assert_array_equal(cat[:, perm], sinusoidal(positions, dim, base=100.0))
 
 
+def test_sinusoidal_t2t_frequencies():
+    """tensor2tensor / fairseq: ``w_c = exp(-c * log(base) / (dim/2 - 1))``, transcribed from fairseq."""
+    pe = sinusoidal([0, 1], 4, layout="t2t")  # w_0 = 1, w_1 = 10000 ** (-1/1) = 1e-4
+    np.testing.assert_array_equal(pe[0], [0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(pe[1], [math.sin(1), math.sin(1e-4), math.cos(1), math.cos(1e-4)], rtol=1e-15)
+    dim, positions, base = 10, np.arange(7), 100.0
+    freqs = np.exp(np.arange(dim // 2) * -(math.log(base) / (dim // 2 - 1)))
+    angles = positions[:, None] * freqs[None, :]
+    close(sinusoidal(positions, dim, layout="t2t", base=base), np.concatenate([np.sin(angles), np.cos(angles)], 1))
+
+
 def test_learned_gathers_rows_for_any_position_shape():
     table = rng.standard_normal((5, 3))
     positions = np.array([[0, 4, 2], [1, 1, 3]])
@@ -110,7 +121,7 @@ def test_alibi_bias_forms():
 
 
 def slow_bucket(rel, bidirectional, num_buckets, max_distance):
-    """HF's _relative_position_bucket transcribed to scalar Python."""
+    """The clause transcribed to scalar Python: HF's steps, each rounded to float32."""
     n, out = num_buckets, 0
     if bidirectional:
         n //= 2
@@ -121,12 +132,16 @@ def slow_bucket(rel, bidirectional, num_buckets, max_distance):
     exact = n // 2
     if rel < exact:
         return out + rel
-    large = exact + int(math.log(rel / exact) / math.log(max_distance / exact) * (n - exact))
+    f32 = np.float32
+    log_ratio = f32(math.log(f32(rel) / f32(exact)))  # the float32 nearest the real log
+    large = exact + int(log_ratio / f32(math.log(max_distance / exact)) * f32(n - exact))
     return out + min(large, n - 1)
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 50), (8, 20), (64, 256), (5, 7), (128, 128)])
+@pytest.mark.parametrize(
+    "num_buckets,max_distance", [(32, 128), (16, 50), (8, 20), (64, 256), (5, 7), (128, 128), (18, 128), (34, 27)]
+)
 def test_t5_bucket_matches_scalar_transcription(bidirectional, num_buckets, max_distance):
     rel = np.arange(-300, 301)
     got = t5_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
@@ -134,6 +149,62 @@ def test_t5_bucket_matches_scalar_transcription(bidirectional, num_buckets, max_
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
     assert got.min() >= 0 and got.max() < num_buckets
+
+
+def test_t5_bucket_pinned_float32_values():
+    """Issue 14: where float32 and float64 log bins differ, the float32 one (HF's) is the bucket."""
+    assert t5_bucket([8], bidirectional=True, num_buckets=18, max_distance=128).tolist() == [14]  # float64: 13
+    assert t5_bucket([18], bidirectional=True, num_buckets=34, max_distance=27).tolist() == [30]  # float64: 31
+
+
+def hf_bucket(torch, relative_position, bidirectional, num_buckets, max_distance):
+    """HF ``T5Attention._relative_position_bucket``, transcribed literally (torch on the CPU)."""
+    relative_buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        relative_buckets += (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1)
+    )
+    relative_buckets += torch.where(is_small, relative_position, relative_position_if_large)
+    return relative_buckets.numpy()
+
+
+def test_t5_bucket_matches_hf_except_where_torch_log_is_an_ulp_off():
+    """Every setting with <= 64 buckets and max_distance <= 130, offsets -300 .. 300.
+
+    PyTorch's CPU float32 log is within one ulp, not correctly rounded; the clause's is. So HF's
+    bucket may differ only at an offset whose float32 ratio torch's log rounds the other way.
+    """
+    torch = pytest.importorskip("torch")
+    rel = np.arange(-300, 301)
+    configs = differing = 0
+    for bidirectional in (True, False):
+        for num_buckets in range(2, 65):
+            exact = (num_buckets // 2 if bidirectional else num_buckets) // 2
+            for max_distance in range(exact + 1, 131) if exact >= 1 else ():
+                kwargs = dict(bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
+                ours, hf = t5_bucket(rel, **kwargs), hf_bucket(torch, torch.from_numpy(rel), **kwargs)
+                configs += 1
+                if np.array_equal(ours, hf):
+                    continue
+                differing += 1
+                ratio = (np.abs(rel) if bidirectional else np.maximum(-rel, 0)).astype(np.float32) / np.float32(exact)
+                torch_log = torch.log(torch.from_numpy(ratio)).numpy()
+                with np.errstate(divide="ignore"):  # offset 0: both logs are -inf
+                    exact_log = np.log(ratio.astype(np.float64)).astype(np.float32)
+                assert np.all((torch_log != exact_log)[ours != hf]), kwargs
+    assert configs > 10000 and differing < configs / 500, (configs, differing)
 
 
 def test_t5_bias_gathers_table_entries():
@@ -203,6 +274,7 @@ VALUE_ERRORS = [  # (call, the argument its message must name)
     (lambda: sinusoidal([0, 1], 0), "dim"),
     (lambda: sinusoidal([0, 1], 4, layout="sincos"), "layout"),
     (lambda: sinusoidal([-1, 1], 4), "positions"),
+    (lambda: sinusoidal([0, 1], 2, layout="t2t"), "dim"),  # dim/2 - 1 = 0 divides the exponent
     (lambda: learned(np.zeros((4, 2)), [4]), "positions"),
     (lambda: learned(np.zeros((4, 2)), [-1]), "positions"),
     (lambda: _rope(positions=[0, 1]), "positions"),

@@ -66,6 +66,15 @@ class SinusoidalCosFirstMutant(Mutant):
         return np.roll(pe, dim // 2, axis=-1) if layout == "concat" else pe
 
 
+class SinusoidalT2tWithConcatFrequenciesMutant(Mutant):
+    """tensor2tensor's layout with the concat clause's frequencies ``base ** (-2c / dim)``."""
+
+    breaks = "pe.sinusoidal.t2t"
+
+    def sinusoidal(self, positions, dim, *, layout, **kwargs):
+        return absolute.sinusoidal(positions, dim, layout="concat" if layout == "t2t" else layout, **kwargs)
+
+
 class LearnedOffByOneMutant(Mutant):
     """Learned positions are read one row late (1-based positions)."""
 
@@ -103,6 +112,23 @@ class T5UnhalvedBucketsMutant(Mutant):
     def t5_bucket(self, relative_position, *, bidirectional, num_buckets, max_distance):
         rel = -np.abs(relative_position) if bidirectional else relative_position
         return relative.t5_bucket(rel, bidirectional=False, num_buckets=num_buckets, max_distance=max_distance)
+
+
+class T5BucketFloat64Mutant(Mutant):
+    """The T5 log bin is evaluated in float64, not float32 (the reference before issue 14)."""
+
+    breaks = "t5.bucket"
+
+    def t5_bucket(self, relative_position, *, bidirectional, num_buckets, max_distance):
+        rel = np.asarray(relative_position, np.int64)
+        n = num_buckets // 2 if bidirectional else num_buckets
+        exact = n // 2
+        bucket = np.where(rel > 0, n, 0) if bidirectional else np.zeros_like(rel)
+        dist = np.abs(rel) if bidirectional else np.maximum(-rel, 0)
+        with np.errstate(divide="ignore"):  # log(0) where dist = 0; np.where keeps dist there
+            log_bin = np.log(dist / exact) / np.log(max_distance / exact) * (n - exact)
+        large = np.minimum(exact + np.where(dist < exact, 0, log_bin).astype(np.int64), n - 1)
+        return bucket + np.where(dist < exact, dist, large)
 
 
 class T5QueryMinusKeyMutant(Mutant):
