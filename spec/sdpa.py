@@ -55,6 +55,9 @@ def sdpa(
         out[b, h, i, :] = sum over j in V(i) of exp(s[j] - lse[b, h, i]) * v[b, g, j, :]
 
     - ``D_v`` MAY differ from ``D_qk``; ``N_q`` MAY differ from ``N_k`` (cross-attention).
+    - ``D_qk`` MUST be at least 1: with no query/key features there is no score, and the default
+      scale ``1 / sqrt(D_qk)`` is undefined; ``D_qk = 0`` is an error naming the argument.
+      ``D_v = 0`` is allowed: the output has no columns, and the LSE is as for any ``D_v``.
     - Keys outside ``V(i)`` MUST NOT influence the output: a finite value stored at an invisible
       key, however large (``1e4``), leaves the output unchanged. Positions past the sequence
       lengths (``sdpa.padding``) MUST NOT be read at all: NaN stored there leaves every output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,3 +153,12 @@ def test_invisible_nan_does_not_leak_but_visible_nan_does():
     out = reference.sdpa(q, k, v, kv_lens=np.array([2]))
     assert np.isfinite(out).all()
     assert np.isnan(reference.sdpa(q, k, v)).all()
+
+
+def test_head_dims_of_zero_as_the_clause_defines_them():
+    """``D_qk = 0`` is an error naming it; ``D_v = 0`` gives no output columns and the usual LSE."""
+    with pytest.raises(ValueError, match="D_qk"):
+        reference.sdpa(np.zeros((1, 1, 2, 0)), np.zeros((1, 1, 3, 0)), np.zeros((1, 1, 3, 4)))
+    out, lse = reference.sdpa(np.zeros((1, 1, 2, 4)), np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 3, 0)), return_lse=True)
+    assert out.shape == (1, 1, 2, 0)
+    np.testing.assert_allclose(lse, np.log(3.0))
