@@ -39,6 +39,8 @@ RUNS = [  # (backend, extra pytest arguments, share of the time budget)
     # cache. The GPU tier (--shapes=gpu, the default on CUDA) reaches past the kernels' tiles (255..4000 tokens, head dim 256, 16k);
     # the dev profile (12 examples a test) lets every test finish inside one device call.
     ("triton", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "12"], 4),
+    # CuPy compiles once per instantiation (about a second each, NVRTC), cached on disk and shared by the workers.
+    ("cupy", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "12"], 4),
 ]
 
 
@@ -141,6 +143,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all runs together")
     parser.add_argument("--only", default="", help="comma-separated backends to run (default: all)")
     parser.add_argument(
+        "--extra",
+        default="",
+        help="pytest arguments added to every run, e.g. '--shapes=all -p xdist -n 8' to compare with "
+        "reports made before --shapes=gpu became the default on CUDA",
+    )
+    parser.add_argument(
         "--resume",
         type=Path,
         help="an interrupted run's gpu-conformance.json: run only the tests "
@@ -161,7 +169,7 @@ def main() -> None:
         document = resumed
         document.setdefault("resumed", []).append(environment())
     finished = {r["backend"] for r in document["runs"] if r["exit"] in (0, 1)}  # ran to the end: nothing to resume
-    runs = [(b, e, w) for b, e, w in RUNS if (not only or b in only) and b not in finished]
+    runs = [(b, e + args.extra.split(), w) for b, e, w in RUNS if (not only or b in only) and b not in finished]
     for index, (backend, extra, weight) in enumerate(runs):
         left = sum(w for _, _, w in runs[index:])  # a slow run cannot starve the rest
         done = [

@@ -33,6 +33,7 @@ BUILTINS = {
     "torch-sdpa": "attnspec.backends.torch_sdpa:TorchSdpaBackend",
     "flex": "attnspec.backends.flex:FlexBackend",
     "triton": "attnspec.backends.triton:TritonBackend",
+    "cupy": "attnspec.backends.cupy:CupyBackend",
 }
 
 

@@ -18,7 +18,7 @@ from attnspec.conformance import scaling_cases, sparse_cases
 from attnspec.reference import sparse as sparse_ref
 
 
-def tested_clauses() -> set[str]:
+def clauses_with_tests() -> set[str]:
     """The clause IDs named by a ``clause`` mark on some test in ``attnspec.conformance``."""
     ids: set[str] = set()
     for info in pkgutil.iter_modules(attnspec.conformance.__path__):
@@ -39,7 +39,7 @@ def test_every_operation_has_a_reference():
 
 
 def test_every_clause_has_a_test():
-    assert set(CATALOG) - tested_clauses() == set(), "add a test marked @pytest.mark.clause(ID) for each new clause"
+    assert set(CATALOG) - clauses_with_tests() == set(), "add a test marked @pytest.mark.clause(ID) for each new clause"
 
 
 def test_every_clause_has_a_mutant():

@@ -25,6 +25,8 @@ def test_wheel_holds_only_the_attnspec_namespace(tmp_path):
         "attnspec/reference/sdpa.py",
         "attnspec/backends/numpy_backend.py",
         "attnspec/backends/mutants/sdpa.py",
+        "attnspec/backends/cupy/csrc/attention.cu",  # package data: the backend compiles it at run time
+        "attnspec/backends/cupy/csrc/common.cuh",
         "attnspec/conformance/plugin.py",
         "attnspec/conformance/test_sdpa.py",
     ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from attnspec import validation as _checks
+from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import kernel
 from attnspec.backends.torch_tiled import linear as chunked_linear
@@ -18,21 +19,6 @@ from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
-
-SDPA_CLAUSES = (
-    "sdpa",
-    "sdpa.scale",
-    "sdpa.lse",
-    "sdpa.fully_masked",
-    "sdpa.gqa",
-    "sdpa.mask",
-    "sdpa.bias",
-    "sdpa.softcap",
-    "sdpa.alibi",
-    "sdpa.causal.*",
-    "sdpa.window",
-    "sdpa.padding",
-)
 
 
 class BlockSparseLayouts:
@@ -57,7 +43,7 @@ class BlockSparseLayouts:
 
 class TorchBackend(BlockSparseLayouts, Backend):
     name = "torch"
-    clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses = SDPA_FORWARD_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     clauses += (
         "linear.chunked",
         "linear.causal",

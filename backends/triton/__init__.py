@@ -23,8 +23,9 @@ import sys
 import torch
 
 from attnspec import validation as _checks
+from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
-from attnspec.backends.torch_tiled import SDPA_CLAUSES, BlockSparseLayouts
+from attnspec.backends.torch_tiled import BlockSparseLayouts
 from attnspec.backends.torch_tiled import kernel as torch_kernel
 from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import sparse as reference_sparse
@@ -33,7 +34,7 @@ from attnspec.reference.flash import check_decode_options
 
 class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
-    clauses = SDPA_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses = SDPA_FORWARD_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
     max_head_dim = 256
