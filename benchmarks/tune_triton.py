@@ -63,10 +63,10 @@ def flops(d: int, n: int, causal: bool) -> float:
 
 
 def table_choice(d: int, n: int, causal: bool) -> Config:
-    """The launch configuration ``configs.py`` picks for a forward row of this sweep (bf16, contiguous,
-    plain or causal: the TMA kernel is eligible wherever the head dim is a power of two)."""
-    tma = configs.choose_tma(d, causal, n) if d == 1 << (d - 1).bit_length() else None
-    return tma or configs.choose_gpu(torch.bfloat16, d, d, rows=n)
+    """The launch configuration the backend picks for a forward row of this sweep (bf16, contiguous,
+    plain or causal: eligible for the TMA kernel wherever the head dim is a power of two)."""
+    tma = d == 1 << (d - 1).bit_length()
+    return configs.choose_forward(torch.bfloat16, d, d, rows=n, n=n, causal=causal, tma=tma)
 
 
 def rechoose(doc: dict) -> None:

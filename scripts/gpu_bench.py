@@ -33,7 +33,7 @@ from benchmarks import summary  # noqa: E402
 from benchmarks.cases import MATRICES  # noqa: E402
 
 #: the backends timed, in this order; adding one is a line here and its targets in targets.toml
-BACKENDS = ("triton", "torch", "flex")
+BACKENDS = ("triton", "cupy", "torch", "flex")
 GRACE = 30.0  # seconds a timed-out run gets after Ctrl-C to write its benchmark JSON
 NODE = "benchmarks/bench_attention.py::test_attention"
 

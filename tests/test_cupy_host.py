@@ -88,3 +88,11 @@ def test_backend_declines_without_cupy(monkeypatch):
     monkeypatch.setattr(backend, "cp", None)
     with pytest.raises(BackendError, match=r"pip install 'attnspec\[cupy\]'"):
         backend.CupyBackend()
+
+
+def test_every_cuda_mutation_applies_to_the_source_exactly_once():
+    from tests.cupy_mutants import MUTATIONS
+
+    for name, (file, old, _new, clause) in MUTATIONS.items():
+        assert (kernels.CSRC.parent / file).read_text().count(old) == 1, name
+        assert clause.split(".")[0] in ("sdpa", "flash"), name

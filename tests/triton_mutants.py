@@ -1,19 +1,10 @@
-"""Mutants of the Triton kernels' source: a copy of the package with one line changed.
-
-The suite must catch each one (``tests/test_triton_backend.py``). The model kernel carries no
-switch for them: the mutation is applied to a copy of the source, which then runs the same way
-(the interpreter on the CPU, the compiler on a GPU).
-"""
+"""Mutants of the Triton kernels' source (:mod:`tests.source_mutants`): the suite must catch each
+one (``tests/test_triton_backend.py``), in the interpreter on the CPU and compiled on a GPU."""
 
 from __future__ import annotations
 
-import importlib
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-
 import attnspec.backends.triton as original
+from tests.source_mutants import mutated_package
 
 #: name -> (file, the exact text, its replacement, the clause it breaks)
 MUTATIONS = {
@@ -34,23 +25,9 @@ MUTATIONS = {
 }
 
 
-def mutated_package(name: str):
-    """Import a copy of ``attnspec.backends.triton`` with mutation ``name`` applied."""
-    file, old, new, _ = MUTATIONS[name]
-    root = Path(tempfile.mkdtemp(prefix="attnspec-triton-mutant-"))
-    package = root / f"attnspec_triton_mutant_{name}"
-    shutil.copytree(Path(original.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    text = (package / file).read_text()
-    if text.count(old) != 1:
-        raise RuntimeError(f"mutation {name!r}: {old!r} occurs {text.count(old)} times in {file}, expected once")
-    (package / file).write_text(text.replace(old, new))
-    sys.path.insert(0, str(root))
-    return importlib.import_module(package.name)
-
-
 def _factory(name: str):
     def create(device=None):
-        backend = mutated_package(name).TritonBackend(device=device)
+        backend = mutated_package(original, name, *MUTATIONS[name][:3]).TritonBackend(device=device)
         backend.name = f"triton-mutant:{name}"
         return backend
 

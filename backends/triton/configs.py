@@ -63,6 +63,14 @@ def choose_gpu(dtype: torch.dtype, d_qk: int, d_v: int, *, rows: int, tile=None)
     return Config(block_m, block_n, warps, 2 if wide else 3)
 
 
+def choose_forward(dtype: torch.dtype, d_qk: int, d_v: int, *, rows: int, n: int, causal: bool, tma: bool) -> Config:
+    """The launch configuration of a forward call on the GPU with the table's tiles: the TMA kernel's
+    where the call is eligible for it (``tma``: ``launch.tma_eligible``) and it wins, else the
+    general kernel's. The tuning sweep reads its choice per row from here too."""
+    fast = choose_tma(max(d_qk, d_v), causal, n) if tma else None
+    return fast or choose_gpu(dtype, d_qk, d_v, rows=rows)
+
+
 def choose_tma(d: int, causal: bool, n: int) -> Config | None:
     """The TMA kernel's tile for a plain or causal 16-bit call (``launch.tma_eligible``), or None
     where the general kernel was faster. From the H100 sweep (same file as :func:`choose`): at

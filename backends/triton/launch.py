@@ -62,13 +62,12 @@ def attention(
     b, h_kv, group, n_q, d_qk = p.q.shape
     n_k, d_v, h_q = p.k.shape[2], p.v.shape[3], h_kv * group
     q = p.q.reshape(b, h_q, n_q, d_qk)
-    if config is None and tile is None and num_splits == 1 and not pack_gqa and q.is_cuda and tma_eligible(p, lens):
-        fast = configs.choose_tma(max(d_qk, d_v), p.causal is not None, max(n_q, n_k))
-        if fast is not None:
-            return attention_tma(p, fast)
+    rows, heads = (group * n_q, h_kv) if pack_gqa else (n_q, h_q)
+    if config is None and tile is None and num_splits == 1 and not pack_gqa and q.is_cuda:
+        causal, tma = p.causal is not None, tma_eligible(p, lens)
+        config = configs.choose_forward(q.dtype, d_qk, d_v, rows=rows, n=max(n_q, n_k), causal=causal, tma=tma)
     if config is not None and config.tma:
         return attention_tma(p, config)
-    rows, heads = (group * n_q, h_kv) if pack_gqa else (n_q, h_q)
     cfg = config or configs.choose(q, d_qk, d_v, rows=rows, n_k=n_k, tile=tile)
     # Splits of whole key blocks; splits past the last key would hold no key and are not launched.
     split_len = triton.cdiv(triton.cdiv(max(n_k, 1), num_splits), cfg.block_n) * cfg.block_n
