@@ -2,7 +2,7 @@
 
 Loaded by the repository's ``conftest.py`` (or ``-p attnspec.conformance.plugin``); it is never
 registered globally, so its options never reach other projects' pytest runs. It adds
-``--backend``, ``--device``, ``--dtype``, ``--clauses`` and ``--report``, skips the tests of
+``--backend``, ``--device``, ``--dtype``, ``--clauses``, ``--report`` and ``--report-md``, skips the tests of
 clauses the backend does not declare, and ends with a summary per clause.
 """
 
@@ -69,6 +69,11 @@ def pytest_addoption(parser):
     )
     group.addoption("--report", metavar="FILE", help="write the per-clause results as JSON to FILE")
     group.addoption(
+        "--report-md",
+        metavar="FILE",
+        help="write the per-clause table and the failures in Markdown to FILE (a pull request, a CI job summary)",
+    )
+    group.addoption(
         "--shapes",
         choices=("all", "menu", "gpu"),
         default=None,
@@ -88,6 +93,7 @@ def pytest_configure(config):
         _check_profile(profile)
     if not hasattr(config, "workerinput"):
         _check_report_path("--report", config.getoption("report"))
+        _check_report_path("--report-md", config.getoption("report_md"))
     if not profile:
         profile = "ci" if os.environ.get("CI") else "dev"
         settings.load_profile(profile)
@@ -284,10 +290,19 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_sessionfinish(session):
     config = session.config
-    path = config.getoption("report")
-    if path and target.CURRENT is not None and not hasattr(config, "workerinput"):
+    paths = {"json": config.getoption("report"), "md": config.getoption("report_md")}
+    if not any(paths.values()) or target.CURRENT is None or hasattr(config, "workerinput"):
+        return
+    report = _report.document(target.CURRENT, config.stash[RESULTS], hypothesis_profile=config.stash[PROFILE])
+    for kind, path in paths.items():
+        if not path:
+            continue
         try:
-            _report.write_json(path, target.CURRENT, config.stash[RESULTS], hypothesis_profile=config.stash[PROFILE])
+            if kind == "json":
+                _report.write_json(path, report)
+            else:
+                with open(path, "w", encoding="utf-8") as fh:
+                    fh.write(_report.markdown(report))
         except OSError as exc:  # the results above are still printed; the run then fails
             config.stash[REPORT_ERROR] = f"attnspec: the report could not be written to {path!r}: {exc}"
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

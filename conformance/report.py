@@ -80,8 +80,9 @@ def print_summary(terminalreporter, target, results: dict) -> None:
     tr.write_line(", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]))
 
 
-def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> None:
-    document = {
+def document(target, results: dict, *, hypothesis_profile: str) -> dict:
+    """The report of a run: versions, environment, per-clause results and every test's outcome."""
+    return {
         "attnspec": __version__,
         "spec_version": SPEC_VERSION,
         "backend": {"name": target.backend.name, "spec": target.spec, "device": target.backend.device},
@@ -99,9 +100,56 @@ def write_json(path: str, target, results: dict, *, hypothesis_profile: str) -> 
         "clauses": per_clause(target, results),
         "tests": results,
     }
+
+
+def write_json(path: str, report: dict) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=2, sort_keys=False)
+        json.dump(report, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+def markdown(report: dict, *, failures_per_clause: int = 3) -> str:
+    """The report as a reviewer reads it (``--report-md``: a pull request, a CI job summary): the
+    per-clause table of declared clauses, then each failing clause's first failures with their
+    messages (clause, backend, shapes, worst element and the command that replays them)."""
+    env, backend = report["environment"], report["backend"]
+    versions = ", ".join(f"{k} {env[k]}" for k in ("numpy", "torch", "triton", "cupy", "hypothesis") if k in env)
+    lines = [
+        f"# attnspec conformance: `{backend['name']}` on {env.get('gpu', backend['device'])}",
+        "",
+        f"Spec {report['spec_version']}, attnspec {report['attnspec']}; {report['date']}; dtypes "
+        f"{', '.join(report['dtypes'])}; Hypothesis profile {env['hypothesis_profile']}, shapes "
+        f"{env.get('shapes')}; Python {env['python']}, {versions}.",
+        "",
+        "| clause | status | passed | failed | skipped |",
+        "|---|---|---|---|---|",
+    ]
+    declared = {c: row for c, row in report["clauses"].items() if row["status"] != "unsupported" and row["tests"]}
+    lines += [
+        f"| `{c}` | {row['status']} | {row['passed']} | {row['failed']} | {row['skipped']} |"
+        for c, row in declared.items()
+    ]
+    totals = Counter(row["status"] for row in declared.values())
+    lines += ["", ", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]) + "."]
+    failing = {c: row for c, row in declared.items() if row["failures"]}
+    if failing:
+        lines += ["", "## Failures", ""]
+    for c, row in failing.items():
+        for failure in row["failures"][:failures_per_clause]:
+            lines += [
+                f"### `{c}`: `{failure['test'].split('::')[-1]}`",
+                "",
+                "```",
+                failure["message"].strip(),
+                "```",
+                "",
+            ]
+        if len(row["failures"]) > failures_per_clause:
+            lines += [
+                f"(and {len(row['failures']) - failures_per_clause} more failures of `{c}` in the JSON report)",
+                "",
+            ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _frameworks() -> dict:

@@ -146,3 +146,20 @@ def test_shape_menu_is_recorded_in_the_report_and_the_reproducer(suite, tmp_path
     )
     assert code == 1 and report["environment"]["shapes"] == "menu"
     assert "--hypothesis-profile=ci --shapes=menu" in report["clauses"]["sdpa"]["failures"][0]["message"]
+
+
+def test_markdown_report_has_the_clause_table_and_the_failures(suite, tmp_path):
+    md = tmp_path / "summary.md"
+    code, report, output = suite("--backend=mutant:scale_ignored", "--clauses=sdpa.scale", f"--report-md={md}")
+    assert code == 1, output[-2000:]
+    text = md.read_text()
+    assert text.startswith("# attnspec conformance: `mutant:scale_ignored`")
+    assert "| `sdpa.scale` | failed |" in text
+    assert "## Failures" in text and "### `sdpa.scale`" in text
+    first = report["clauses"]["sdpa.scale"]["failures"][0]["message"].strip().splitlines()[0]
+    assert first in text  # the assertion's own message, as the JSON report holds it
+
+
+def test_unwritable_markdown_report_is_refused_before_the_run(suite, tmp_path):
+    code, _, output = suite("--backend=numpy", f"--report-md={tmp_path / 'missing' / 'x.md'}")
+    assert code == 4 and "--report-md=" in output and "does not exist" in output
