@@ -17,6 +17,12 @@ from attnspec.conformance.tolerance import Bound
 class ConformanceError(AssertionError):
     """A backend result breaks a clause."""
 
+    def with_note(self, line: str) -> ConformanceError:
+        """The same failure with ``line`` after its headline (a diagnosis: the report keeps the
+        message's first lines, so it goes near the top)."""
+        headline, _, rest = str(self).partition("\n")
+        return ConformanceError(f"{headline}\n  {line}\n{rest}")
+
 
 class HarnessError(AssertionError):
     """The suite itself produced something unusable (a non-finite reference): never a pass."""

@@ -29,3 +29,9 @@ def test_mutant_fails_on_its_clause(tmp_path, name):
         assert f"[{clause}]" in failure["message"] and "ConformanceError" in failure["message"], (
             f"mutant {name} failed {failure['test']} by something other than a conformance check:\n{failure['message']}"
         )
+    convention = MUTANTS[name].convention
+    if convention:  # a named alternative: the failure says which one the output matches
+        assert any(f"matches {convention}" in f["message"] for f in row["failures"]), (
+            f"mutant {name} follows {convention!r}, but no failure names it:\n"
+            + "\n---\n".join(f["message"] for f in row["failures"])
+        )

@@ -20,6 +20,9 @@ class Mutant(NumpyBackend):
     """
 
     breaks: str = ""
+    #: The named convention this mutant follows instead of the spec's, if it is one that real
+    #: kernels implement (``conformance/conventions.py`` then diagnoses it by this name).
+    convention: str = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

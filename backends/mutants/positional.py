@@ -12,6 +12,7 @@ class RopeOtherLayoutMutant(Mutant):
     """Half-split RoPE is computed interleaved (GPT-J weights run through a NeoX kernel)."""
 
     breaks = "rope.half_split"
+    convention = "`rope.interleaved` (pairs (2c, 2c + 1), GPT-J's layout) in place of half-split"
 
     def rope(self, x, positions, *, layout, **kwargs):
         return super().rope(x, positions, layout="interleaved" if layout == "half_split" else layout, **kwargs)
@@ -51,6 +52,7 @@ class SinusoidalConcatForInterleavedMutant(Mutant):
     """The interleaved sinusoidal layout is returned concatenated."""
 
     breaks = "pe.sinusoidal.interleaved"
+    convention = "`pe.sinusoidal.concat` (a sin block, then a cos block) in place of interleaved"
 
     def sinusoidal(self, positions, dim, *, layout, **kwargs):
         return absolute.sinusoidal(positions, dim, layout="concat", **kwargs)
@@ -70,6 +72,7 @@ class SinusoidalT2tWithConcatFrequenciesMutant(Mutant):
     """tensor2tensor's layout with the concat clause's frequencies ``base ** (-2c / dim)``."""
 
     breaks = "pe.sinusoidal.t2t"
+    convention = "the frequencies base^(-2c/dim) of `pe.sinusoidal.concat` (HF Marian, x-transformers) in place of tensor2tensor's base^(-c/(dim/2 - 1))"
 
     def sinusoidal(self, positions, dim, *, layout, **kwargs):
         return absolute.sinusoidal(positions, dim, layout="concat" if layout == "t2t" else layout, **kwargs)
@@ -88,6 +91,7 @@ class AlibiGeometricSlopesMutant(Mutant):
     """Slopes form a plain geometric series ``2 ** (-8 (h + 1) / n)`` for every head count."""
 
     breaks = "alibi.slopes"
+    convention = "plain geometric ALiBi slopes 2^(-8h/n) for every head count (not the paper's interleaving for non-powers of two)"
 
     def alibi_slopes(self, num_heads):
         return np.exp2(-8.0 * np.arange(1, num_heads + 1) / num_heads)
@@ -118,6 +122,7 @@ class T5BucketFloat64Mutant(Mutant):
     """The T5 log bin is evaluated in float64, not float32 (the reference before issue 14)."""
 
     breaks = "t5.bucket"
+    convention = "the T5 log bin in float64 (trained T5 models compute it in float32)"
 
     def t5_bucket(self, relative_position, *, bidirectional, num_buckets, max_distance):
         rel = np.asarray(relative_position, np.int64)

@@ -42,6 +42,7 @@ class TopLeftForBottomRightMutant(Mutant):
     """``causal="bottom_right"`` is computed as top-left (PyTorch's ``is_causal``)."""
 
     breaks = "sdpa.causal.bottom_right"
+    convention = "`sdpa.causal.top_left` (causal aligned top-left, as PyTorch's is_causal)"
 
     def sdpa(self, q, k, v, *, causal=None, **options):
         return super().sdpa(q, k, v, causal="top_left" if causal else None, **options)
@@ -51,6 +52,7 @@ class BottomRightForTopLeftMutant(Mutant):
     """``causal="top_left"`` is computed as bottom-right (flash-attn's ``causal=True``)."""
 
     breaks = "sdpa.causal.top_left"
+    convention = "`sdpa.causal.bottom_right` (causal aligned bottom-right, as flash-attn's causal=True)"
 
     def sdpa(self, q, k, v, *, causal=None, **options):
         return super().sdpa(q, k, v, causal="bottom_right" if causal else None, **options)
@@ -60,6 +62,7 @@ class ScaleIgnoredMutant(Mutant):
     """An explicit ``scale`` is ignored; ``1/sqrt(D_qk)`` is always used."""
 
     breaks = "sdpa.scale"
+    convention = "the default scale 1/sqrt(D_qk) in place of the scale given"
 
     def sdpa(self, q, k, v, *, scale=None, **options):
         return super().sdpa(q, k, v, **options)
@@ -69,6 +72,7 @@ class DefaultScaleOneOverDMutant(Mutant):
     """The default scale is ``1/D_qk`` instead of ``1/sqrt(D_qk)``."""
 
     breaks = "sdpa.scale"
+    convention = "a default scale of 1/D_qk (not 1/sqrt(D_qk))"
 
     def sdpa(self, q, k, v, *, scale=None, **options):
         return super().sdpa(q, k, v, scale=1.0 / q.shape[-1] if scale is None else scale, **options)
@@ -89,6 +93,7 @@ class GqaModuloMutant(Mutant):
     """GQA maps query head ``h`` to KV head ``h % H_kv`` (tiling, ONNX's first version)."""
 
     breaks = "sdpa.gqa"
+    convention = "GQA heads tiled: query head h reads KV head h mod H_kv (repeat, not repeat_interleave)"
 
     def sdpa(self, q, k, v, **options):
         reps = q.shape[1] // k.shape[1]
@@ -122,6 +127,7 @@ class SoftcapAfterMaskMutant(Mutant):
     """The softcap is applied after masking, so masked keys get score ``-cap`` instead of ``-inf``."""
 
     breaks = "sdpa.softcap"
+    convention = "the softcap applied after the mask (masked keys score -softcap, not -inf)"
 
     def sdpa(self, q, k, v, *, return_lse=False, softcap=None, **options):
         if softcap is None:
@@ -138,6 +144,7 @@ class SoftcapAfterBiasMutant(Mutant):
     """The softcap is applied to ``score + bias`` instead of to the score alone."""
 
     breaks = "sdpa.softcap"
+    convention = "the softcap applied to score + bias (not to the score alone)"
 
     def sdpa(self, q, k, v, *, return_lse=False, softcap=None, bias=None, **options):
         if softcap is None or bias is None:
@@ -193,6 +200,7 @@ class LseBase2Mutant(Mutant):
     """The LSE is returned in base 2 (the Triton tutorial keeps it so internally)."""
 
     breaks = "sdpa.lse"
+    convention = "the LSE in base 2 (log2 of the softmax denominator, as the Triton tutorial keeps it)"
 
     def sdpa(self, q, k, v, *, return_lse=False, **options):
         out, lse = ref.sdpa(q, k, v, return_lse=True, **options)
@@ -224,6 +232,7 @@ class AlibiTopLeftMutant(Mutant):
     """ALiBi distances are measured top-left (``|i - j|``), ignoring the bottom-right offset."""
 
     breaks = "sdpa.alibi"
+    convention = "ALiBi distances aligned top-left, |i - j| (not |i + offset - j|)"
 
     def sdpa(self, q, k, v, *, alibi_slopes=None, bias=None, **options):
         if alibi_slopes is not None:
@@ -232,3 +241,30 @@ class AlibiTopLeftMutant(Mutant):
             alibi = -slopes * np.abs(i - j)
             bias = alibi if bias is None else bias.astype(np.float64) + alibi
         return super().sdpa(q, k, v, bias=bias, **options)
+
+
+class DefaultScaleFromDvMutant(Mutant):
+    """The default scale is ``1/sqrt(D_v)``: the value head dim taken for the query/key one."""
+
+    breaks = "sdpa.scale"
+    convention = "a default scale of 1/sqrt(D_v) (not 1/sqrt(D_qk))"
+
+    def sdpa(self, q, k, v, *, scale=None, **options):
+        return super().sdpa(q, k, v, scale=1.0 / math.sqrt(v.shape[-1]) if scale is None else scale, **options)
+
+
+class WindowTopLeftMutant(Mutant):
+    """The sliding window is aligned top-left (``i - left <= j <= i + right``), as ONNX's
+    ``Attention`` aligns it without a KV cache, instead of bottom-right."""
+
+    breaks = "sdpa.window"
+    convention = "the window aligned top-left, i - left <= j <= i + right (ONNX Attention without a cache)"
+
+    def sdpa(self, q, k, v, *, window=None, **options):
+        if window is not None and tuple(window) != (-1, -1):
+            left, right = window
+            i, j = np.arange(q.shape[2])[:, None], np.arange(k.shape[2])[None, :]
+            inside = ((left < 0) | (j >= i - left)) & ((right < 0) | (j <= i + right))
+            inside = np.broadcast_to(inside, (1, 1) + inside.shape)
+            options["mask"] = inside & options["mask"] if options.get("mask") is not None else inside
+        return super().sdpa(q, k, v, **options)
