@@ -242,13 +242,15 @@ attention_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restr
     const float total = quad_sum(l[x]);           // every lane of the warp takes part in the shuffle
     const float sum = rows[x].i < 0 ? 0.f : total;  // padding rows: 0 and -inf, whatever they saw
     if (r >= n_rows) continue;
+    // A row that saw no key stores exact zeros, even where its (padding) query read NaN into acc.
     const float inv = inverse_sum(sum);
+    const bool empty = sum == 0.f;
     const long long row_off = split * sos + b * sob + (long long)head_of(r) * soh + (long long)pos_of(r) * som;
     #pragma unroll
     for (int nt = 0; nt < NO; ++nt) {
       const int col = nt * 8 + 2 * t;
-      if (col < d_v) out[row_off + col] = from_float<TO>(acc[nt][2 * x] * inv);
-      if (col + 1 < d_v) out[row_off + col + 1] = from_float<TO>(acc[nt][2 * x + 1] * inv);
+      if (col < d_v) out[row_off + col] = from_float<TO>(empty ? 0.f : acc[nt][2 * x] * inv);
+      if (col + 1 < d_v) out[row_off + col + 1] = from_float<TO>(empty ? 0.f : acc[nt][2 * x + 1] * inv);
     }
     if (t == 0) lse[split * sls + b * slb + (long long)head_of(r) * slh + (long long)pos_of(r) * slm] = natural_lse(safe_max(m[x]), sum);
   }

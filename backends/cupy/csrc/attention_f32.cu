@@ -103,9 +103,10 @@ attention_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, cons
   if (!row_exists) return;
   const float sum = row.i < 0 ? 0.f : l;  // every thread of the quad holds the whole row sum
   const float inv = inverse_sum(sum);
+  const bool empty = sum == 0.f;  // no key seen: exact zeros, even where a padding query read NaN into acc
   const long long row_off = split * sos + b * sob + (long long)h * soh + (long long)i * som;
   #pragma unroll
   for (int c = 0; c < PER; ++c)
-    if (t + 4 * c < d_v) out[row_off + t + 4 * c] = from_float<TO>(acc[c] * inv);
+    if (t + 4 * c < d_v) out[row_off + t + 4 * c] = from_float<TO>(empty ? 0.f : acc[c] * inv);
   if (t == 0) lse[split * sls + b * slb + (long long)h * slh + (long long)i * slm] = natural_lse(safe_max(m), sum);
 }
