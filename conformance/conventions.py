@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def _defines(cls: type, op: str) -> bool:
     return any(op in vars(c) for c in cls.__mro__ if issubclass(c, Mutant) and c is not Mutant)
 
 
-def matching(op: str, compute: Callable[[object], object], matches: Callable[[object], bool]) -> list[str]:
+def matching(op: str, compute: Callable[[Any], Any], matches: Callable[[Any], bool]) -> list[str]:
     """The names of the conventions whose result ``compute(alternative)`` the backend's ``matches``."""
     found = []
     for cls in MUTANTS.values():
@@ -66,7 +67,7 @@ def within(actual, expected, bound: float) -> bool:
 
 
 @contextmanager
-def diagnosis(op: str, compute: Callable[[object], object], matches: Callable[[object], bool]) -> Iterator[None]:
+def diagnosis(op: str, compute: Callable[[Any], Any], matches: Callable[[Any], bool]) -> Iterator[None]:
     """Around the checks of one result of ``op``: a failure is re-raised with its diagnosis line."""
     __tracebackhide__ = True
     try:
@@ -75,11 +76,11 @@ def diagnosis(op: str, compute: Callable[[object], object], matches: Callable[[o
         raise exc.with_note(note(matching(op, compute, matches))) from None
 
 
-def close_to(actual, bound: float) -> Callable[[object], bool]:
+def close_to(actual, bound: float) -> Callable[[Any], bool]:
     """A ``matches`` for results compared within ``bound``."""
     return lambda alternative: within(actual, alternative, bound)
 
 
-def equal_to(actual) -> Callable[[object], bool]:
+def equal_to(actual) -> Callable[[Any], bool]:
     """A ``matches`` for results compared exactly (integers: T5 buckets)."""
     return lambda alternative: np.array_equal(np.asarray(actual), np.asarray(alternative))

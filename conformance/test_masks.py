@@ -84,6 +84,7 @@ def test_masked_keys_do_not_leak(check, dtype, case):
 @pytest.mark.clause("sdpa.padding")
 @given(case=sdpa_cases(padding=True, extras=True))
 @example(case=SdpaCase(batch=2, n_q=5, n_k=65, q_lens=(5, 1), kv_lens=(64, 65), causal="bottom_right"))
+@example(case=SdpaCase(batch=2, n_q=5, n_k=12, q_lens=(5, 3), kv_lens=(9, 12), window=(2, 0)))
 def test_padding(check, dtype, case):
     """Causal, window and ALiBi align with each batch item's effective lengths."""
     check_sdpa(check, case, dtype)

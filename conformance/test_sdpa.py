@@ -159,6 +159,7 @@ def test_softcap_before_mask(check, dtype, case):
 @pytest.mark.clause("sdpa.softcap", "sdpa.bias")
 @given(case=sdpa_cases(softcap=True, bias=True))
 @example(case=SdpaCase(n_q=2, n_k=9, d_qk=8, d_v=8, softcap=0.5, bias="full"))
+@example(case=SdpaCase(n_q=6, n_k=9, d_qk=8, d_v=8, softcap=0.5, bias="full", causal="bottom_right", window=(4, 0)))
 def test_softcap_before_bias(check, dtype, case):
     """The cap bounds scale * q.k only; the bias is added after it."""
     check_sdpa(check, case, dtype)

@@ -35,3 +35,14 @@ def test_mutant_fails_on_its_clause(tmp_path, name):
             f"mutant {name} follows {convention!r}, but no failure names it:\n"
             + "\n---\n".join(f["message"] for f in row["failures"])
         )
+    needs = set(MUTANTS[name].needs)
+    if needs:  # wrong only where two options meet: isolation names exactly their clauses
+        lines = [ln for f in row["failures"] for ln in f["message"].splitlines() if "isolation:" in ln]
+        assert any(_isolated_clauses(ln) == needs for ln in lines), (
+            f"mutant {name} needs {sorted(needs)}, isolation said:\n" + "\n".join(lines)
+        )
+
+
+def _isolated_clauses(line: str) -> set[str]:
+    """The clauses an isolation line names ("... (clauses sdpa.softcap, sdpa.bias)")."""
+    return set(line.rpartition("clauses ")[2].rstrip(")").split(", ")) if "clauses " in line else set()

@@ -23,6 +23,9 @@ class Mutant(NumpyBackend):
     #: The named convention this mutant follows instead of the spec's, if it is one that real
     #: kernels implement (``conformance/conventions.py`` then diagnoses it by this name).
     convention: str = ""
+    #: For a mutant wrong only where two options meet: the clauses of those options, which option
+    #: isolation (``conformance/isolation.py``) must report as the smallest failing set.
+    needs: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -145,6 +145,7 @@ class SoftcapAfterBiasMutant(Mutant):
 
     breaks = "sdpa.softcap"
     convention = "the softcap applied to score + bias (not to the score alone)"
+    needs = ("sdpa.softcap", "sdpa.bias")
 
     def sdpa(self, q, k, v, *, return_lse=False, softcap=None, bias=None, **options):
         if softcap is None or bias is None:
@@ -268,3 +269,22 @@ class WindowTopLeftMutant(Mutant):
             inside = np.broadcast_to(inside, (1, 1) + inside.shape)
             options["mask"] = inside & options["mask"] if options.get("mask") is not None else inside
         return super().sdpa(q, k, v, **options)
+
+
+class WindowIgnoresLengthsMutant(Mutant):
+    """The window is aligned with ``N_k - N_q`` even where ``q_lens``/``kv_lens`` give other
+    effective lengths: right without lengths, and right with lengths but no window."""
+
+    breaks = "sdpa.padding"
+    needs = ("sdpa.window", "sdpa.padding")
+
+    def sdpa(self, q, k, v, *, window=None, **options):
+        if window is not None and tuple(window) != (-1, -1) and ("q_lens" in options or "kv_lens" in options):
+            left, right = window
+            i, j = np.arange(q.shape[2])[:, None], np.arange(k.shape[2])[None, :]
+            at = i + k.shape[2] - q.shape[2]
+            inside = ((left < 0) | (j >= at - left)) & ((right < 0) | (j <= at + right))
+            inside = np.broadcast_to(inside, (1, 1) + inside.shape)
+            options["mask"] = inside & options["mask"] if options.get("mask") is not None else inside
+            window = None
+        return super().sdpa(q, k, v, window=window, **options)
