@@ -5,8 +5,25 @@
 expresses every option the public API can take: ``is_causal`` (top-left), bottom-right causal
 through ``torch.nn.attention.bias.causal_lower_right``, window, padding and mask as a boolean
 ``attn_mask``, bias and ALiBi as a float ``attn_mask``, GQA through ``enable_gqa``. It does not
-declare softcap (no such argument) or the LSE (not returned by the public API). When the pinned
-kernel refuses a case ("No available kernel"), the case is declined, not failed.
+declare softcap (no such argument). When the pinned kernel refuses a case ("No available
+kernel"), the case is declined, not failed.
+
+The LSE (``sdpa.lse``, asked for with ``return_lse=True``) is not returned by the public API; the
+private ATen operators behind it return it, and the adapter calls the one of the kernel that runs
+(pinned, or the one ``torch._fused_sdp_choice`` picks), with K and V repeated for GQA (those
+operators take no ``enable_gqa``). Read from PyTorch 2.11 (the GPU image) and 2.13 (CPU):
+
+- CPU flash: ``aten::_scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, *,
+  attn_mask, scale) -> (output, logsumexp)``;
+- CUDA flash: ``aten::_scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal,
+  return_debug_mask, *, scale) -> (output, logsumexp, ...)``: no mask, so only plain and top-left
+  causal calls;
+- CUDA memory-efficient: ``aten::_scaled_dot_product_efficient_attention(q, k, v, attn_bias,
+  compute_log_sumexp, dropout_p, is_causal, *, scale) -> (output, log_sumexp, ...)``, the LSE
+  padded along N to a multiple of 32 (cut here);
+- CUDA cuDNN: ``aten::_scaled_dot_product_cudnn_attention(q, k, v, attn_bias, compute_log_sumexp,
+  dropout_p, is_causal, return_debug_mask, *, scale) -> (output, logsumexp, ...)``;
+- the math kernel returns the attention weights, not an LSE: declined.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ class TorchSdpaBackend(Backend):
     clauses = (
         "sdpa",
         "sdpa.scale",
+        "sdpa.lse",
         "sdpa.fully_masked",
         "sdpa.gqa",
         "sdpa.mask",
@@ -73,6 +91,7 @@ class TorchSdpaBackend(Backend):
         alibi_slopes=None,
         q_lens=None,
         kv_lens=None,
+        return_lse=False,
     ):
         kwargs = dict(scale=scale, enable_gqa=q.shape[1] != k.shape[1])
         masked = vis.restricts(window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
@@ -86,7 +105,52 @@ class TorchSdpaBackend(Backend):
                 kwargs["attn_mask"] = causal_lower_right(q.shape[2], k.shape[2])
         else:
             kwargs["attn_mask"] = _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
+        if return_lse:
+            return self._call_with_lse(q, k, v, kwargs)
         return self._call(q, k, v, kwargs)
+
+    def _call_with_lse(self, q, k, v, kwargs):
+        """``(out, lse)`` from the private operator of the kernel that runs (module docstring)."""
+        from torch.nn.attention.bias import CausalBias
+
+        gqa = kwargs.pop("enable_gqa")
+        if gqa:  # the private operators take no enable_gqa
+            k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+        mask, causal, scale = kwargs.get("attn_mask"), kwargs.get("is_causal", False), kwargs["scale"]
+        if isinstance(mask, CausalBias):  # bottom-right causal: the operators take it as a dense mask
+            mask = mask._materialize(q.device)
+        mask = _additive(mask, q)  # the operators take float masks only (the public API converts bool)
+        kernel = (
+            KERNELS[self.kernel]
+            if self.kernel
+            else SDPBackend(torch._fused_sdp_choice(q, k, v, mask, 0.0, causal, scale=scale))
+        )
+        ops = torch.ops.aten
+        try:
+            if kernel == SDPBackend.FLASH_ATTENTION and q.device.type == "cpu":
+                return ops._scaled_dot_product_flash_attention_for_cpu(
+                    q, k, v, 0.0, causal, attn_mask=mask, scale=scale
+                )
+            if kernel == SDPBackend.FLASH_ATTENTION and mask is None:
+                out, lse = ops._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+                return out, lse
+            if kernel == SDPBackend.EFFICIENT_ATTENTION:
+                out, lse = ops._scaled_dot_product_efficient_attention(q, k, v, mask, True, 0.0, causal, scale=scale)[
+                    :2
+                ]
+                return out, lse[..., : q.shape[2]]
+            if kernel == SDPBackend.CUDNN_ATTENTION:
+                out, lse = ops._scaled_dot_product_cudnn_attention(
+                    q, k, v, mask, True, 0.0, causal, False, scale=scale
+                )[:2]
+                return out, lse.reshape(q.shape[:3])
+        except RuntimeError as exc:
+            raise Unsupported(
+                f"{self.name}: the LSE operator of {kernel.name} refused: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        raise Unsupported(
+            f"{self.name}: no LSE from the {kernel.name} kernel for this call (a mask, or the math kernel)"
+        )
 
     def _call(self, q, k, v, kwargs):
         try:
@@ -122,3 +186,10 @@ def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
         return visible
     additive = rules.modify(torch.zeros((), dtype=dtype, device=q.device), *grid)
     return (additive if visible is None else additive.masked_fill(~visible, float("-inf"))).to(q.dtype)
+
+
+def _additive(mask, q):
+    """A boolean mask as the float bias the fused operators take (``-inf`` where hidden)."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from attnspec.conformance.dtypes import LARGE_MAGNITUDE, rounded
+from attnspec.conformance.dtypes import HUGE_SCORE, LARGE_MAGNITUDE, rounded
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class SdpaCase:
     d_qk: int = 8
     d_v: int = 8
     seed: int = 0
-    magnitude: str = "unit"  # "unit" or "large" (scores far past exp's overflow point)
+    magnitude: str = "unit"  # "unit", "large" (scores far past exp's overflow point) or "huge" (HUGE_SCORE)
     scale: float | None = None
     causal: str | None = None
     window: tuple[int, int] | None = None
@@ -62,6 +62,8 @@ class SdpaCase:
         mag = LARGE_MAGNITUDE[dtype] if self.magnitude == "large" else 1.0
         q = rounded(rng.standard_normal((self.batch, self.h_q, self.n_q, self.d_qk)) * mag, dtype)
         k = rounded(rng.standard_normal((self.batch, self.h_kv, self.n_k, self.d_qk)) * mag, dtype)
+        if self.magnitude == "huge":
+            q, k = self._huge_scores(q, k, rng, dtype)
         v = rounded(rng.standard_normal((self.batch, self.h_kv, self.n_k, self.d_v)), dtype)
         options: dict = {}
         for name in ("scale", "causal", "window", "softcap"):
@@ -82,6 +84,22 @@ class SdpaCase:
         if self.kv_lens is not None:
             options["kv_lens"] = np.asarray(self.kv_lens, dtype=np.int32)
         return q, k, v, options
+
+    def _huge_scores(self, q, k, rng, dtype: str):
+        """Every score of query row ``i`` is ``sign(i) * M`` plus an O(1) part: feature 0 of every
+        query and key carries ``sqrt(M / scale)`` (the row's sign on the query), the other features
+        keep their unit draws, and the cross terms are zero."""
+        scale = self.scale if self.scale is not None else 1.0 / np.sqrt(self.d_qk)
+        if scale == 0:
+            return q, k  # every score is 0 whatever q and k hold
+        target = HUGE_SCORE[dtype]
+        if dtype == "float16":  # q.k before scaling must stay finite in float16's naive evaluation
+            target = min(target, 0.25 * 65504.0 * abs(scale))
+        a = np.sqrt(target / abs(scale))
+        sign = rng.choice([-1.0, 1.0], size=(self.batch, self.h_q, self.n_q)) * np.sign(scale)
+        q, k = q.astype(np.float64), k.astype(np.float64)
+        q[..., 0], k[..., 0] = sign * a, a
+        return rounded(q, dtype), rounded(k, dtype)
 
     def _broadcast_shape(self, form: str) -> tuple[int, ...]:
         return {

@@ -25,23 +25,28 @@ GROUPS: dict[tuple[str, ...], str] = {
 }
 
 
-def smallest_failing(options: dict, fails: Callable[[dict], bool]) -> dict:
-    """``options`` with every group removed whose removal keeps ``fails`` true."""
-    keep = dict(options)
+def smallest_failing(options: dict, fails: Callable[[dict], bool | None]) -> tuple[dict, list[str]]:
+    """``(kept, undecided)``: ``options`` with every group removed whose removal keeps ``fails``
+    true, and the options whose removal could not be judged (``fails`` None or raising: the
+    backend declines or cannot run the smaller case), which stay in ``kept``."""
+    keep, undecided = dict(options), []
     for group in GROUPS:
-        if not any(name in keep for name in group):
+        present = [name for name in group if name in keep]
+        if not present:
             continue
         trial = {name: value for name, value in keep.items() if name not in group}
         try:
             still = fails(trial)
-        except Exception:  # the backend cannot run the smaller case (a decline, an error): keep the group
-            still = False
-        if still:
+        except Exception:
+            still = None
+        if still is None:
+            undecided += present
+        elif still:
             keep = trial
-    return keep
+    return keep, undecided
 
 
-def note(options: dict, kept: dict) -> str:
+def note(options: dict, kept: dict, undecided: list[str] | None = None) -> str:
     """The isolation line of a failure message."""
     if not options:
         return "isolation: the case has no options"
@@ -49,6 +54,7 @@ def note(options: dict, kept: dict) -> str:
         return "isolation: fails with every option removed too (plain attention differs)"
     clauses = [clause for group, clause in GROUPS.items() if any(name in kept for name in group)]
     names = ", ".join(sorted(kept))
+    untried = f"; without {', '.join(undecided)} the backend could not run the case" if undecided else ""
     if len(kept) == len(options):
-        return f"isolation: every option of the case is needed to fail ({names}; clauses {', '.join(clauses)})"
-    return f"isolation: fails with only {names} (clauses {', '.join(clauses)})"
+        return f"isolation: every option of the case is needed to fail ({names}; clauses {', '.join(clauses)}){untried}"
+    return f"isolation: fails with only {names} (clauses {', '.join(clauses)}){untried}"

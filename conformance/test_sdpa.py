@@ -55,6 +55,23 @@ def test_scale(check, dtype, case):
     check_sdpa(check, case, dtype)
 
 
+@pytest.mark.clause("sdpa")
+@given(case=sdpa_cases(extras=True, magnitudes=("huge",)))
+@example(case=SdpaCase(n_q=3, n_k=70, d_qk=16, d_v=8, magnitude="huge", causal="bottom_right"))
+def test_huge_scores(check, dtype, case):
+    """Scores of about +-2.5e5 in every row (massive activations, no QK-norm; conformance.dtypes.HUGE_SCORE):
+    only the row-maximum subtraction and masking with a true -inf survive them."""
+    check_sdpa(check, case, dtype)
+
+
+@pytest.mark.clause("sdpa.mask")
+@given(case=sdpa_cases(mask=True, magnitudes=("huge",)))
+@example(case=SdpaCase(n_q=2, n_k=9, magnitude="huge", mask="full", seed=3))
+def test_mask_at_huge_scores(check, dtype, case):
+    """A finite stand-in for -inf (-1e4, -1e6) is no mask where the visible scores are -2.5e5."""
+    check_sdpa(check, case, dtype)
+
+
 @pytest.mark.clause("sdpa.lse")
 @given(case=sdpa_cases(extras=True))
 @example(case=SdpaCase(n_q=4, n_k=7, d_qk=8, d_v=8))

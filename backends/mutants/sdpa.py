@@ -288,3 +288,16 @@ class WindowIgnoresLengthsMutant(Mutant):
             options["mask"] = inside & options["mask"] if options.get("mask") is not None else inside
             window = None
         return super().sdpa(q, k, v, window=window, **options)
+
+
+class MaskStandInMutant(Mutant):
+    """Hidden keys get the finite score -1e4 instead of -inf (a common kernel shortcut): right at
+    ordinary scores, wrong where visible scores are more negative than the stand-in."""
+
+    breaks = "sdpa.mask"
+
+    def sdpa(self, q, k, v, *, mask=None, bias=None, **options):
+        if mask is not None:
+            stand_in = np.where(mask, 0.0, -1e4)
+            bias = stand_in if bias is None else bias.astype(np.float64) + stand_in
+        return super().sdpa(q, k, v, bias=bias, **options)
