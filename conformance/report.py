@@ -19,7 +19,10 @@ STATUS_ORDER = ("failed", "passed", "declined", "not run", "unsupported")
 def outcome(clause_ids: tuple[str, ...], rep, declines) -> dict:
     """One test's result: its clauses, outcome, and the first lines of any failure."""
     result = {"clauses": list(clause_ids), "outcome": rep.outcome, "when": rep.when}
-    if rep.failed:
+    if hasattr(rep, "wasxfail"):  # a SHOULD rule not met (probes.should): apart from the clause's verdict
+        result["outcome"] = "should_failed"
+        result["message"] = str(rep.wasxfail).removeprefix("reason: ")
+    elif rep.failed:
         text = str(rep.longrepr)
         lines = [ln for ln in text.splitlines() if ln.startswith(("E ", "E\t"))] or text.splitlines()[-5:]
         result["message"] = "\n".join(ln[2:].rstrip() if ln.startswith("E") else ln for ln in lines[:12])
@@ -52,6 +55,7 @@ def per_clause(target, results: dict) -> dict:
             "passed": counts["passed"],
             "failed": counts["failed"],
             "skipped": counts["skipped"],
+            "should_failed": counts["should_failed"],  # SHOULD rules not met: not part of the status
             "tests": sorted(mine),
             "failures": [
                 {"test": n, "message": r.get("message", "")}
@@ -59,6 +63,11 @@ def per_clause(target, results: dict) -> dict:
                 if r["outcome"] == "failed"
             ],
             "skips": sorted({r.get("reason", "") for r in mine.values() if r["outcome"] == "skipped"}),
+            "should_failures": [
+                {"test": n, "message": r.get("message", "")}
+                for n, r in sorted(mine.items())
+                if r["outcome"] == "should_failed"
+            ],
         }
     return table
 
@@ -70,11 +79,14 @@ def print_summary(terminalreporter, target, results: dict) -> None:
         f"attnspec conformance: backend {target.backend.name} ({target.backend.device}), "
         f"dtypes {', '.join(target.dtypes)}"
     )
-    tr.write_line(f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    tr.write_line(f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7} {'SHOULD not met':>14}")
     for clause_id, row in table.items():
         if row["status"] == "not run" and not row["tests"]:
             continue  # deselected with --clauses
-        line = f"{clause_id:28} {row['status']:12} {row['passed']:6} {row['failed']:6} {row['skipped']:7}"
+        line = (
+            f"{clause_id:28} {row['status']:12} {row['passed']:6} {row['failed']:6} {row['skipped']:7} "
+            f"{row['should_failed']:14}"
+        )
         tr.write_line(line, red=row["status"] == "failed", green=row["status"] == "passed")
     totals = Counter(row["status"] for row in table.values())
     tr.write_line(", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]))
@@ -121,34 +133,27 @@ def markdown(report: dict, *, failures_per_clause: int = 3) -> str:
         f"{', '.join(report['dtypes'])}; Hypothesis profile {env['hypothesis_profile']}, shapes "
         f"{env.get('shapes')}; Python {env['python']}, {versions}.",
         "",
-        "| clause | status | passed | failed | skipped |",
-        "|---|---|---|---|---|",
+        "| clause | status (MUST) | passed | failed | skipped | SHOULD not met |",
+        "|---|---|---|---|---|---|",
     ]
     declared = {c: row for c, row in report["clauses"].items() if row["status"] != "unsupported" and row["tests"]}
     lines += [
-        f"| `{c}` | {row['status']} | {row['passed']} | {row['failed']} | {row['skipped']} |"
+        f"| `{c}` | {row['status']} | {row['passed']} | {row['failed']} | {row['skipped']} | "
+        f"{row.get('should_failed', 0)} |"
         for c, row in declared.items()
     ]
     totals = Counter(row["status"] for row in declared.values())
     lines += ["", ", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]) + "."]
-    failing = {c: row for c, row in declared.items() if row["failures"]}
-    if failing:
-        lines += ["", "## Failures", ""]
-    for c, row in failing.items():
-        for failure in row["failures"][:failures_per_clause]:
-            lines += [
-                f"### `{c}`: `{failure['test'].split('::')[-1]}`",
-                "",
-                "```",
-                failure["message"].strip(),
-                "```",
-                "",
-            ]
-        if len(row["failures"]) > failures_per_clause:
-            lines += [
-                f"(and {len(row['failures']) - failures_per_clause} more failures of `{c}` in the JSON report)",
-                "",
-            ]
+    for title, key in (("Failures (MUST)", "failures"), ("SHOULD rules not met", "should_failures")):
+        failing = {c: row for c, row in declared.items() if row.get(key)}
+        if failing:
+            lines += ["", f"## {title}", ""]
+        for c, row in failing.items():
+            for failure in row[key][:failures_per_clause]:
+                test = failure["test"].split("::")[-1]
+                lines += [f"### `{c}`: `{test}`", "", "```", failure["message"].strip(), "```", ""]
+            if len(row[key]) > failures_per_clause:
+                lines += [f"(and {len(row[key]) - failures_per_clause} more of `{c}` in the JSON report)", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -4,11 +4,12 @@ Each rule is checked three ways: numerically against the reference, by reading t
 pattern exactly through a one-hot V, and by poisoning the keys it hides.
 """
 
+import numpy as np
 import pytest
 from hypothesis import example, given
 
 from attnspec.conformance.cases import SdpaCase
-from attnspec.conformance.probes import check_pattern, check_poisoned, check_sdpa
+from attnspec.conformance.probes import check_pattern, check_poisoned, check_sdpa, should
 from attnspec.conformance.strategies import sdpa_cases
 
 PROBE_LEN = 96  # one-hot V needs D_v = N_k
@@ -66,6 +67,33 @@ def test_window_pattern(check, dtype, case):
 @example(case=SdpaCase(n_q=2, n_k=40, window=(3, 0)))
 def test_window_hidden_keys_do_not_leak(check, dtype, case):
     check_poisoned(check, case, dtype)
+
+
+@pytest.mark.clause("sdpa.window")
+@given(case=sdpa_cases(window=True))
+@example(case=SdpaCase(n_q=2, n_k=40, window=(3, 0)))
+def test_window_hidden_nan_does_not_reach_the_output(check, dtype, case):
+    """SHOULD (``sdpa``): NaN stored at in-range keys the window hides from every query."""
+    with should():
+        check_poisoned(check, case, dtype, value=np.nan)
+
+
+@pytest.mark.clause("sdpa.causal.top_left")
+@given(case=sdpa_cases(causal="top_left"))
+@example(case=SdpaCase(n_q=3, n_k=70, causal="top_left"))
+def test_causal_hidden_nan_does_not_reach_the_output(check, dtype, case):
+    """SHOULD (``sdpa``): NaN stored at in-range keys after every query's causal bound."""
+    with should():
+        check_poisoned(check, case, dtype, value=np.nan)
+
+
+@pytest.mark.clause("sdpa.mask")
+@given(case=sdpa_cases(mask=True))
+@example(case=SdpaCase(n_q=3, n_k=20, mask="per_key", mask_density=0.2))
+def test_masked_nan_does_not_reach_the_output(check, dtype, case):
+    """SHOULD (``sdpa``): NaN stored at in-range keys the mask hides from every query."""
+    with should():
+        check_poisoned(check, case, dtype, value=np.nan)
 
 
 @pytest.mark.clause("sdpa.mask")

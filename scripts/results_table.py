@@ -28,7 +28,9 @@ def _merge_parts(runs: list[dict]) -> list[dict]:
 def _merge_rows(first: dict | None, second: dict) -> dict:
     if not first or not first["tests"] or first["status"] == "unsupported":
         return second
-    row = {key: first[key] + second[key] for key in ("passed", "failed", "skipped", "tests", "failures", "skips")}
+    empty = {"should_failed": 0, "should_failures": []}  # reports written before SHOULD rules were apart
+    keys = ("passed", "failed", "skipped", "tests", "failures", "skips", *empty)
+    row = {key: first.get(key, empty.get(key)) + second.get(key, empty.get(key)) for key in keys}
     row["status"] = status_of(row["passed"], row["failed"], row["skipped"])
     return row
 

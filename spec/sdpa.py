@@ -60,9 +60,16 @@ def sdpa(
       ``D_v = 0`` is allowed: the output has no columns, and the LSE is as for any ``D_v``.
     - Keys outside ``V(i)`` MUST NOT influence the output: a finite value stored at an invisible
       key, however large (``1e4``), leaves the output unchanged. Positions past the sequence
-      lengths (``sdpa.padding``) MUST NOT be read at all: NaN stored there leaves every output
-      finite. A NaN at an invisible but in-range key SHOULD NOT reach the output (a kernel that
-      multiplies a zero weight by NaN gets NaN; the suite does not test this case).
+      lengths (``sdpa.padding``, and a KV cache past ``cache_lens``) MUST NOT be read at all: NaN
+      stored there leaves every output finite. A NaN (or infinity) at an in-range key hidden by
+      any other rule (causal, window, mask, a sparse layout) SHOULD NOT reach the output. The
+      levels differ on purpose: memory past a length is not the caller's data (a cache's unused
+      capacity, another sequence of a packed batch) and a tiled kernel never needs to load it,
+      while a hidden in-range key shares its tile with visible ones, and a tensor-core kernel
+      multiplies a whole tile of probabilities by a whole tile of values, where ``0 * NaN`` is
+      NaN: meeting it costs a scan of every value tile, and flash-attn, cuDNN and this project's
+      tiled kernels do not pay it. The suite reports a SHOULD not met apart from the clause's
+      verdict (``SHOULD not met`` in the report), never as a failure.
     - A row with ``V(i)`` empty follows ``sdpa.fully_masked``.
     - The result MUST NOT overflow for finite inputs whose scores are finite: an implementation
       subtracts the row maximum (or an equivalent running maximum) before exponentiating.

@@ -49,6 +49,14 @@ def tolerance_policy():
       zero, unchanged rows stay within ``UNCHANGED_EPS * eps(dtype) * max|v|``) are checked
       exactly or to a few ulps, because a relative bound cannot see one wrong key among a
       thousand in bfloat16.
+    - Magnitudes: the same bounds hold at every score magnitude the dtype represents. The suite
+      draws unit scores, "large" ones (past ``exp``'s overflow point) and a "huge" tier where every
+      score of a row is near ``+M`` or ``-M`` plus an O(1) part (``M = 2.5e5``, the raw scores
+      reported in a served bfloat16 model without QK-norm; float16's tier stays where ``q . k``
+      is finite). The rule is unchanged: the final-score jitter of ``sens`` is relative, so it
+      allows ``eps(float32) * M`` per score, what any float32-accumulating kernel pays at that
+      magnitude; a kernel that masks with a finite stand-in (``-1e4``) or skips the row-maximum
+      subtraction is off by far more than that and fails.
 
     .. versionadded:: 0.1.0
     """

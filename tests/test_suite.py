@@ -163,3 +163,31 @@ def test_markdown_report_has_the_clause_table_and_the_failures(suite, tmp_path):
 def test_unwritable_markdown_report_is_refused_before_the_run(suite, tmp_path):
     code, _, output = suite("--backend=numpy", f"--report-md={tmp_path / 'missing' / 'x.md'}")
     assert code == 4 and "--report-md=" in output and "does not exist" in output
+
+
+ZERO_TIMES_NAN = """
+    import attnspec, numpy as np
+    from attnspec.reference.sdpa import prepare, scores, softmax_average, visible
+    class Kernel(attnspec.Backend):
+        name = "zero-times-nan"
+        clauses = ("sdpa", "sdpa.window")
+        dtypes = ("float64",)
+        def sdpa(self, q, k, v, return_lse=False, **options):
+            p = prepare(q, k, v, **options)
+            rows, cols = range(p.n_q), range(p.n_k)
+            vis = visible(p, rows, cols)
+            weights, lse = softmax_average(scores(p, rows, cols), vis, np.eye(p.n_k)[None, None])
+            out = np.einsum("bhqk,bhkd->bhqd", weights, v)  # a zero weight times NaN is NaN, as on tensor cores
+            return (out, lse) if return_lse else out
+"""
+
+
+def test_should_rules_are_reported_apart_from_the_clause_status(suite, tmp_path, monkeypatch):
+    kernel = write_module(tmp_path, ZERO_TIMES_NAN)
+    md = tmp_path / "summary.md"
+    code, report, output = suite(f"--backend={kernel}:Kernel", "--clauses=sdpa.window", f"--report-md={md}")
+    assert code == 0, output[-3000:]  # a SHOULD not met does not fail the run
+    row = report["clauses"]["sdpa.window"]
+    assert row["status"] == "passed" and row["failed"] == 0, row
+    assert row["should_failed"] >= 1 and "SHOULD not met" in row["should_failures"][0]["message"]
+    assert "## SHOULD rules not met" in md.read_text()
