@@ -68,8 +68,8 @@ class Diagonals(NamedTuple):
     """The causal and window rules as bounds on ``j - i``: each an int or per-item array, or None."""
 
     causal: Any = None  # j - i <= causal: 0 (sdpa.causal.top_left) or offset(b) (sdpa.causal.bottom_right)
-    left: Any = None  # j - i >= left: offset(b) - left (sdpa.window)
-    right: Any = None  # j - i <= right: offset(b) + right (sdpa.window)
+    left: Any = None  # j - i >= left: offset(b) - left (sdpa.window; 0 - left: sdpa.window.top_left)
+    right: Any = None  # j - i <= right: offset(b) + right (sdpa.window; 0 + right: sdpa.window.top_left)
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ class Rules:
     softcap: Any = None
     bias: torch.Tensor | None = None
     slopes: torch.Tensor | None = None
+    window_top_left: bool = False  # sdpa.window.top_left: the window measured from i, not i + offset(b)
 
     @property
     def modifies(self) -> bool:
@@ -114,10 +115,11 @@ class Rules:
     def diagonals(self, offset) -> Diagonals:
         """The bounds on ``j - i`` for ``offset`` (``offset(b)`` of the items in question)."""
         causal = 0 if self.causal == "top_left" else offset if self.causal == "bottom_right" else None
+        at = 0 if self.window_top_left else offset
         return Diagonals(
             causal,
-            None if self.left is None else offset - self.left,
-            None if self.right is None else offset + self.right,
+            None if self.left is None else at - self.left,
+            None if self.right is None else at + self.right,
         )
 
     def key_present(self, b, j):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.backends._torch_compile import compile_with_limit, recompiles_up_to
@@ -44,6 +45,7 @@ class FlexBackend(Backend):
         "sdpa.alibi",
         "sdpa.causal.*",
         "sdpa.window",
+        "sdpa.window.top_left",
         "sdpa.padding",
     )
     dtypes = ("float32", "float16", "bfloat16")
@@ -77,6 +79,7 @@ class FlexBackend(Backend):
         scale=None,
         causal=None,
         window=None,
+        window_align=None,
         mask=None,
         bias=None,
         softcap=None,
@@ -84,9 +87,10 @@ class FlexBackend(Backend):
         q_lens=None,
         kv_lens=None,
     ):
+        top_left = _checks.window_align(window_align) == "top_left"
         score_mod = _score_mod(q, k, softcap, bias, alibi_slopes, q_lens, kv_lens)
         try:
-            block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens)
+            block_mask = _block_mask(q, k, causal, window, mask, q_lens, kv_lens, top_left)
             result = self._flex(
                 q,
                 k,
@@ -112,7 +116,7 @@ _BLOCK_MASKS: dict = {}  # rules without tensors are the same BlockMask every ca
 _EAGER_MASK_PAIRS = 2**22
 
 
-def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
+def _block_mask(q, k, causal, window, mask, q_lens, kv_lens, window_top_left=False):
     """The BlockMask of the visibility rules (compiled, never a dense B*H*N*N tensor), or None."""
     b, h_q, n_q, _ = q.shape
     n_k = k.shape[2]
@@ -128,6 +132,7 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
             n_k,
             causal,
             window,
+            window_top_left,
             b if per_batch else None,
             tuple(q_l.tolist()) if per_batch else None,
             tuple(kv_l.tolist()) if per_batch else None,
@@ -135,7 +140,7 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
     )
     if key is not None and key in _BLOCK_MASKS:
         return _BLOCK_MASKS[key]
-    mask_mod = _mask_mod(q, k, causal, window, mask, q_l, kv_l, per_batch)
+    mask_mod = _mask_mod(q, k, causal, window, mask, q_l, kv_l, per_batch, window_top_left)
     batch, heads = b if per_batch else 1, h_q if mask is not None else 1
     with recompiles_up_to(RECOMPILE_LIMIT):
         block = create_block_mask(
@@ -152,7 +157,7 @@ def _block_mask(q, k, causal, window, mask, q_lens, kv_lens):
     return block
 
 
-def _mask_mod(q, k, causal, window, mask, q_lens, kv_lens, per_batch: bool):
+def _mask_mod(q, k, causal, window, mask, q_lens, kv_lens, per_batch: bool, window_top_left: bool = False):
     """:meth:`Rules.visible <attnspec.backends._torch_visibility.Rules.visible>` as Flex's ``mask_mod``.
 
     Without ``per_batch`` it reads no per-item tensor (no padding; ``offset`` the constant
@@ -167,6 +172,7 @@ def _mask_mod(q, k, causal, window, mask, q_lens, kv_lens, per_batch: bool):
         left,
         right,
         mask=None if mask is None else mask.expand(b, h_q, n_q, n_k),
+        window_top_left=window_top_left,
         **(dict(q_lens=q_lens, kv_lens=kv_lens) if per_batch else {}),
     )
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.contract import Backend, Unsupported
@@ -57,6 +58,7 @@ class TorchSdpaBackend(Backend):
         "sdpa.alibi",
         "sdpa.causal.*",
         "sdpa.window",
+        "sdpa.window.top_left",
         "sdpa.padding",
     )
     dtypes = ("float32", "float16", "bfloat16")
@@ -86,6 +88,7 @@ class TorchSdpaBackend(Backend):
         scale=None,
         causal=None,
         window=None,
+        window_align=None,
         mask=None,
         bias=None,
         alibi_slopes=None,
@@ -93,6 +96,7 @@ class TorchSdpaBackend(Backend):
         kv_lens=None,
         return_lse=False,
     ):
+        top_left = _checks.window_align(window_align) == "top_left"
         kwargs = dict(scale=scale, enable_gqa=q.shape[1] != k.shape[1])
         masked = vis.restricts(window=window, mask=mask, q_lens=q_lens, kv_lens=kv_lens)
         biased = bias is not None or alibi_slopes is not None
@@ -104,7 +108,7 @@ class TorchSdpaBackend(Backend):
 
                 kwargs["attn_mask"] = causal_lower_right(q.shape[2], k.shape[2])
         else:
-            kwargs["attn_mask"] = _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
+            kwargs["attn_mask"] = _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens, top_left)
         if return_lse:
             return self._call_with_lse(q, k, v, kwargs)
         return self._call(q, k, v, kwargs)
@@ -165,7 +169,7 @@ class TorchSdpaBackend(Backend):
             raise
 
 
-def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens):
+def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens, window_top_left=False):
     """The rules on the full grid as one ``attn_mask``, or None: boolean without bias and ALiBi, else
     float (their sum, ``-inf`` where a key is hidden) in ``q``'s dtype."""
     (b, h_q, n_q, _), n_k = q.shape, k.shape[2]
@@ -179,6 +183,7 @@ def _dense_mask(q, k, causal, window, mask, bias, alibi_slopes, q_lens, kv_lens)
         mask=None if mask is None else mask.to(q.device, torch.bool),
         bias=None if bias is None else bias.to(q.device),
         slopes=None if alibi_slopes is None else alibi_slopes.to(q.device, dtype).expand(b, h_q),
+        window_top_left=window_top_left,
     )
     grid = vis.full_grid(b, h_q, n_q, n_k, q.device)
     visible = rules.visible(*grid) if vis.restricts(causal, window, mask, q_lens, kv_lens) else None

@@ -30,6 +30,7 @@ class SdpaCase:
     scale: float | None = None
     causal: str | None = None
     window: tuple[int, int] | None = None
+    window_align: str | None = None  # None (bottom-right, sdpa.window) or "top_left" (sdpa.window.top_left)
     mask: str | None = None  # None, "full", "per_key" (B, 1, 1, N_k) or "per_head" (1, H_q, N_q, N_k)
     mask_density: float = 0.7
     bias: str | None = None  # None, "full", "per_key", "per_head"
@@ -66,7 +67,7 @@ class SdpaCase:
             q, k = self._huge_scores(q, k, rng, dtype)
         v = rounded(rng.standard_normal((self.batch, self.h_kv, self.n_k, self.d_v)), dtype)
         options: dict = {}
-        for name in ("scale", "causal", "window", "softcap"):
+        for name in ("scale", "causal", "window", "window_align", "softcap"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         if self.mask is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 GROUPS: dict[tuple[str, ...], str] = {
     ("scale",): "sdpa.scale",
     ("causal",): "sdpa.causal.*",
-    ("window",): "sdpa.window",
+    ("window", "window_align"): "sdpa.window",
     ("mask",): "sdpa.mask",
     ("bias",): "sdpa.bias",
     ("softcap",): "sdpa.softcap",

@@ -62,6 +62,22 @@ def test_window_pattern(check, dtype, case):
     check_pattern(check, case, dtype)
 
 
+@pytest.mark.clause("sdpa.window.top_left")
+@given(case=sdpa_cases(window=True, extras=True).map(lambda case: case.with_(window_align="top_left")))
+@example(case=SdpaCase(n_q=2, n_k=5, window=(1, 0), window_align="top_left"))
+@example(case=SdpaCase(batch=2, n_q=5, n_k=12, q_lens=(5, 3), kv_lens=(9, 12), window=(2, 1), window_align="top_left"))
+def test_window_top_left(check, dtype, case):
+    """The window measured from the query's own index: ONNX's rule without a KV cache."""
+    check_sdpa(check, case, dtype)
+
+
+@pytest.mark.clause("sdpa.window.top_left")
+@given(case=sdpa_cases(window=True, max_len=PROBE_LEN).map(lambda case: case.with_(window_align="top_left")))
+@example(case=SdpaCase(n_q=4, n_k=17, window=(1, 2), window_align="top_left"))
+def test_window_top_left_pattern(check, dtype, case):
+    check_pattern(check, case, dtype)
+
+
 @pytest.mark.clause("sdpa.window")
 @given(case=sdpa_cases(window=True))
 @example(case=SdpaCase(n_q=2, n_k=40, window=(3, 0)))

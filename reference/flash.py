@@ -32,7 +32,9 @@ def flash_forward(q, k, v, *, block_q: int, block_k: int, stats: dict | None = N
         ("score tile (B, H_q, block_q, block_k)", (b, h_q, min(block_q, n_q), min(block_k, problem.n_k)), 8),
         ("output (B, H_q, N_q, D_v)", (b, h_q, n_q, d_v), 8),
     )
-    lo, hi = key_bounds(problem.n_q, problem.causal, problem.window, problem.q_lens, problem.kv_lens)
+    lo, hi = key_bounds(
+        problem.n_q, problem.causal, problem.window, problem.q_lens, problem.kv_lens, problem.window_align
+    )
     out = np.full((b, h_q, n_q, d_v), np.nan)
     lse = np.full((b, h_q, n_q), np.nan)
     visited = skipped = 0

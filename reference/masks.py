@@ -31,7 +31,8 @@ def causal_bottom_right(offsets: np.ndarray):
 
 
 def sliding_window(left: int, right: int, offsets: np.ndarray):
-    """Clause ``sdpa.window``: ``i + offset[b] - left <= j <= i + offset[b] + right``; -1 unbounded."""
+    """Clause ``sdpa.window``: ``i + offset[b] - left <= j <= i + offset[b] + right``; -1 unbounded.
+    Offsets of 0 give ``sdpa.window.top_left``."""
 
     def sliding_window(b, h, q_idx, kv_idx):
         aligned = q_idx + offsets[b]
@@ -113,7 +114,12 @@ def evaluate(mod, shape_bh: tuple[int, int], rows: range, cols: range, *score):
 
 
 def key_bounds(
-    n_q: int, causal: str | None, window: tuple[int, int] | None, q_lens: np.ndarray, kv_lens: np.ndarray
+    n_q: int,
+    causal: str | None,
+    window: tuple[int, int] | None,
+    q_lens: np.ndarray,
+    kv_lens: np.ndarray,
+    window_align: str = "bottom_right",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row inclusive bounds ``lo <= j <= hi`` of the keys that causal, window and padding allow.
 
@@ -130,9 +136,10 @@ def key_bounds(
         hi = np.minimum(hi, aligned)
     if window is not None:
         left, right = window
+        at = aligned if window_align == "bottom_right" else np.broadcast_to(i, aligned.shape)
         if left >= 0:
-            lo = np.maximum(lo, aligned - left)
+            lo = np.maximum(lo, at - left)
         if right >= 0:
-            hi = np.minimum(hi, aligned + right)
+            hi = np.minimum(hi, at + right)
     hi = np.where(i < q_lens[:, None], hi, -1)
     return lo, hi

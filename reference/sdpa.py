@@ -20,7 +20,7 @@ from attnspec.reference import masks
 from attnspec.reference.arithmetic import EXACT, Arithmetic
 
 CAUSAL = check.CAUSAL
-OPTIONS = ("scale", "causal", "window", "mask", "bias", "softcap", "alibi_slopes", "q_lens", "kv_lens")
+OPTIONS = ("scale", "causal", "window", "window_align", "mask", "bias", "softcap", "alibi_slopes", "q_lens", "kv_lens")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Problem:
     scale: float
     causal: str | None
     window: tuple[int, int] | None
+    window_align: str  # "bottom_right" (sdpa.window) or "top_left" (sdpa.window.top_left)
     q_lens: np.ndarray
     kv_lens: np.ndarray
     mask_mod: object
@@ -148,6 +149,7 @@ def prepare(
     scale=None,
     causal=None,
     window=None,
+    window_align=None,
     mask=None,
     bias=None,
     softcap=None,
@@ -162,6 +164,7 @@ def prepare(
     scale = 1.0 / math.sqrt(d_qk) if scale is None else check.finite_float("scale", scale)
     causal = check.causal(causal)
     window = check.window(window)
+    window_align = check.window_align(window_align)
     q_lens = np.full(b, n_q) if q_lens is None else check.int_array("q_lens", q_lens, shape=(b,), low=0, high=n_q)
     kv_lens = np.full(b, n_k) if kv_lens is None else check.int_array("kv_lens", kv_lens, shape=(b,), low=0, high=n_k)
     offsets = kv_lens - q_lens
@@ -172,7 +175,7 @@ def prepare(
     elif causal == "bottom_right":
         rules.append(masks.causal_bottom_right(offsets))
     if window is not None:
-        rules.append(masks.sliding_window(*window, offsets))
+        rules.append(masks.sliding_window(*window, offsets if window_align == "bottom_right" else 0 * offsets))
     if mask is not None:
         rules.append(masks.from_array(check.mask(mask, full)))
     mods = []
@@ -182,4 +185,5 @@ def prepare(
         mods.append(masks.additive_bias(check.bias(bias, full)))
     if alibi_slopes is not None:
         mods.append(masks.alibi(check.alibi_slopes(alibi_slopes, b, h_q), offsets))
-    return Problem(q, k, v, scale, causal, window, q_lens, kv_lens, masks.and_masks(*rules), tuple(mods))
+    rule = masks.and_masks(*rules)
+    return Problem(q, k, v, scale, causal, window, window_align, q_lens, kv_lens, rule, tuple(mods))

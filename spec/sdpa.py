@@ -31,6 +31,7 @@ def sdpa(
     scale: float | None = None,
     causal: Literal["top_left", "bottom_right"] | None = None,
     window: tuple[int, int] | None = None,
+    window_align: Literal["bottom_right", "top_left"] | None = None,
     mask: Array | None = None,
     bias: Array | None = None,
     softcap: float | None = None,
@@ -86,6 +87,9 @@ def sdpa(
         The causal rule, aligned top-left or bottom-right (``sdpa.causal.*``); a bool is an error.
     window
         ``(left, right)`` keys around the diagonal, ``-1`` unbounded (``sdpa.window``).
+    window_align
+        The corner the window is aligned to: ``"bottom_right"`` (None; ``sdpa.window``) or
+        ``"top_left"`` (``sdpa.window.top_left``).
     mask
         Boolean, broadcastable to ``(B, H_q, N_q, N_k)``, True where a key may be attended to
         (``sdpa.mask``).
@@ -283,8 +287,34 @@ def window(i, j, offset, left, right):
     ``(left, 0)`` is a causal bottom-right window. ``left`` and ``right`` are integers
     ``>= -1``. Window ``(w - 1, 0)`` attends to exactly ``w`` keys where all exist
     (implementations have disagreed by one here: HF eager 2048 keys, FA2 2049).
+    ``window_align="top_left"`` aligns it to the other corner (``sdpa.window.top_left``).
+
+    Notes
+    -----
+    ONNX's ``Attention`` (opset 23 and 25) aligns ``left_window_size``/``right_window_size`` as it
+    aligns ``is_causal``: top-left without a KV cache (``sdpa.window.top_left``), bottom-right with
+    one (this clause). The two agree where ``N_q = N_k`` and no lengths are given.
 
     .. versionadded:: 0.1.0
+    """
+
+
+@clause("sdpa.window.top_left", op="sdpa", since="0.2.0")
+def window_top_left(i, j, left, right):
+    """Sliding window aligned top-left: visible iff ``i - left <= j <= i + right``.
+
+    Requested with ``window=(left, right), window_align="top_left"``. The window of ``sdpa.window``
+    measured from the query's own index rather than from its bottom-right aligned position; the
+    rest is the same (inclusive bounds, ``-1`` unbounded, lengths still hide padding). This is
+    ONNX ``Attention``'s window without a KV cache and a ``tril``/``triu`` band in PyTorch; it
+    differs from ``sdpa.window`` wherever ``N_q != N_k`` or the lengths differ. Example,
+    ``N_q = 2``, ``N_k = 5``, ``window=(1, 0)``::
+
+        top-left:      bottom-right (sdpa.window):
+        1 0 0 0 0      0 0 1 1 0
+        1 1 0 0 0      0 0 0 1 1
+
+    .. versionadded:: 0.2.0
     """
 
 

@@ -232,6 +232,16 @@ def window(window):
     return None if (left, right) == (-1, -1) else (left, right)
 
 
+#: The values of ``window_align``: the corner the window is aligned to (``sdpa.window`` and
+#: ``sdpa.window.top_left``); None is bottom-right.
+WINDOW_ALIGN = (None, "bottom_right", "top_left")
+
+
+def window_align(align) -> str:
+    """``window_align`` as ``"bottom_right"`` or ``"top_left"`` (None: bottom-right, ``sdpa.window``)."""
+    return choice("window_align", align, WINDOW_ALIGN) or "bottom_right"
+
+
 def mask(mask, full: tuple) -> np.ndarray:
     """A boolean mask broadcast to ``full`` = ``(B, H_q, N_q, N_k)`` (clause ``sdpa.mask``)."""
     mask = np.asarray(mask)

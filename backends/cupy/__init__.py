@@ -122,17 +122,19 @@ class CupyBackend(Backend):
         p = self._problem.prepare(
             q, k_cache, v_cache, causal="bottom_right", names=("q", "k_cache", "v_cache"), **options
         )
-        self._check_head_dims(p)
+        self._check_supported(p)
         lens = self._problem.device_lens("cache_lens", cache_lens, q.shape[0], k_cache.shape[2])
         splits = _checks.integer("num_splits", num_splits, low=1)
         return self._launch.attention(p, num_splits=splits, pack_gqa=True, cache_lens=lens)
 
     def _attend(self, q, k, v, options, **launch):
         p = self._problem.prepare(q, k, v, **options)
-        self._check_head_dims(p)
+        self._check_supported(p)
         return self._launch.attention(p, **launch)
 
-    def _check_head_dims(self, p) -> None:
+    def _check_supported(self, p) -> None:
+        if p.window is not None and p.window_top_left:
+            raise Unsupported("window_align='top_left' (sdpa.window.top_left): the kernels align windows bottom-right")
         d = max(p.q.shape[-1], p.v.shape[-1])
         if d > self.max_head_dim:
             raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")

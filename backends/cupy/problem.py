@@ -26,6 +26,7 @@ class Problem:
     scale: float
     causal: str | None
     window: tuple[int, int] | None
+    window_top_left: bool  # sdpa.window.top_left: declined by the backend (its kernels align bottom-right)
     mask: Any  # bool (B, H_q, N_q, N_k) broadcast view, or None
     bias: Any  # float32 (B, H_q, N_q, N_k) broadcast view, or None
     softcap: float | None
@@ -79,6 +80,7 @@ def prepare(
     scale=None,
     causal=None,
     window=None,
+    window_align=None,
     mask=None,
     bias=None,
     softcap=None,
@@ -102,6 +104,7 @@ def prepare(
         scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
         causal=_checks.causal(causal),
         window=_checks.window(window),
+        window_top_left=_checks.window_align(window_align) == "top_left",
         mask=None if mask is None else _mask(mask, full),
         bias=None if bias is None else _bias(bias, full),
         softcap=_checks.positive_float("softcap", softcap, allow_none=True),

@@ -255,19 +255,23 @@ class DefaultScaleFromDvMutant(Mutant):
 
 
 class WindowTopLeftMutant(Mutant):
-    """The sliding window is aligned top-left (``i - left <= j <= i + right``), as ONNX's
-    ``Attention`` aligns it without a KV cache, instead of bottom-right."""
+    """The sliding window is aligned top-left, as ONNX's ``Attention`` aligns it without a KV
+    cache, where bottom-right was asked for."""
 
     breaks = "sdpa.window"
-    convention = "the window aligned top-left, i - left <= j <= i + right (ONNX Attention without a cache)"
+    convention = "`sdpa.window.top_left` (the window aligned top-left, ONNX Attention without a cache)"
 
-    def sdpa(self, q, k, v, *, window=None, **options):
-        if window is not None and tuple(window) != (-1, -1):
-            left, right = window
-            i, j = np.arange(q.shape[2])[:, None], np.arange(k.shape[2])[None, :]
-            inside = ((left < 0) | (j >= i - left)) & ((right < 0) | (j <= i + right))
-            inside = np.broadcast_to(inside, (1, 1) + inside.shape)
-            options["mask"] = inside & options["mask"] if options.get("mask") is not None else inside
+    def sdpa(self, q, k, v, *, window_align=None, **options):
+        return super().sdpa(q, k, v, window_align="top_left", **options)
+
+
+class WindowBottomRightForTopLeftMutant(Mutant):
+    """``window_align="top_left"`` is ignored: the window stays bottom-right (flash-attn's)."""
+
+    breaks = "sdpa.window.top_left"
+    convention = "`sdpa.window` (the window aligned bottom-right, as flash-attn's window_size)"
+
+    def sdpa(self, q, k, v, *, window_align=None, **options):
         return super().sdpa(q, k, v, **options)
 
 

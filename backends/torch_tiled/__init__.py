@@ -43,7 +43,8 @@ class BlockSparseLayouts:
 
 class TorchBackend(BlockSparseLayouts, Backend):
     name = "torch"
-    clauses = SDPA_FORWARD_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)  # the window aligned either way
+    clauses += ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     clauses += (
         "linear.chunked",
         "linear.causal",

@@ -35,6 +35,7 @@ class Problem:
     scale: float
     causal: str | None
     window: tuple[int, int] | None
+    window_top_left: bool  # sdpa.window.top_left (else sdpa.window, bottom-right)
     mask: torch.Tensor | None  # bool, broadcast view (B, H_q, N_q, N_k)
     bias: torch.Tensor | None  # float, broadcast view (B, H_q, N_q, N_k)
     softcap: float | None
@@ -68,6 +69,7 @@ class Problem:
             self.softcap,
             self.bias,
             None if self.slopes is None else self.slopes.reshape(b, h_kv * g),
+            self.window_top_left,
         )
 
     @cached_property
@@ -84,6 +86,7 @@ def prepare(
     scale=None,
     causal=None,
     window=None,
+    window_align=None,
     mask=None,
     bias=None,
     softcap=None,
@@ -121,6 +124,7 @@ def prepare(
         scale=1.0 / math.sqrt(d) if scale is None else _checks.finite_float("scale", scale),
         causal=_check_causal(causal),
         window=_check_window(window),
+        window_top_left=_checks.window_align(window_align) == "top_left",
         mask=None if mask is None else _mask(mask, full),
         bias=None if bias is None else _bias(bias, full),
         softcap=_checks.positive_float("softcap", softcap, allow_none=True),

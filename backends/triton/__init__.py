@@ -93,13 +93,14 @@ class TritonBackend(BlockSparseLayouts, Backend):
         problem = torch_kernel.prepare(
             q, k_cache, v_cache, causal="bottom_right", names=("q", "k_cache", "v_cache"), **options
         )
+        self._check_supported(problem)
         lens = self._launch.Lens(None, self._cache_lens(cache_lens, q.shape[0], k_cache.shape[2]))
         splits = _checks.integer("num_splits", num_splits, low=1)
         return self._launch.attention(problem, lens, num_splits=splits, pack_gqa=True)
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         problem = torch_kernel.prepare(q, k, v, scale=scale)
-        self._check_head_dims(problem)
+        self._check_supported(problem)
         pat = self.block_sparse_pattern(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
         out, lse = self._launch.block_sparse(
@@ -109,7 +110,7 @@ class TritonBackend(BlockSparseLayouts, Backend):
 
     def _attend(self, q, k, v, options, **launch):
         problem = torch_kernel.prepare(q, k, v, **options)
-        self._check_head_dims(problem)
+        self._check_supported(problem)
         return self._launch.attention(problem, self._launch.host_lens(problem), **launch)
 
     def _cache_lens(self, cache_lens, batch: int, capacity: int) -> torch.Tensor:
@@ -123,7 +124,9 @@ class TritonBackend(BlockSparseLayouts, Backend):
             )
         return cache_lens.to(self.device, torch.int32)
 
-    def _check_head_dims(self, p) -> None:
+    def _check_supported(self, p) -> None:
+        if p.window is not None and p.window_top_left:
+            raise Unsupported("window_align='top_left' (sdpa.window.top_left): the kernels align windows bottom-right")
         d = max(p.q.shape[-1], p.v.shape[-1])
         if d > self.max_head_dim:
             raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")
