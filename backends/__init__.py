@@ -21,3 +21,22 @@ SDPA_FORWARD_CLAUSES = (
     "sdpa.window",
     "sdpa.padding",
 )
+
+
+def kernel_tile(block: int) -> int:
+    """``flash_forward``'s block size as a fused kernel's tile: the power of two from 16 (a tensor-core
+    tile's least) to 128 nearest at or above it."""
+    return min(128, max(16, 1 << (block - 1).bit_length()))
+
+
+def decline_unsupported(problem, max_head_dim: int) -> None:
+    """``Unsupported`` for what the fused kernels (``triton``, ``cupy``) do not implement: a window
+    aligned top-left, head dims past their widest tile. ``problem`` has ``q``, ``v``, ``window`` and
+    ``window_top_left``."""
+    from attnspec.contract import Unsupported
+
+    if problem.window is not None and problem.window_top_left:
+        raise Unsupported("window_align='top_left' (sdpa.window.top_left): the kernels align windows bottom-right")
+    d = max(problem.q.shape[-1], problem.v.shape[-1])
+    if d > max_head_dim:
+        raise Unsupported(f"head dim {d} > {max_head_dim}: no tile of this backend holds it")

@@ -20,6 +20,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from attnspec import validation as _checks
+from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.backends._torch_compile import compile_with_limit, recompiles_up_to
@@ -33,21 +34,7 @@ RECOMPILE_LIMIT = 100_000
 
 class FlexBackend(Backend):
     name = "flex"
-    clauses = (
-        "sdpa",
-        "sdpa.scale",
-        "sdpa.lse",
-        "sdpa.fully_masked",
-        "sdpa.gqa",
-        "sdpa.mask",
-        "sdpa.bias",
-        "sdpa.softcap",
-        "sdpa.alibi",
-        "sdpa.causal.*",
-        "sdpa.window",
-        "sdpa.window.top_left",
-        "sdpa.padding",
-    )
+    clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnspec import validation as _checks
+from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.contract import Backend, Unsupported
@@ -47,20 +48,8 @@ KERNELS = {
 
 class TorchSdpaBackend(Backend):
     name = "torch-sdpa"
-    clauses = (
-        "sdpa",
-        "sdpa.scale",
-        "sdpa.lse",
-        "sdpa.fully_masked",
-        "sdpa.gqa",
-        "sdpa.mask",
-        "sdpa.bias",
-        "sdpa.alibi",
-        "sdpa.causal.*",
-        "sdpa.window",
-        "sdpa.window.top_left",
-        "sdpa.padding",
-    )
+    # every forward option but softcap (no such argument); the window aligned either way (a dense mask)
+    clauses = tuple(c for c in SDPA_FORWARD_CLAUSES if c != "sdpa.softcap") + ("sdpa.window.top_left",)
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 

@@ -24,8 +24,8 @@ import ml_dtypes
 import numpy as np
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES
-from attnspec.contract import Backend, BackendError, Unsupported
+from attnspec.backends import SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
+from attnspec.contract import Backend, BackendError
 from attnspec.reference.flash import check_decode_options
 
 try:
@@ -99,8 +99,8 @@ class CupyBackend(Backend):
         """The 16-bit kernel with ``BM x BN`` the powers of two from 16 nearest above ``block_q`` /
         ``block_k``, within the tile table's largest (:func:`.kernels.tile`); float32's kernel has
         one tile."""
-        bm = _tile(_checks.integer("block_q", block_q, low=1))
-        bn = _tile(_checks.integer("block_k", block_k, low=1))
+        bm = kernel_tile(_checks.integer("block_q", block_q, low=1))
+        bn = kernel_tile(_checks.integer("block_k", block_k, low=1))
         return self._attend(q, k, v, options, block=(bm, bn))
 
     def split_kv(self, q, k, v, *, num_splits, **options):
@@ -122,23 +122,12 @@ class CupyBackend(Backend):
         p = self._problem.prepare(
             q, k_cache, v_cache, causal="bottom_right", names=("q", "k_cache", "v_cache"), **options
         )
-        self._check_supported(p)
+        decline_unsupported(p, self.max_head_dim)
         lens = self._problem.device_lens("cache_lens", cache_lens, q.shape[0], k_cache.shape[2])
         splits = _checks.integer("num_splits", num_splits, low=1)
         return self._launch.attention(p, num_splits=splits, pack_gqa=True, cache_lens=lens)
 
     def _attend(self, q, k, v, options, **launch):
         p = self._problem.prepare(q, k, v, **options)
-        self._check_supported(p)
+        decline_unsupported(p, self.max_head_dim)
         return self._launch.attention(p, **launch)
-
-    def _check_supported(self, p) -> None:
-        if p.window is not None and p.window_top_left:
-            raise Unsupported("window_align='top_left' (sdpa.window.top_left): the kernels align windows bottom-right")
-        d = max(p.q.shape[-1], p.v.shape[-1])
-        if d > self.max_head_dim:
-            raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")
-
-
-def _tile(block: int) -> int:
-    return min(128, max(16, 1 << (block - 1).bit_length()))

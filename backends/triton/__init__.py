@@ -23,11 +23,11 @@ import sys
 import torch
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES
+from attnspec.backends import SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import BlockSparseLayouts
 from attnspec.backends.torch_tiled import kernel as torch_kernel
-from attnspec.contract import Backend, BackendError, Unsupported
+from attnspec.contract import Backend, BackendError
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
@@ -69,7 +69,10 @@ class TritonBackend(BlockSparseLayouts, Backend):
     def flash_forward(self, q, k, v, *, block_q, block_k, **options):
         """The kernel with ``BLOCK_M``/``BLOCK_N`` the powers of two from 16 to 128 nearest above
         ``block_q``/``block_k`` (a tensor-core tile has at least 16 rows and columns)."""
-        tile = (_tile(_checks.integer("block_q", block_q, low=1)), _tile(_checks.integer("block_k", block_k, low=1)))
+        tile = (
+            kernel_tile(_checks.integer("block_q", block_q, low=1)),
+            kernel_tile(_checks.integer("block_k", block_k, low=1)),
+        )
         return self._attend(q, k, v, options, tile=tile)
 
     def split_kv(self, q, k, v, *, num_splits, **options):
@@ -93,14 +96,14 @@ class TritonBackend(BlockSparseLayouts, Backend):
         problem = torch_kernel.prepare(
             q, k_cache, v_cache, causal="bottom_right", names=("q", "k_cache", "v_cache"), **options
         )
-        self._check_supported(problem)
+        decline_unsupported(problem, self.max_head_dim)
         lens = self._launch.Lens(None, self._cache_lens(cache_lens, q.shape[0], k_cache.shape[2]))
         splits = _checks.integer("num_splits", num_splits, low=1)
         return self._launch.attention(problem, lens, num_splits=splits, pack_gqa=True)
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         problem = torch_kernel.prepare(q, k, v, scale=scale)
-        self._check_supported(problem)
+        decline_unsupported(problem, self.max_head_dim)
         pat = self.block_sparse_pattern(pattern, q.shape[2], k.shape[2], params)
         reference_sparse._check_extents(pat, q.shape[0], q.shape[1])
         out, lse = self._launch.block_sparse(
@@ -110,7 +113,7 @@ class TritonBackend(BlockSparseLayouts, Backend):
 
     def _attend(self, q, k, v, options, **launch):
         problem = torch_kernel.prepare(q, k, v, **options)
-        self._check_supported(problem)
+        decline_unsupported(problem, self.max_head_dim)
         return self._launch.attention(problem, self._launch.host_lens(problem), **launch)
 
     def _cache_lens(self, cache_lens, batch: int, capacity: int) -> torch.Tensor:
@@ -123,17 +126,6 @@ class TritonBackend(BlockSparseLayouts, Backend):
                 f"got {cache_lens.dtype} of shape {tuple(cache_lens.shape)}"
             )
         return cache_lens.to(self.device, torch.int32)
-
-    def _check_supported(self, p) -> None:
-        if p.window is not None and p.window_top_left:
-            raise Unsupported("window_align='top_left' (sdpa.window.top_left): the kernels align windows bottom-right")
-        d = max(p.q.shape[-1], p.v.shape[-1])
-        if d > self.max_head_dim:
-            raise Unsupported(f"head dim {d} > {self.max_head_dim}: no tile of this backend holds it")
-
-
-def _tile(block: int) -> int:
-    return min(128, max(16, 1 << (block - 1).bit_length()))
 
 
 def _select_mode(interpret: bool) -> None:
