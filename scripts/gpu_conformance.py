@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,9 @@ RUNS = [  # (backend, extra pytest arguments, share of the time budget)
     ("triton", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "12"], 4),
     # CuPy compiles once per instantiation (about a second each, NVRTC), cached on disk and shared by the workers.
     ("cupy", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "12"], 4),
+    # mutants of the CUDA sources (tests/cupy_mutants.py): each must fail the clause it breaks
+    ("tests/cupy_mutants.py:diagonal_off_by_one", ["--clauses=sdpa.causal.top_left", "-p", "xdist", "-n", "8"], 1),
+    ("tests/cupy_mutants.py:merge_base2", ["--clauses=flash.merge", "-p", "xdist", "-n", "8"], 1),
 ]
 
 
@@ -69,7 +73,7 @@ INTERRUPT_GRACE = 45.0  # at most this share of a run's budget is kept for writi
 
 
 def run(backend: str, extra: list[str], out: Path, budget: float) -> dict:
-    report = out / f"report-{backend.replace(':', '-')}-{abs(hash(tuple(extra)))}.json"
+    report = out / f"report-{re.sub(r'[^A-Za-z0-9_.-]', '-', backend)}-{abs(hash(tuple(extra)))}.json"
     start = time.monotonic()
     cmd = [
         sys.executable,
