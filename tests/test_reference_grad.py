@@ -128,7 +128,7 @@ def test_gradients_match_torch_autograd_in_float64(name):
         s = options["softcap"] * torch.tanh(s / options["softcap"])
     s = s + torch.as_tensor(np.nan_to_num(additive, neginf=0.0))
     if tbias is not None:
-        s = s + tbias - torch.as_tensor(np.broadcast_to(options["bias"], s.shape))  # the bias as a leaf
+        s = s + tbias - torch.as_tensor(np.broadcast_to(options["bias"], s.shape).copy())  # the bias as a leaf
     has_key = vis.any(-1, keepdim=True)
     s = torch.where(vis, s, torch.tensor(float("-inf"), dtype=s.dtype))
     p = torch.softmax(torch.where(has_key, s, torch.zeros_like(s)), dim=-1) * has_key
