@@ -60,8 +60,7 @@ class Checker:
                 f"[{self.clause}] the reference {what} holds NaN at "
                 f"{_index(np.argwhere(np.isnan(expected))[0])} for {case!r}"
             )
-        mismatch = np.isfinite(expected) != np.isfinite(actual)
-        mismatch |= ~np.isfinite(expected) & (actual != expected)
+        mismatch = nonfinite_mismatch(actual, expected)
         if mismatch.any():
             at = _index(np.argwhere(mismatch)[0])
             self.fail(
@@ -70,8 +69,7 @@ class Checker:
                 f"first such element: {what}{at} = {actual[at]:.6g} (reference {expected[at]:.6g}); "
                 f"{int(mismatch.sum())} such elements",
             )
-        with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
-            err = np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
+        err = finite_error(actual, expected)
         if err.size and err.max() > bound.value:
             at = _index(np.unravel_index(np.argmax(err), err.shape))
             self.fail(
@@ -140,6 +138,19 @@ class Checker:
         __tracebackhide__ = True
         if np.shape(actual) != np.shape(expected):
             self.fail(f"{what} has the wrong shape", case, f"got {np.shape(actual)}, expected {np.shape(expected)}")
+
+
+def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Where ``actual`` is non-finite and ``expected`` is not, or the reverse, or a different
+    non-finite value (the comparison of :meth:`Checker.close` before any bound)."""
+    mismatch = np.isfinite(expected) != np.isfinite(actual)
+    return mismatch | (~np.isfinite(expected) & (actual != expected))
+
+
+def finite_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``|actual - expected|`` where ``expected`` is finite, else 0."""
+    with np.errstate(invalid="ignore"):  # inf - inf where both are -inf
+        return np.where(np.isfinite(expected), np.abs(actual - expected), 0.0)
 
 
 def _as_float64(x) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from attnspec.backends.mutants import MUTANTS
-from attnspec.conformance.assertions import ConformanceError
+from attnspec.conformance.assertions import ConformanceError, finite_error, nonfinite_mismatch
 
 
 def _defines(cls: type, op: str) -> bool:
@@ -58,12 +58,9 @@ def note(names: list[str]) -> str:
 def within(actual, expected, bound: float) -> bool:
     """``actual`` equals ``expected`` where it is not finite and is within ``bound`` elsewhere."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
+    if actual.shape != expected.shape or nonfinite_mismatch(actual, expected).any():
         return False
-    finite = np.isfinite(expected)
-    if (np.isfinite(actual) != finite).any() or (actual[~finite] != expected[~finite]).any():
-        return False
-    return bool(np.abs(actual[finite] - expected[finite]).max(initial=0.0) <= bound)
+    return bool(finite_error(actual, expected).max(initial=0.0) <= bound)
 
 
 @contextmanager
