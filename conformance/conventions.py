@@ -63,6 +63,15 @@ def within(actual, expected, bound: float) -> bool:
     return bool(finite_error(actual, expected).max(initial=0.0) <= bound)
 
 
+def final_run() -> bool:
+    """Whether this call is the one whose failure is reported: outside Hypothesis, an explicit
+    example, or the replay of the shrunk case. The explanations (this diagnosis, option isolation)
+    rerun the case several times, so Hypothesis's search and shrinking skip them."""
+    from hypothesis.control import current_build_context, currently_in_test_context
+
+    return not currently_in_test_context() or current_build_context().is_final
+
+
 @contextmanager
 def diagnosis(op: str, compute: Callable[[Any], Any], matches: Callable[[Any], bool]) -> Iterator[None]:
     """Around the checks of one result of ``op``: a failure is re-raised with its diagnosis line."""
@@ -70,6 +79,8 @@ def diagnosis(op: str, compute: Callable[[Any], Any], matches: Callable[[Any], b
     try:
         yield
     except ConformanceError as exc:
+        if not final_run():
+            raise
         raise exc.with_note(note(matching(op, compute, matches))) from None
 
 
