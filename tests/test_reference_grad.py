@@ -33,6 +33,7 @@ CASES = {  # name -> (B, H_q, H_kv, N_q, N_k, D_qk, D_v, options)
     "mask_with_empty_row": (1, 2, 2, 3, 4, 2, 2, {"mask": np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)}),
     "bias_per_key": (2, 2, 2, 3, 4, 2, 2, {"bias": "per_key"}),
     "padding_zero_lengths": (2, 1, 1, 3, 3, 2, 2, {"q_lens": np.array([0, 3]), "kv_lens": np.array([2, 0])}),
+    "bias_minus_inf": (1, 1, 1, 3, 4, 2, 2, {"bias": "minus_inf"}),
 }
 
 
@@ -42,8 +43,13 @@ def _inputs(name):
     q, k = rng.standard_normal((b, h_q, n_q, d_qk)), rng.standard_normal((b, h_kv, n_k, d_qk))
     v, dout = rng.standard_normal((b, h_kv, n_k, d_v)), rng.standard_normal((b, h_q, n_q, d_v))
     options = dict(options)
-    if options.get("bias") == "per_key":
+    kind = options.pop("bias", None)
+    if kind == "per_key":
         options["bias"] = rng.standard_normal((b, 1, 1, n_k))
+    if kind == "minus_inf":  # -inf hides keys; row 2 has every key hidden
+        options["bias"] = np.where(
+            np.array([[1, 0, 1, 1], [1, 1, 0, 1], [0, 0, 0, 0]], bool), rng.standard_normal((n_q, n_k)), -np.inf
+        )
     if name == "softcap_bias_alibi":
         options["bias"] = rng.standard_normal((1, h_q, n_q, n_k))
     return q, k, v, dout, options
@@ -115,22 +121,22 @@ def test_gradients_match_torch_autograd_in_float64(name):
     rows, cols = range(problem.n_q), range(problem.n_k)
     full = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     vis = torch.as_tensor(np.broadcast_to(visible(problem, rows, cols), full).copy())
-    # everything the reference adds to scale * q.k after the softcap: bias and ALiBi, constants here
-    plain = {key: val for key, val in options.items() if key not in ("bias", "alibi_slopes", "softcap")}
-    additive = scores(problem, rows, cols) - scores(
-        prepare(q, k, v, softcap=options.get("softcap"), **plain), rows, cols
-    )
+    # ALiBi, a constant here: what the reference adds to the capped scale * q.k besides the bias
+    without_bias = {key: val for key, val in options.items() if key != "bias"}
+    plain = {key: val for key, val in without_bias.items() if key != "alibi_slopes"}
+    alibi = scores(prepare(q, k, v, **without_bias), rows, cols) - scores(prepare(q, k, v, **plain), rows, cols)
     tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
     tbias = torch.tensor(np.asarray(options["bias"], np.float64), requires_grad=True) if "bias" in options else None
     group = q.shape[1] // k.shape[1]
     s = problem.scale * tq @ tk.repeat_interleave(group, 1).transpose(-1, -2)
     if "softcap" in options:
         s = options["softcap"] * torch.tanh(s / options["softcap"])
-    s = s + torch.as_tensor(np.nan_to_num(additive, neginf=0.0))
+    s = s + torch.as_tensor(alibi)
     if tbias is not None:
-        s = s + tbias - torch.as_tensor(np.broadcast_to(options["bias"], s.shape).copy())  # the bias as a leaf
-    has_key = vis.any(-1, keepdim=True)
-    s = torch.where(vis, s, torch.tensor(float("-inf"), dtype=s.dtype))
+        s = s + tbias  # -inf hides a key as a mask does
+    seen = vis & torch.isfinite(s)
+    has_key = seen.any(-1, keepdim=True)
+    s = torch.where(seen, s, torch.tensor(float("-inf"), dtype=s.dtype))
     p = torch.softmax(torch.where(has_key, s, torch.zeros_like(s)), dim=-1) * has_key
     out = p @ tv.repeat_interleave(group, 1)
     (out * torch.as_tensor(dout)).sum().backward()
