@@ -166,6 +166,12 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
+def stand_in(x) -> np.ndarray:
+    """A zero-stride NumPy array of ``x``'s shape (a tensor or device array: no copy, no device
+    read), for the shape checks here."""
+    return np.broadcast_to(np.zeros((), np.float64), tuple(x.shape))
+
+
 def broadcastable(name: str, x: np.ndarray, shape: tuple) -> np.ndarray:
     """``x`` broadcast to ``shape`` (a view); ValueError naming ``name`` if it does not fit."""
     try:

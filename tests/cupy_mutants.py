@@ -7,7 +7,7 @@ the suite must catch each one there (the recorded run: ``docs/results/``), e.g.:
 from __future__ import annotations
 
 import attnspec.backends.cupy as original
-from tests.source_mutants import mutated_package
+from tests.source_mutants import factory
 
 #: name -> (file, the exact text, its replacement, the clause it breaks)
 MUTATIONS = {
@@ -29,12 +29,7 @@ MUTATIONS = {
 
 
 def _factory(name: str):
-    def create(device=None):
-        backend = mutated_package(original, name, *MUTATIONS[name][:3]).CupyBackend(device=device)
-        backend.name = f"cupy-mutant:{name}"
-        return backend
-
-    return create
+    return factory(original, MUTATIONS, name, "CupyBackend", "cupy-mutant")
 
 
 diagonal_off_by_one = _factory("diagonal_off_by_one")

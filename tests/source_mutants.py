@@ -14,6 +14,18 @@ from pathlib import Path
 from types import ModuleType
 
 
+def factory(original: ModuleType, mutations: dict, name: str, backend_class: str, label: str):
+    """A backend factory (``path.py:NAME`` for ``--backend``) for mutation ``name`` of ``mutations``
+    (name -> (file, old, new, clause)): the package's ``backend_class``, named ``label:name``."""
+
+    def create(device=None):
+        backend = getattr(mutated_package(original, name, *mutations[name][:3]), backend_class)(device=device)
+        backend.name = f"{label}:{name}"
+        return backend
+
+    return create
+
+
 def mutated_package(original: ModuleType, name: str, file: str, old: str, new: str) -> ModuleType:
     """Import a copy of package ``original`` in which ``file`` (relative to it) has ``old`` replaced by ``new``."""
     short = original.__name__.rpartition(".")[2]

@@ -4,7 +4,7 @@ one (``tests/test_triton_backend.py``), in the interpreter on the CPU and compil
 from __future__ import annotations
 
 import attnspec.backends.triton as original
-from tests.source_mutants import mutated_package
+from tests.source_mutants import factory
 
 #: name -> (file, the exact text, its replacement, the clause it breaks)
 MUTATIONS = {
@@ -26,12 +26,7 @@ MUTATIONS = {
 
 
 def _factory(name: str):
-    def create(device=None):
-        backend = mutated_package(original, name, *MUTATIONS[name][:3]).TritonBackend(device=device)
-        backend.name = f"triton-mutant:{name}"
-        return backend
-
-    return create
+    return factory(original, MUTATIONS, name, "TritonBackend", "triton-mutant")
 
 
 diagonal_dropped = _factory("diagonal_dropped")

@@ -14,9 +14,6 @@ import numpy as np
 
 from attnspec import validation as _checks
 
-#: Element types the kernels take (``float32`` through the CUDA-core kernel).
-KERNEL_DTYPES = ("float16", "bfloat16", "float32")
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -60,11 +57,6 @@ def device_array(name: str, x):
 
 def host(x) -> np.ndarray:
     return cp.asnumpy(x) if isinstance(x, cp.ndarray) else np.asarray(x)
-
-
-def stand_in(x) -> np.ndarray:
-    """A zero-stride NumPy array of ``x``'s shape, for the shared shape checks (no device read)."""
-    return np.broadcast_to(np.zeros((), np.float64), tuple(x.shape))
 
 
 def unit_last_stride(x):
@@ -118,13 +110,13 @@ def _mask(mask, full: tuple):
     if not isinstance(mask, cp.ndarray) or mask.dtype != cp.bool_:
         got = f"dtype {mask.dtype}" if hasattr(mask, "dtype") else type(mask).__name__
         raise TypeError(f"mask must be a boolean cupy.ndarray (True = may attend); got {got}")
-    _checks.broadcastable("mask", stand_in(mask), full)
+    _checks.broadcastable("mask", _checks.stand_in(mask), full)
     return cp.broadcast_to(mask, full)
 
 
 def _bias(bias, full: tuple):
     bias = device_array("bias", bias)
-    _checks.broadcastable("bias", stand_in(bias), full)
+    _checks.broadcastable("bias", _checks.stand_in(bias), full)
     if bool((cp.isnan(bias) | cp.isposinf(bias)).any()):  # one synchronisation, as the reference checks
         raise ValueError("bias must be finite or -inf (use -inf to exclude a key); got NaN or +inf")
     return cp.broadcast_to(bias.astype(cp.float32, copy=False), full)
