@@ -22,6 +22,11 @@ SDPA_FORWARD_CLAUSES = (
     "sdpa.padding",
 )
 
+#: The ``flash.*`` clauses over contiguous arrays (tiling, merging, split-KV, decoding from a
+#: ``(B, H_kv, N_max, D)`` cache): what a fused kernel without a page-table path declares. The
+#: paged KV cache (``flash.paged*``, operation ``paged_decode``) is declared apart.
+FLASH_CONTIGUOUS_CLAUSES = ("flash.tiled", "flash.memory", "flash.merge", "flash.split_kv", "flash.decode")
+
 
 def kernel_tile(block: int) -> int:
     """``flash_forward``'s block size as a fused kernel's tile: the power of two from 16 (a tensor-core

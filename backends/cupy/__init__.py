@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
+from attnspec.backends import FLASH_CONTIGUOUS_CLAUSES, SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
 from attnspec.contract import Backend, BackendError
 from attnspec.reference.flash import check_decode_options
 
@@ -38,7 +38,7 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 class CupyBackend(Backend):
     name = "cupy"
-    clauses = SDPA_FORWARD_CLAUSES + ("flash.*",)
+    clauses = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda",)
     max_head_dim = 256

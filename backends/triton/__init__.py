@@ -23,7 +23,7 @@ import sys
 import torch
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
+from attnspec.backends import FLASH_CONTIGUOUS_CLAUSES, SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import BlockSparseLayouts
 from attnspec.backends.torch_tiled import kernel as torch_kernel
@@ -34,7 +34,8 @@ from attnspec.reference.flash import check_decode_options
 
 class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
-    clauses = SDPA_FORWARD_CLAUSES + ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES
+    clauses += ("sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
     max_head_dim = 256
