@@ -34,7 +34,7 @@ from attnspec.reference.flash import check_decode_options
 
 class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
-    clauses = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES
+    clauses: tuple[str, ...] = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES
     clauses += ("sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
