@@ -203,6 +203,63 @@ def kv_shapes(q, k, v, names: tuple[str, str, str] = ("q", "k", "v")) -> tuple[i
     return h_kv, ks[2]
 
 
+#: The page layouts of ``paged_decode``, by FlashInfer's names: token-major pages
+#: ``(num_pages, page_size, H_kv, D)`` (``flash.paged``) and head-major pages
+#: ``(num_pages, H_kv, page_size, D)`` (``flash.paged.head_major``).
+PAGE_LAYOUTS = ("NHD", "HND")
+
+
+def paged_cache(q, k_pages, v_pages, block_table, cache_lens, layout) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(layout, block_table, cache_lens)`` of a ``paged_decode`` call that fits together
+    (clauses ``flash.paged``, ``flash.paged.head_major``, ``flash.paged.unused``).
+
+    ``q``, ``k_pages``, ``v_pages`` are NumPy arrays or tensors (only their shapes are read);
+    ``block_table`` and ``cache_lens`` are host arrays, returned as int64. Only the entries in use
+    (``i < ceil(cache_lens[b] / page_size)``) must be pool indices: the others may hold anything.
+    """
+    layout = choice("layout", layout, PAGE_LAYOUTS)
+    for name, x in (("q", q), ("k_pages", k_pages), ("v_pages", v_pages)):
+        dims(name, x, 4)
+    axes = "(num_pages, page_size, H_kv, D)" if layout == "NHD" else "(num_pages, H_kv, page_size, D)"
+    ks, vs, qs = tuple(k_pages.shape), tuple(v_pages.shape), tuple(q.shape)
+    if vs[:3] != ks[:3]:
+        raise ValueError(
+            f"v_pages must have k_pages's first three axes {ks[:3]} (layout {layout!r}: {axes}); got v_pages of shape {vs}"
+        )
+    num_pages, page_size, h_kv = (ks[0], ks[1], ks[2]) if layout == "NHD" else (ks[0], ks[2], ks[1])
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1; got k_pages of shape {ks} (layout {layout!r}: {axes})")
+    if ks[3] != qs[3]:
+        raise ValueError(f"k_pages's head dim must equal q's (D_qk = {qs[3]}); got k_pages of shape {ks}")
+    if qs[3] < 1:
+        raise ValueError(f"head dim D_qk must be >= 1; got q of shape {qs}")
+    if h_kv < 1 or qs[1] % h_kv:
+        raise ValueError(
+            f"H_q = {qs[1]} (q.shape[1]) must be a multiple of H_kv = {h_kv} (k_pages of shape {ks}, layout {layout!r})"
+        )
+    batch = qs[0]
+    table = int_array("block_table", block_table)
+    if table.ndim != 2 or table.shape[0] != batch:
+        raise ValueError(f"block_table must have shape (B, max_pages) with B = {batch} (q.shape[0]); got {table.shape}")
+    lens = int_array("cache_lens", cache_lens, shape=(batch,), low=0)
+    capacity = table.shape[1] * page_size
+    if lens.size and lens.max() > capacity:
+        b = int(lens.argmax())
+        raise ValueError(
+            f"cache_lens must be <= max_pages * page_size = {table.shape[1]} * {page_size} = {capacity} "
+            f"(block_table.shape[1] * page_size); got cache_lens[{b}] = {lens[b]}"
+        )
+    in_use = np.arange(table.shape[1]) < -(-lens[:, None] // page_size)
+    wrong = in_use & ((table < 0) | (table >= num_pages))
+    if wrong.any():
+        b, i = (int(x) for x in np.argwhere(wrong)[0])
+        raise ValueError(
+            f"block_table[{b}, {i}] = {table[b, i]} is not a page of the pool (0 <= index < num_pages = {num_pages}); "
+            f"the entry is in use, as cache_lens[{b}] = {lens[b]} > {i} * page_size = {i * page_size}"
+        )
+    return layout, table, lens
+
+
 def partials(outs, lses) -> None:
     """Shapes of ``merge_partials``' arguments: ``outs`` ``(S, B, H, N, D_v)``, ``lses`` ``(S, B, H, N)``, ``S >= 1``."""
     dims("outs", outs, 5)

@@ -13,7 +13,7 @@ import torch
 from attnspec import validation as _checks
 from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
-from attnspec.backends.torch_tiled import kernel
+from attnspec.backends.torch_tiled import kernel, paged
 from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
@@ -119,6 +119,13 @@ class TorchBackend(BlockSparseLayouts, Backend):
         )
         out, lse = kernel.split_kv(problem, num_splits, self.block_k)
         return out.to(q.dtype), lse
+
+    def paged_decode(self, q, k_pages, v_pages, *, block_table, cache_lens, layout="NHD", num_splits=1, **options):
+        """The pages in use gathered on the device (:mod:`.paged`), then :meth:`decode`'s path."""
+        check_decode_options(options)
+        full = options.get("mask") is not None or options.get("bias") is not None  # sized to the capacity
+        k_cache, v_cache, lens = paged.gather(q, k_pages, v_pages, block_table, cache_lens, layout, full_capacity=full)
+        return self.decode(q, k_cache, v_cache, cache_lens=lens, num_splits=num_splits, **options)
 
     def sparse(self, q, k, v, *, pattern, scale=None, return_lse=False, **params):
         problem = kernel.prepare(q, k, v, scale=scale, steps=self.steps)
