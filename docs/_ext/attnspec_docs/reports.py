@@ -24,6 +24,14 @@ class Report:
     date: str
     files: list[str] = field(default_factory=list)
     tests: dict[str, dict] = field(default_factory=dict)
+    _by_clause: dict[str, list[tuple[str, dict]]] = field(default_factory=dict, repr=False)
+
+    def under(self, clause_id: str) -> list[tuple[str, dict]]:
+        """The (test ID, outcome) pairs reported under ``clause_id`` (their first clause)."""
+        if not self._by_clause:
+            for test_id, test in self.tests.items():
+                self._by_clause.setdefault(test["clauses"][0], []).append((test_id, test))
+        return self._by_clause.get(clause_id, [])
 
     @property
     def third_party(self) -> bool:
@@ -75,8 +83,8 @@ def _cell(outcomes: list[tuple[str, str]]) -> str:
 def verdicts(report: Report, clause_id: str) -> dict[str, str]:
     """dtype -> pass / fail / declined / skipped for the tests reported under ``clause_id``."""
     cells: dict[str, list[tuple[str, str]]] = {d: [] for d in DTYPES}
-    for test_id, test in report.tests.items():
-        if test["clauses"][:1] == [clause_id] and dtype_of(test_id):
+    for test_id, test in report.under(clause_id):
+        if dtype_of(test_id):
             cells[dtype_of(test_id)].append((test["outcome"], test.get("reason", "")))
     return {d: _cell(outcomes) for d, outcomes in cells.items()}
 
