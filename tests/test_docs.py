@@ -64,6 +64,12 @@ def test_generator_gives_every_clause_a_labelled_section():
         assert f"\n.. _{c.id}:\n" in "\n" + pages[c.section], c.id
 
 
+def test_no_formula_is_stale():
+    from attnspec_docs import formulas
+
+    assert formulas.stale() == [], "a clause's text changed: update its formula in docs/_ext/attnspec_docs/formulas.py"
+
+
 def test_every_clause_is_at_its_id_on_its_family_page(site):
     missing = [c.id for c in CATALOG.values() if c.id not in site[Path(f"{c.section}.html")].ids]
     assert missing == []

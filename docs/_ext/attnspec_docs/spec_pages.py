@@ -7,7 +7,7 @@ import inspect
 
 from attnspec.clauses import CATALOG, OPERATIONS, SPEC_VERSION, Clause
 
-from . import facts, reports, rst, sources
+from . import facts, formulas, reports, rst, sources
 from .facts import Check, Source
 
 LEGEND = (
@@ -98,7 +98,7 @@ def _clause(ctx: Context, c: Clause) -> str:
     return (
         f".. _{c.id}:\n\n"
         + rst.heading(c.id, "~")
-        + f"{fields}\n{_text(c)}"
+        + f"{fields}\n{formulas.math(c.id)}{_text(c)}"
         + _checks(ctx, "Conformance tests", ctx.tests.get(c.id, []))
         + _checks(ctx, "Mutants caught", ctx.mutants.get(c.id, []))
         + ".. rubric:: Verdicts\n\n"
