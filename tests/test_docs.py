@@ -18,6 +18,9 @@ from sphinx.cmd.build import build_main  # noqa: E402
 
 from attnspec import CATALOG, SPEC_VERSION  # noqa: E402
 
+# One worker builds the site: the build writes the generated pages into docs/ itself.
+pytestmark = pytest.mark.xdist_group("docs")
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
