@@ -34,6 +34,7 @@ BUILTINS = {
     "flex": "attnspec.backends.flex:FlexBackend",
     "triton": "attnspec.backends.triton:TritonBackend",
     "cupy": "attnspec.backends.cupy:CupyBackend",
+    "transformers": "attnspec.backends.transformers_hf:TransformersBackend",
 }
 
 
