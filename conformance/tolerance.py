@@ -157,11 +157,11 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
     problem = prepare(q, k, v, **options)
 
     def sizes():
-        size = _score_size(problem)
+        size = score_size(problem)
         return vmax * size, size + lse_scale
 
     def exact(score_factor, q, v):
-        scored = replace(problem, q=q, v=v, score_mods=problem.score_mods + (_scaled_score(score_factor),))
+        scored = replace(problem, q=q, v=v, score_mods=problem.score_mods + (scaled_score(score_factor),))
         return attend(scored, range(problem.n_q), range(problem.n_k))
 
     scores = np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k))
@@ -181,7 +181,7 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
     )
 
 
-def _scaled_score(factor: np.ndarray):
+def scaled_score(factor: np.ndarray):
     """A score modifier that multiplies each final score by its factor (one float32 rounding)."""
 
     def scaled_score(score, b, h, q_idx, kv_idx):
@@ -190,7 +190,7 @@ def _scaled_score(factor: np.ndarray):
     return scaled_score
 
 
-def _score_size(problem) -> float:
+def score_size(problem) -> float:
     """``D_qk * A + N_k + 1``: how far rounding in the dot products and sums can propagate."""
     b, h_q, n_q, d = problem.q.shape
     grouped = np.abs(problem.q).reshape(b, problem.h_kv, h_q // problem.h_kv, n_q, d)
@@ -230,7 +230,7 @@ def _mha_size(x_q, x_kv, weights: dict, options: dict) -> float:
     split = multihead.split_heads
     q_abs, k_abs, v_abs = split(x_q @ w_q, heads), split(x_kv @ w_k, kv_heads), split(x_kv @ w_v, kv_heads)
     problem = prepare(q_abs, k_abs, v_abs, **{**options, "softcap": None, "bias": None, "alibi_slopes": None})
-    attention = finite_max(v_abs) * (_score_size(problem) + x_q.shape[-1])
+    attention = finite_max(v_abs) * (score_size(problem) + x_q.shape[-1])
     return attention * w_o.sum(axis=0).max() + w_o.shape[0] * finite_max(v_abs) * w_o.max()
 
 

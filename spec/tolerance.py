@@ -60,3 +60,43 @@ def tolerance_policy():
 
     .. versionadded:: 0.1.0
     """
+
+
+def gradient_tolerance():
+    """The tolerance policy for gradients (``sdpa.grad``): the same rule, applied to each gradient.
+
+    ``dq``, ``dk``, ``dv`` (and ``dbias``) are each judged as an output of their own, by the rule of
+    :func:`tolerance_policy`:
+
+    - ``naive`` is the backward pass evaluated in the dtype as autograd through a naive attention
+      computes it: the forward's scores, probabilities and output, then ``dP``, ``dS`` and (with a
+      softcap) ``dR``, each stored in the dtype; every product accumulated in float32. So the naive
+      run rounds ``dS`` to 16 bits before ``dq = scale dS k``, as FlashAttention-2 does, and takes
+      ``D = rowsum(dout * out)`` from the output stored in the dtype.
+    - The floor of gradient ``x`` is ``FLOOR_EPS * eps(dtype) * |x|_abs + SENSITIVITY_FACTOR * sens``,
+      ``|x|_abs`` the largest element of its formula evaluated on absolute values (``dS = P (dP - D)``
+      cancels: with one visible key ``dS`` is exactly 0 while ``dP`` and ``D`` are not, and a kernel
+      computing them in float32 rounds each, as the forward's floor is on ``max|v|``, not ``|out|``);
+      ``sens`` the largest move of the exact gradients when float32 rounding perturbs their inputs:
+      the final scores by ``eps(float32)``, and ``q``, ``k``, ``v`` and ``dout`` each by
+      ``sqrt(n) * eps(float32)`` relative, ``n`` the longest float32 sum that input enters (``q``:
+      ``D_qk`` or the ``G * N_q`` rows summed into ``dk``; ``k``: ``D_qk`` or the ``N_k`` keys summed
+      into ``dq``; ``v``: ``N_k`` or the ``D_v`` terms of ``dP``; ``dout``: ``D_v`` or the rows summed
+      into ``dv``); and the LSE from which ``P = exp(S - lse)`` is recomputed by
+      ``eps(float32) * (|lse| + 1)`` absolute: the FlashAttention-2 backward stores the LSE in float32
+      and recomputes ``P`` from it, an error the naive run (which keeps ``P``) does not make.
+    - Why this has teeth: an error the naive run does not make is a different formula, not a
+      rounding. ``dS`` rounded to 16 bits in a float32 kernel moves ``dq`` by ``2^-9`` relative,
+      thousands of float32 ulps; ``dk`` of one query head instead of the group's sum, the LSE in
+      base 2 (``P`` off by ``exp(lse (1 - 1/ln 2))``), a mask missing in the backward (``P`` nonzero at
+      hidden keys) or ``D`` from a 16-bit output in a float32 kernel are each far beyond a floor of a
+      few float32 ulps of the gradient's magnitude. In a 16-bit kernel, rounding ``dS`` or ``out`` to
+      the dtype is what the naive run does, and passes.
+    - At 64 bits gradient ``x`` conforms within ``FLOAT64_EPS * eps(float64) * |x|_abs * (size + N_k
+      + G * N_q + D_v)``: ``|x|_abs`` the largest element of its formula evaluated on absolute values,
+      ``size`` the forward's propagation size.
+    - Exact zeros (hidden keys, padded positions, rows without keys) are checked exactly
+      (``sdpa.grad.hidden``), as the forward's structural properties are.
+
+    .. versionadded:: 0.2.0
+    """

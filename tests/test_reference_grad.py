@@ -11,7 +11,7 @@ import pytest
 
 from attnspec.reference import sdpa as reference_sdpa
 from attnspec.reference.sdpa import prepare, scores, visible
-from attnspec.reference.sdpa_grad import sdpa_backward
+from attnspec.reference.sdpa_grad import gradients
 
 CASES = {  # name -> (B, H_q, H_kv, N_q, N_k, D_qk, D_v, options)
     "plain": (1, 2, 2, 3, 4, 3, 2, {}),
@@ -75,7 +75,7 @@ def _finite_difference(x, f, step=1e-6):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradients_match_central_finite_differences(name):
     q, k, v, dout, options = _inputs(name)
-    grads = sdpa_backward(q, k, v, dout, **options)
+    grads = gradients(q, k, v, dout, **options)
     arrays = {"dq": q, "dk": k, "dv": v}
     if "bias" in options:
         arrays["dbias"] = options["bias"]
@@ -88,7 +88,7 @@ def test_gradients_match_central_finite_differences(name):
 def test_hidden_and_padded_positions_get_exactly_zero_gradient():
     q, k, v, dout, options = _inputs("window_lengths")
     v[1, :, 3:] = np.nan  # past kv_lens of item 1: never read
-    grads = sdpa_backward(q, k, v, dout, **options)
+    grads = gradients(q, k, v, dout, **options)
     assert (grads["dk"][1, :, 3:] == 0).all() and (grads["dv"][1, :, 3:] == 0).all()
     assert (grads["dq"][1, :, 2:] == 0).all()  # rows past q_lens
     assert all(np.isfinite(g).all() for g in grads.values())
@@ -96,11 +96,11 @@ def test_hidden_and_padded_positions_get_exactly_zero_gradient():
 
 def test_fully_masked_rows_contribute_nothing():
     q, k, v, dout, options = _inputs("mask_with_empty_row")
-    grads = sdpa_backward(q, k, v, dout, **options)
+    grads = gradients(q, k, v, dout, **options)
     assert (grads["dq"][:, :, 1] == 0).all()  # row 1 sees no key
     dout_without_row = dout.copy()
     dout_without_row[:, :, 1] = 0
-    again = sdpa_backward(q, k, v, dout_without_row, **options)
+    again = gradients(q, k, v, dout_without_row, **options)
     for key in ("dk", "dv"):
         np.testing.assert_array_equal(grads[key], again[key])
 
@@ -108,7 +108,7 @@ def test_fully_masked_rows_contribute_nothing():
 def test_dout_of_the_wrong_shape_is_refused_by_name():
     q, k, v, dout, options = _inputs("plain")
     with pytest.raises(ValueError, match=r"dout must have out's shape"):
-        sdpa_backward(q, k, v, dout[..., :1], **options)
+        gradients(q, k, v, dout[..., :1], **options)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
@@ -140,7 +140,7 @@ def test_gradients_match_torch_autograd_in_float64(name):
     p = torch.softmax(torch.where(has_key, s, torch.zeros_like(s)), dim=-1) * has_key
     out = p @ tv.repeat_interleave(group, 1)
     (out * torch.as_tensor(dout)).sum().backward()
-    grads = sdpa_backward(q, k, v, dout, **options)
+    grads = gradients(q, k, v, dout, **options)
     for key, tensor in (("dq", tq), ("dk", tk), ("dv", tv), ("dbias", tbias)):
         if tensor is not None:
             np.testing.assert_allclose(

@@ -13,7 +13,7 @@ import torch
 from attnspec import validation as _checks
 from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
-from attnspec.backends.torch_tiled import kernel, paged
+from attnspec.backends.torch_tiled import backward, kernel, paged
 from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
@@ -44,6 +44,7 @@ class BlockSparseLayouts:
 class TorchBackend(BlockSparseLayouts, Backend):
     name = "torch"
     clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)  # the window aligned either way
+    clauses += ("sdpa.grad", "sdpa.grad.*")
     clauses += ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
     clauses += (
         "linear.chunked",
@@ -82,6 +83,14 @@ class TorchBackend(BlockSparseLayouts, Backend):
     def sdpa(self, q, k, v, *, return_lse=False, **options):
         out, lse = kernel.forward(kernel.prepare(q, k, v, steps=self.steps, **options), block_k=self.block_k)
         return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
+
+    def sdpa_backward(self, q, k, v, dout, **options):
+        """The FlashAttention-2 backward of :mod:`.backward`: P recomputed per key tile from the saved LSE."""
+        problem = kernel.prepare(q, k, v, steps=self.steps, **options)
+        bias = options.get("bias")
+        grads = backward.backward(problem, dout, None if bias is None else tuple(bias.shape), self.block_k)
+        dtypes = (q.dtype, k.dtype, v.dtype) + (() if bias is None else (bias.dtype,))
+        return tuple(grad.to(dtype) for grad, dtype in zip(grads, dtypes, strict=True))
 
     def flash_forward(self, q, k, v, *, block_q, block_k, **options):
         block_q = _checks.integer("block_q", block_q, low=1)

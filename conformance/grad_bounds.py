@@ -1,0 +1,90 @@
+"""The tolerance of ``sdpa_backward``, declared for the engine of :mod:`.tolerance`.
+
+The policy of :func:`attnspec.tolerance.gradient_tolerance`: the naive run is the reference's
+backward with every intermediate (``S``, ``P``, ``out``, ``dP``, ``dS``, ``dR``) stored in the dtype
+and products accumulated in float32, as autograd through a naive attention in that dtype computes
+it. The floor of each gradient is two ulps of its magnitude (its formula on absolute values: ``dS``
+cancels, ``dP - D``, so the result can be 0 where the terms are not) plus ``SENSITIVITY_FACTOR``
+times how far the exact gradients move when float32-sized rounding perturbs their inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+
+from attnspec.conformance.tolerance import Bound, Jitter, finite_max, policy_bounds, scaled_score, score_size
+from attnspec.reference import sdpa_grad
+from attnspec.reference.sdpa import Problem, attend
+
+
+def gradient_bounds(q, k, v, dout, options: dict, dtype: str, refs: tuple) -> tuple[Bound, ...]:
+    """One bound per gradient of ``sdpa_backward(q, k, v, dout, **options)`` (``refs``: its exact results).
+
+    Jitters, each the rounding size of the float32 sums its input enters: the final scores by 1;
+    the LSE by ``eps(float32) * (|lse| + 1)`` absolute (a FlashAttention-2 backward recomputes ``P``
+    from the LSE its forward pass stored in float32);
+    ``q`` by ``sqrt(max(D_qk, G N_q))`` (the scores, and ``dk``'s sum over a group's rows); ``k`` by
+    ``sqrt(max(D_qk, N_k))`` (the scores, ``dq``'s sum over keys); ``v`` by ``sqrt(max(N_k, D_v))``
+    (the output, ``dP``); ``dout`` by ``sqrt(max(D_v, G N_q))`` (``dP``, ``dv``'s sum over rows).
+    At 64 bits the size of each gradient is its magnitude (the same formulas on absolute values)
+    times the number of roundings a term carries: the forward's score size, plus ``N_k``,
+    ``G N_q`` and ``D_v`` for the backward's sums.
+    """
+    problem, dout64 = sdpa_grad.setup(q, k, v, dout, **options)
+    group = problem.h_q // problem.h_kv
+    d_qk, d_v = problem.q.shape[-1], problem.v.shape[-1]
+    rows = group * problem.n_q
+
+    def exact(score_factor, q, k, v, dout, lse_shift):
+        jittered = replace(problem, q=q, k=k, v=v, score_mods=problem.score_mods + (scaled_score(score_factor),))
+        return _backward(jittered, dout, options, lse_shift)
+
+    _, lse = attend(problem, range(problem.n_q), range(problem.n_k))
+
+    jitters = (
+        (np.ones((problem.batch, problem.h_q, problem.n_q, problem.n_k)), Jitter()),
+        (problem.q, Jitter(np.sqrt(max(d_qk, rows)))),
+        (problem.k, Jitter(np.sqrt(max(d_qk, problem.n_k)))),
+        (problem.v, Jitter(np.sqrt(max(problem.n_k, d_v, 1)))),
+        (dout64, Jitter(np.sqrt(max(d_v, rows, 1)))),
+        (np.zeros(lse.shape), Jitter(np.abs(np.where(np.isfinite(lse), lse, 0.0)) + 1, absolute=True)),
+    )
+    roundings = score_size(problem) + problem.n_k + rows + d_v
+    magnitudes = _magnitudes(problem, dout64, options)
+    return policy_bounds(
+        dtype,
+        refs,
+        tuple(max(m, 1e-30) for m in magnitudes),
+        reference=partial(sdpa_grad.sdpa_backward, q, k, v, dout, **options),
+        sizes=lambda: tuple(m * roundings for m in magnitudes),
+        exact=exact,
+        jitters=jitters,
+    )
+
+
+def _backward(problem: Problem, dout, options: dict, lse_shift) -> tuple:
+    """The exact gradients, with ``P`` recomputed from an LSE moved by ``lse_shift`` (a kernel's stored LSE)."""
+    p, out = sdpa_grad.forward(problem)
+    p = p * np.exp(-lse_shift)[..., None]
+    ds = sdpa_grad.score_gradient(problem, p, dout, out)
+    grads = sdpa_grad.input_gradients(
+        problem, p, sdpa_grad.raw_score_gradient(problem, ds, options.get("softcap")), dout
+    )
+    if options.get("bias") is not None:
+        grads["dbias"] = sdpa_grad.unbroadcast(ds, np.shape(options["bias"]))
+    return tuple(grads[name] for name in sdpa_grad.GRADIENTS if name in grads)
+
+
+def _magnitudes(problem: Problem, dout, options: dict) -> tuple[float, ...]:
+    """The largest element of each gradient's formula evaluated on absolute values."""
+    p, out = sdpa_grad.forward(problem)
+    mm, absolute = np.matmul, replace(problem, q=np.abs(problem.q), k=np.abs(problem.k), v=np.abs(problem.v))
+    dp = sdpa_grad.per_group(mm, np.abs(dout), np.swapaxes(absolute.v, -1, -2), problem)
+    ds = p * (dp + np.abs(dout * out).sum(axis=-1, keepdims=True))
+    grads = sdpa_grad.input_gradients(absolute, p, ds, np.abs(dout))
+    if options.get("bias") is not None:
+        grads["dbias"] = sdpa_grad.unbroadcast(ds, np.shape(options["bias"]))
+    return tuple(finite_max(grads[name]) for name in sdpa_grad.GRADIENTS if name in grads)
