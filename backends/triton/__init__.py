@@ -26,6 +26,7 @@ from attnspec import validation as _checks
 from attnspec.backends import FLASH_CONTIGUOUS_CLAUSES, SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends.torch_tiled import BlockSparseLayouts
+from attnspec.backends.torch_tiled import backward as torch_backward
 from attnspec.backends.torch_tiled import kernel as torch_kernel
 from attnspec.contract import Backend, BackendError
 from attnspec.reference import sparse as reference_sparse
@@ -36,6 +37,7 @@ class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
     clauses: tuple[str, ...] = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES
     clauses += ("sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses += ("sdpa.grad", "sdpa.grad.*")
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
     max_head_dim = 256
@@ -50,9 +52,9 @@ class TritonBackend(BlockSparseLayouts, Backend):
             # The interpreter pays NumPy calls per tile: the suite draws shorter sequences and narrower
             # heads there (still several 32 x 32 tiles and every head-dim tile width up to 64).
             self.name, self.max_seq_len, self.max_head_dim = "triton:interpreter", 96, 64
-        from . import launch
+        from . import launch, launch_backward
 
-        self._launch = launch
+        self._launch, self._launch_backward = launch, launch_backward
 
     def to_native(self, array):
         return arrays.to_torch(array, self.device)
@@ -66,6 +68,19 @@ class TritonBackend(BlockSparseLayouts, Backend):
     def sdpa(self, q, k, v, *, return_lse=False, **options):
         out, lse = self._attend(q, k, v, options)
         return (out, lse) if return_lse else out
+
+    def sdpa_backward(self, q, k, v, dout, **options):
+        """The FlashAttention-2 backward (:mod:`.backward`): ``P`` recomputed from the forward's LSE,
+        ``dK``/``dV`` per key block (summed over the GQA group in the program), ``dQ`` per query block;
+        ``dbias`` (float32 tiles, summed over broadcast axes) returned in the bias's dtype."""
+        problem = torch_kernel.prepare(q, k, v, **options)
+        decline_unsupported(problem, self.max_head_dim)
+        dout = torch_backward._checked_dout(dout, problem)  # the torch backend's checks: the same errors
+        bias = options.get("bias")
+        grads = self._launch_backward.backward(
+            problem, self._launch.host_lens(problem), dout, None if bias is None else tuple(bias.shape)
+        )
+        return grads if bias is None else (*grads[:3], grads[3].to(bias.dtype))
 
     def flash_forward(self, q, k, v, *, block_q, block_k, **options):
         """The kernel with ``BLOCK_M``/``BLOCK_N`` the powers of two from 16 to 128 nearest above

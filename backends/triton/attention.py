@@ -95,6 +95,129 @@ def _dot(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def log2_scores(
+    qk,
+    scale,
+    softcap,
+    b,
+    hh,
+    ii,
+    jj,
+    pair_ok,
+    BIAS,
+    stride_bb,
+    stride_bh,
+    stride_bm,
+    stride_bn,
+    slope,
+    offset,
+    HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_ALIBI: tl.constexpr,
+):
+    """``(S * log2(e), tanh(R / c))``: the final scores of products ``qk`` in base 2, and the softcap's
+    tanh (``qk`` where there is no softcap) for the backward's derivative ``1 - tanh^2``.
+
+    ``hh``, ``ii``, ``jj`` (head, query, key) and ``slope`` broadcast to the tile: ``[:, None]`` and
+    ``[None, :]`` give the forward's (queries, keys) tiles, the other way round the backward's
+    (keys, queries) tiles, from this one definition of the scores."""
+    t = qk
+    if HAS_SOFTCAP or HAS_BIAS or HAS_ALIBI:  # modifiers act on scaled scores in natural units
+        s = qk * scale
+        if HAS_SOFTCAP:
+            t = _tanh(s / softcap)
+            s = softcap * t
+        if HAS_BIAS:
+            s += tl.load(
+                BIAS + b * stride_bb + hh * stride_bh + ii * stride_bm + jj * stride_bn, mask=pair_ok, other=0.0
+            ).to(tl.float32)
+        if HAS_ALIBI:
+            s -= slope * tl.abs(ii + offset - jj).to(tl.float32)
+        s = s * LOG2E
+    else:
+        s = qk * (scale * LOG2E)
+    return s, t
+
+
+@triton.jit
+def visible(
+    b,
+    hh,
+    ii,
+    jj,
+    pair_ok,
+    MASK,
+    stride_mb,
+    stride_mh,
+    stride_mm,
+    stride_mn,
+    offset,
+    causal_offset,
+    win_left,
+    win_right,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
+    """Which pairs ``(ii, jj)`` of a tile are visible: ``pair_ok`` (inside the lengths) and causal,
+    window and mask. The indices broadcast to the tile in either orientation (see :func:`log2_scores`)."""
+    seen = pair_ok
+    if CAUSAL:
+        seen &= jj <= ii + causal_offset
+    if WINDOW:
+        if win_left >= 0:
+            seen &= jj >= ii + offset - win_left
+        if win_right >= 0:
+            seen &= jj <= ii + offset + win_right
+    if HAS_MASK:
+        seen &= (
+            tl.load(MASK + b * stride_mb + hh * stride_mh + ii * stride_mm + jj * stride_mn, mask=pair_ok, other=0) != 0
+        )
+    return seen
+
+
+@triton.jit
+def key_range(
+    i_first,
+    i_last,
+    k_start,
+    k_stop,
+    offset,
+    causal_offset,
+    win_left,
+    win_right,
+    CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``(lo, full_lo, full_hi, hi)``: the keys of ``[k_start, k_stop)`` that queries ``i_first..i_last``
+    may see, and the whole key blocks in it that each of them sees (no mask built there). No query
+    (``i_last < 0``): an empty range."""
+    lo = k_start
+    hi = tl.where(i_last >= 0, k_stop, k_start)
+    full_lo = k_start
+    full_hi = k_stop // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(hi, i_last + causal_offset + 1)
+        full_hi = tl.minimum(full_hi, (i_first + causal_offset + 1) // BLOCK_N * BLOCK_N)
+    if WINDOW:
+        if win_left >= 0:
+            lo = tl.maximum(lo, i_first + offset - win_left)
+            full_lo = tl.maximum(full_lo, tl.cdiv(i_last + offset - win_left, BLOCK_N) * BLOCK_N)
+        if win_right >= 0:
+            hi = tl.minimum(hi, i_last + offset + win_right + 1)
+            full_hi = tl.minimum(full_hi, (i_first + offset + win_right + 1) // BLOCK_N * BLOCK_N)
+    lo = lo // BLOCK_N * BLOCK_N
+    hi = tl.maximum(hi, lo)
+    if HAS_MASK:  # an arbitrary mask must be read in every block
+        full_lo = hi
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
 def _attend_block(
     acc,
     l_i,
@@ -161,41 +284,47 @@ def _attend_block(
     else:
         kt = tl.load(K + j[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=offs_d[:, None] < d_qk, other=0.0)
         v = tl.load(V + j[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=offs_dv[None, :] < d_v, other=0.0)
-    qk = _dot(q, kt, PRECISION)
-    if HAS_SOFTCAP or HAS_BIAS or HAS_ALIBI:  # modifiers act on scaled scores in natural units
-        s = qk * scale
-        if HAS_SOFTCAP:
-            s = softcap * _tanh(s / softcap)
-        if HAS_BIAS:
-            s += tl.load(
-                BIAS + b * stride_bb + h[:, None] * stride_bh + i[:, None] * stride_bm + j[None, :] * stride_bn,
-                mask=pair_ok,
-                other=0.0,
-            ).to(tl.float32)
-        if HAS_ALIBI:
-            s -= slope[:, None] * tl.abs(i[:, None] + offset - j[None, :]).to(tl.float32)
-        s = s * LOG2E
-    else:
-        s = qk * (scale * LOG2E)
+    s, _ = log2_scores(
+        _dot(q, kt, PRECISION),
+        scale,
+        softcap,
+        b,
+        h[:, None],
+        i[:, None],
+        j[None, :],
+        pair_ok,
+        BIAS,
+        stride_bb,
+        stride_bh,
+        stride_bm,
+        stride_bn,
+        slope,
+        offset,
+        HAS_SOFTCAP,
+        HAS_BIAS,
+        HAS_ALIBI,
+    )
     if MASKED:
-        visible = pair_ok
-        if CAUSAL:
-            visible &= j[None, :] <= i[:, None] + causal_offset
-        if WINDOW:
-            if win_left >= 0:
-                visible &= j[None, :] >= i[:, None] + offset - win_left
-            if win_right >= 0:
-                visible &= j[None, :] <= i[:, None] + offset + win_right
-        if HAS_MASK:
-            visible &= (
-                tl.load(
-                    MASK + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm + j[None, :] * stride_mn,
-                    mask=pair_ok,
-                    other=0,
-                )
-                != 0
-            )
-        s = tl.where(visible, s, float("-inf"))
+        seen = visible(
+            b,
+            h[:, None],
+            i[:, None],
+            j[None, :],
+            pair_ok,
+            MASK,
+            stride_mb,
+            stride_mh,
+            stride_mm,
+            stride_mn,
+            offset,
+            causal_offset,
+            win_left,
+            win_right,
+            CAUSAL,
+            WINDOW,
+            HAS_MASK,
+        )
+        s = tl.where(seen, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: exp2(-inf - 0) = 0
     p = tl.math.exp2(s - m_use[:, None])
@@ -345,7 +474,9 @@ def attention_fwd(
         mask=row_ok[:, None] & (offs_d[None, :] < d_qk),
         other=0.0,
     )
-    slope = tl.load(SLOPES + b * stride_sb + h * stride_sh, mask=row_ok, other=0.0).to(tl.float32) if HAS_ALIBI else 0.0
+    slope = 0.0  # a (rows, 1) column of ALiBi slopes, broadcast against the key axis
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + b * stride_sb + h * stride_sh, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     K += b * stride_kb + h_kv * stride_kh
     V += b * stride_vb + h_kv * stride_vh
 
@@ -355,26 +486,9 @@ def attention_fwd(
     causal_offset = offset if CAUSAL == 2 else 0
     k_start = split * split_len
     k_stop = tl.minimum(k_start + split_len, kv_len)
-    lo = k_start
-    hi = tl.where(i_last >= 0, k_stop, k_start)
-    full_lo = k_start
-    full_hi = k_stop // BLOCK_N * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(hi, i_last + causal_offset + 1)
-        full_hi = tl.minimum(full_hi, (i_first + causal_offset + 1) // BLOCK_N * BLOCK_N)
-    if WINDOW:
-        if win_left >= 0:
-            lo = tl.maximum(lo, i_first + offset - win_left)
-            full_lo = tl.maximum(full_lo, tl.cdiv(i_last + offset - win_left, BLOCK_N) * BLOCK_N)
-        if win_right >= 0:
-            hi = tl.minimum(hi, i_last + offset + win_right + 1)
-            full_hi = tl.minimum(full_hi, (i_first + offset + win_right + 1) // BLOCK_N * BLOCK_N)
-    lo = lo // BLOCK_N * BLOCK_N
-    hi = tl.maximum(hi, lo)
-    if HAS_MASK:  # an arbitrary mask must be read in every block
-        full_lo = hi
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), hi)
+    lo, full_lo, full_hi, hi = key_range(
+        i_first, i_last, k_start, k_stop, offset, causal_offset, win_left, win_right, CAUSAL, WINDOW, HAS_MASK, BLOCK_N
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

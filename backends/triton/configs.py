@@ -86,3 +86,17 @@ def choose_tma(d: int, causal: bool, n: int) -> Config | None:
 
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
+
+
+def choose_backward(q: torch.Tensor, d_qk: int, d_v: int) -> tuple[Config, Config]:
+    """``(key pass, query pass)`` tiles of the backward: the key pass holds ``block_n`` keys and steps
+    through ``block_m`` rows at a time, the query pass the other way round. On the GPU the Triton
+    tutorial's FlashAttention-2 split (128 keys x 32 rows, 128 rows x 32 keys, 4 warps, 5 stages for
+    16-bit heads up to 128): each program's accumulators (dK and dV, or dQ) and its resident tiles
+    stay in registers while the streamed tiles are small. Not yet tuned on a GPU; float32 and wider
+    heads halve the resident tiles and the pipeline depth."""
+    if interpreted(q):
+        return INTERPRETER, INTERPRETER
+    if q.dtype == torch.float32 or max(d_qk, d_v) > 128:
+        return Config(16, 64, 4, 2), Config(64, 16, 4, 2)
+    return Config(32, 128, 4, 5), Config(128, 32, 4, 5)
