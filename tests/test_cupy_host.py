@@ -33,9 +33,9 @@ def test_16_bit_tiles_fit_shared_memory_and_whole_mma_shapes(dtype, d, block):
     for rows in (1, 1000, 100_000):
         inst = kernels.attention(dtype, d, d, rows=rows, general=True, partial=False, block=block)
         assert inst.block_m % 16 == 0 and inst.block_n % 16 == 0
-        assert inst.threads == inst.block_m * 2  # a warp per 16 rows
-        assert inst.shared_bytes <= A100_SHARED_LIMIT, inst
         hd = inst.args[1]
+        assert inst.threads == inst.block_m * 2 // kernels.warp_tiles(inst.block_m, hd)  # a warp per 16 or 32 rows
+        assert inst.shared_bytes <= A100_SHARED_LIMIT, inst
         assert inst.shared_bytes == (inst.block_m + 4 * inst.block_n) * (hd + 8) * 2
 
 
@@ -48,7 +48,7 @@ def test_float32_tiles_fit_static_shared_memory():
 
 def test_instance_names_are_the_cxx_template_expressions():
     inst = kernels.attention("bfloat16", 80, 64, rows=4096, general=True, partial=True)
-    assert inst.name == "attention_fwd<__nv_bfloat16, 80, 128, 64, true, float>"
+    assert inst.name == "attention_fwd<__nv_bfloat16, 80, 128, 64, 2, true, float>"
     assert kernels.merge("float32", "float16").name == "merge_partials<float, __half>"
     assert kernels.attention("float32", 64, 64, rows=9, general=False, partial=False).name == (
         "attention_fwd_f32<64, 32, false, float>"

@@ -1,7 +1,7 @@
 """The CUDA sources, their instantiations and launch geometry: everything that needs no GPU.
 
 Each kernel is a C++ template in a ``.cu`` file beside this module (``csrc/``); a call needs one
-instantiation, named by a C++ expression (``attention_fwd<__nv_bfloat16, 128, 128, 64, false,
+instantiation, named by a C++ expression (``attention_fwd<__nv_bfloat16, 128, 128, 64, 2, false,
 __nv_bfloat16>``) and compiled once by NVRTC: by CuPy's ``RawModule`` on the GPU (which caches
 the binary on disk), by :mod:`scripts.cupy_compile_check` in CI. Both take the source, options
 and name from :func:`program` here, so CI compiles exactly what the backend runs.
@@ -47,7 +47,7 @@ def padded_head_dim(d_qk: int, d_v: int) -> int:
 def tile(dtype: str, head_dim: int, *, rows: int, block: tuple[int, int] | None = None) -> tuple[int, int]:
     """``(BM, BN)`` for a call, from the table or ``flash_forward``'s ``block`` (clamped to it).
 
-    16-bit: 128 x 64 up to head dim 128 (8 warps of 16 rows), 64-row tiles where the call has few
+    16-bit: 128 x 64 up to head dim 128 (4 warps of 32 rows: :func:`warp_tiles`), 64-row tiles where the call has few
     rows (decode, short sequences: more CTAs to fill the GPU); above head dim 128 at most 64 x 32
     (registers: the O accumulator alone is head_dim / 2 floats a thread). float32: 32 rows per
     CTA, keys in tiles of 32 (16 above head dim 128: static shared memory), whatever ``block``.
@@ -60,11 +60,26 @@ def tile(dtype: str, head_dim: int, *, rows: int, block: tuple[int, int] | None 
     return min(block[0], largest[0]), min(block[1], largest[1])
 
 
+def warp_tiles(block_m: int, head_dim: int) -> int:
+    """m16 tiles per warp: 2 (32 rows, FlashAttention-2's layout: each K and V fragment loaded from
+    shared memory serves two tensor-core tiles) for 128-row tiles up to head dim 128, else 1."""
+    return 2 if block_m >= 128 and head_dim <= 128 else 1
+
+
 def attention(
-    dtype: str, d_qk: int, d_v: int, *, rows: int, general: bool, partial: bool, block: tuple[int, int] | None = None
+    dtype: str,
+    d_qk: int,
+    d_v: int,
+    *,
+    rows: int,
+    general: bool,
+    partial: bool,
+    block: tuple[int, int] | None = None,
+    wm: int | None = None,
 ) -> Instance:
     """The forward kernel for a call: ``general`` if it has a mask, bias, ALiBi or softcap;
-    ``partial`` for split-KV partials (float32 outputs for the merge)."""
+    ``partial`` for split-KV partials (float32 outputs for the merge); ``wm`` overrides
+    :func:`warp_tiles` (the tuning sweep, ``benchmarks/tune_cupy.py``)."""
     hd = padded_head_dim(d_qk, d_v)
     if hd > MAX_HEAD_DIM:
         raise ValueError(f"head dim {max(d_qk, d_v)} > {MAX_HEAD_DIM}")
@@ -75,7 +90,10 @@ def attention(
     if dtype == "float32":
         return Instance("attention_f32.cu", "attention_fwd_f32", (hd, bn, flag, out), 128, 0, bm, bn)
     shared = (bm + 4 * bn) * (hd + 8) * 2  # Q tile + double-buffered K and V, rows padded by 8
-    return Instance("attention.cu", "attention_fwd", (t, hd, bm, bn, flag, out), bm * 2, shared, bm, bn)
+    wm = wm or warp_tiles(bm, hd)
+    if bm % (16 * wm):
+        raise ValueError(f"{bm}-row tiles cannot give each warp {wm} m16 tiles")
+    return Instance("attention.cu", "attention_fwd", (t, hd, bm, bn, wm, flag, out), bm * 2 // wm, shared, bm, bn)
 
 
 def merge(in_dtype: str, out_dtype: str) -> Instance:

@@ -33,22 +33,24 @@ def attention(
     pack_gqa: bool = False,
     block: tuple[int, int] | None = None,
     cache_lens=None,
+    wm: int | None = None,
 ):
     """``(out, lse)``: ``out`` ``(B, H_q, N_q, D_v)`` in the input dtype, ``lse`` float32.
 
     ``num_splits > 1`` runs split-KV (float32 partials merged by their LSE); ``pack_gqa`` puts the
-    query heads of a KV head in one tile (decode); ``cache_lens`` (device int32) replaces ``kv_lens``.
+    query heads of a KV head in one tile (decode); ``cache_lens`` (device int32) replaces ``kv_lens``;
+    ``block`` and ``wm`` force a tile (``flash_forward``, the tuning sweep).
     """
     b, h_q, n_q, d_qk = p.q.shape
     h_kv, n_k, d_v = p.k.shape[1], p.k.shape[2], p.v.shape[3]
     group = h_q // h_kv
     rows, heads = (group * n_q, h_kv) if pack_gqa else (n_q, h_q)
-    probe = kernels.attention(p.dtype, d_qk, d_v, rows=rows, general=p.general, partial=False, block=block)
+    probe = kernels.attention(p.dtype, d_qk, d_v, rows=rows, general=p.general, partial=False, block=block, wm=wm)
     split_len, splits = kernels.split_length(n_k, num_splits, probe.block_n)
     inst = (
         probe
         if splits == 1
-        else kernels.attention(p.dtype, d_qk, d_v, rows=rows, general=p.general, partial=True, block=block)
+        else kernels.attention(p.dtype, d_qk, d_v, rows=rows, general=p.general, partial=True, block=block, wm=wm)
     )
     out_dtype = p.q.dtype if splits == 1 else cp.float32
     out = cp.empty((splits, b, h_q, n_q, d_v), dtype=out_dtype)

@@ -52,6 +52,8 @@ __device__ __forceinline__ Row make_row(const Options& o, int b, int h, int i, i
 }
 
 // mask_mod: may query row `r` see key `j`? (sdpa.padding, sdpa.causal.*, sdpa.window, sdpa.mask)
+// WITH_MASK false: the call has no mask (the plain kernels keep no per-row mask pointer alive).
+template <bool WITH_MASK = true>
 __device__ __forceinline__ bool visible(const Options& o, const Row& r, int j) {
   if (r.i < 0 || j >= r.kv_len) return false;
   const int d = j - r.i;
@@ -59,7 +61,7 @@ __device__ __forceinline__ bool visible(const Options& o, const Row& r, int j) {
   if (o.causal == 2 && d > r.offset) return false;
   if (o.win_left >= 0 && d < r.offset - o.win_left) return false;
   if (o.win_right >= 0 && d > r.offset + o.win_right) return false;
-  if (r.mask && !r.mask[j * o.smn]) return false;
+  if (WITH_MASK && r.mask && !r.mask[j * o.smn]) return false;
   return true;
 }
 
@@ -144,15 +146,18 @@ template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float* d, c
 }
 
 // Four 8x8 16-bit matrices from shared memory; lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* smem_row) {
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+// Addresses are 32-bit shared-window offsets (smem_address): a lane's base plus a constant offset
+// per fragment, which the instruction takes as an immediate, so no 64-bit pointer stays live.
+__device__ __forceinline__ unsigned smem_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* smem_row) {
-  unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
 // 16 bytes global -> shared without registers; `bytes` < 16 zero-fills the rest (0: all zeros),
@@ -163,6 +168,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int by
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// 2^x on the special-function unit (ex2.approx: relative error about 2^-22; -inf gives +0), what
+// exp2f becomes under --use_fast_math: one instruction for each probability of the softmax.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // Reductions over the four lanes that hold one row of an mma accumulator (lanes 4g .. 4g+3).
 __device__ __forceinline__ float quad_max(float x) {
