@@ -121,15 +121,17 @@ def row_range(
 def _load_rows(X, i, row_ok, offs, width, stride_m, stride_d, TRANSPOSE: tl.constexpr, MASKED: tl.constexpr):
     """Rows ``i`` of ``X`` as a ``(rows, width)`` tile, or ``(width, rows)`` with ``TRANSPOSE``; 0
     outside ``row_ok`` where ``MASKED`` (a block inside the lengths is loaded without the row mask)."""
-    if TRANSPOSE:
+    if TRANSPOSE:  # one load at the end: the compiled path wants one return type
+        at = i[None, :] * stride_m + offs[:, None] * stride_d
         ok = offs[:, None] < width
         if MASKED:
             ok &= row_ok[None, :]
-        return tl.load(X + i[None, :] * stride_m + offs[:, None] * stride_d, mask=ok, other=0.0)
-    ok = offs[None, :] < width
-    if MASKED:
-        ok &= row_ok[:, None]
-    return tl.load(X + i[:, None] * stride_m + offs[None, :] * stride_d, mask=ok, other=0.0)
+    else:
+        at = i[:, None] * stride_m + offs[None, :] * stride_d
+        ok = offs[None, :] < width
+        if MASKED:
+            ok &= row_ok[:, None]
+    return tl.load(X + at, mask=ok, other=0.0)
 
 
 @triton.jit

@@ -90,13 +90,21 @@ def _pow2(x: int) -> int:
 
 def choose_backward(q: torch.Tensor, d_qk: int, d_v: int) -> tuple[Config, Config]:
     """``(key pass, query pass)`` tiles of the backward: the key pass holds ``block_n`` keys and steps
-    through ``block_m`` rows at a time, the query pass the other way round. On the GPU the Triton
-    tutorial's FlashAttention-2 split (128 keys x 32 rows, 128 rows x 32 keys, 4 warps, 5 stages for
-    16-bit heads up to 128): each program's accumulators (dK and dV, or dQ) and its resident tiles
-    stay in registers while the streamed tiles are small. Not yet tuned on a GPU; float32 and wider
-    heads halve the resident tiles and the pipeline depth."""
+    through ``block_m`` query rows at a time, the query pass the other way round."""
     if interpreted(q):
         return INTERPRETER, INTERPRETER
-    if q.dtype == torch.float32 or max(d_qk, d_v) > 128:
+    return backward_gpu(q.dtype, d_qk, d_v)
+
+
+def backward_gpu(dtype: torch.dtype, d_qk: int, d_v: int) -> tuple[Config, Config]:
+    """:func:`choose_backward` on the GPU. The Triton tutorial's FlashAttention-2 split (128 keys
+    against 32 rows a step, 128 rows against 32 keys), with warps and stages chosen so that sm_90's
+    ``ptxas`` spills no registers (at most 16 bytes) in these kernels: the key pass keeps dK, dV, K
+    and V in registers, so 8 warps and 2 stages. Not yet timed on a GPU (``benchmarks/targets.toml``
+    has the rows); float32 and heads past 128 take halved tiles."""
+    d = max(d_qk, d_v)
+    if dtype == torch.float32 or d > 128:
         return Config(16, 64, 4, 2), Config(64, 16, 4, 2)
-    return Config(32, 128, 4, 5), Config(128, 32, 4, 5)
+    if d <= 64:
+        return Config(32, 128, 8, 2), Config(128, 32, 4, 5)
+    return Config(32, 128, 8, 2), Config(128, 32, 8, 3)

@@ -34,13 +34,13 @@ def backward(p: Problem, lens: Lens, dout: torch.Tensor, bias_shape: tuple | Non
     if b * h_kv and n_k:
         dkdv_bwd[(triton.cdiv(n_k, cfg_kv.block_n), b * h_kv)](
             q, p.k, p.v, dout, dk, dv, lse, delta, *shared["pointers"], *shared["strides"], h_kv,
-            *shared["sizes"], **shared["constants"], **_tiles(cfg_kv),
+            *shared["sizes"], **shared["constants"], **tiles(cfg_kv),
         )  # fmt: skip
     if b * h_q and n_q:
         scratch = _strided(dbias, q, 4)
         dq_bwd[(triton.cdiv(n_q, cfg_q.block_m), b * h_q)](
             q, p.k, p.v, dout, dq, scratch[0], lse, delta, *shared["pointers"], *shared["strides"],
-            *scratch[1][:3], h_q, *shared["sizes"], **shared["constants"], **_tiles(cfg_q),
+            *scratch[1][:3], h_q, *shared["sizes"], **shared["constants"], **tiles(cfg_q),
         )  # fmt: skip
     grads = (dq, dk, dv)
     return grads if dbias is None or bias_shape is None else (*grads, unbroadcast(dbias, bias_shape))
@@ -95,5 +95,5 @@ def _shared_arguments(p: Problem, q: torch.Tensor, dout: torch.Tensor, lens: Len
     }
 
 
-def _tiles(cfg: configs.Config) -> dict:
+def tiles(cfg: configs.Config) -> dict:
     return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
