@@ -8,18 +8,21 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from attnspec import Unsupported
 from benchmarks.cases import Case, mask_options, scores_floor
 
 NUMPY_DTYPES = {"float64": np.float64, "float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
 def shapes(case: Case) -> dict[str, tuple[int, ...]]:
+    """The arrays a case reads: q, k, v, and for backward rows ``dout`` (the output's shape)."""
     n_q = 1 if case.kind == "decode" else case.n
-    return {
+    out = {
         "q": (case.b, case.h, n_q, case.d),
         "k": (case.b, case.kv_heads, case.n, case.d),
         "v": (case.b, case.kv_heads, case.n, case.d),
     }
+    return out | ({"dout": out["q"]} if case.kind == "backward" else {})
 
 
 def inputs(case: Case, backend, seed: int) -> dict[str, Any]:
@@ -59,7 +62,7 @@ def _torch_inputs(case: Case, device, seed: int) -> dict[str, Any]:
 
 def call(case: Case, role: str, backend, data: dict) -> Callable[[], Any]:
     """What ``role`` times on ``case``: ``backend.sdpa``/``backend.decode`` with the case's options,
-    or the floor (``backend`` unused)."""
+    forward + backward on backward rows (:func:`.cases.backward_cases`), or the floor (``backend`` unused)."""
     q, k, v = data["q"], data["k"], data["v"]
     if role == "floor":
         return lambda: scores_floor(q, k, case.causal)
@@ -68,4 +71,26 @@ def call(case: Case, role: str, backend, data: dict) -> Callable[[], Any]:
             return lambda: backend.sdpa(q, k, v)
         return lambda: backend.decode(q, k, v, cache_lens=data["cache_lens"], num_splits=case.splits)
     opts = {name: value for name, value in mask_options(case, role).items() if value is not None}
+    if case.kind == "backward":
+        return _autograd(backend, data, opts) if role == "sdpa-default" else _backward(backend, data, opts)
     return lambda: backend.sdpa(q, k, v, **opts)
+
+
+def _autograd(backend, data: dict, opts: dict) -> Callable[[], Any]:
+    """SDPA's forward and ``torch.autograd.grad`` through it: the leaves made once, outside the timing."""
+    import torch
+
+    leaves = tuple(data[name].detach().requires_grad_() for name in ("q", "k", "v"))
+
+    def step():
+        with torch.enable_grad():
+            return torch.autograd.grad(backend.sdpa(*leaves, **opts), leaves, data["dout"])
+
+    return step
+
+
+def _backward(backend, data: dict, opts: dict) -> Callable[[], Any]:
+    """The backend's ``sdpa_backward`` (its own forward, then the gradients); declined without one."""
+    if not callable(getattr(backend, "sdpa_backward", None)):
+        raise Unsupported(f"{backend.name} has no sdpa_backward")
+    return lambda: backend.sdpa_backward(data["q"], data["k"], data["v"], data["dout"], **opts)

@@ -23,7 +23,7 @@ class Case:
     """One shape. ``n``: queries and keys (decode: cached keys, one query); ``window``: keys a query
     sees, its own included (bottom-right, causal); ``only``: backend names the case is for."""
 
-    kind: str  # forward | window | decode | floor
+    kind: str  # forward | window | decode | floor | backward
     n: int
     d: int
     b: int
@@ -68,6 +68,7 @@ def gpu_matrix() -> list[Case]:
     cases = [_forward(n, d, c) for d in (64, 128) for n in (512, 1024, 2048, 4096, 8192, 16384) for c in (False, True)]
     cases += [_forward(4000, d, c) for d in (80, 96, 128) for c in (False, True)]  # D and N not powers of two
     cases += [_forward(16384, 128, True, kind="window", window=w, compare=("flex",)) for w in (512, 2048)]
+    cases += backward_cases()
     cases += [
         _forward(n, d, c, kind="floor", only=("torch",))
         for d in (64, 128)
@@ -82,6 +83,23 @@ def gpu_matrix() -> list[Case]:
     ]
 
 
+def backward_cases() -> list[Case]:
+    """Issue 16's rows: forward + backward, bf16, D = 64 and 128, N = 2k..16k, causal and not.
+
+    Each role times one training step's attention, forward and backward together: ``sdpa-default``
+    runs SDPA's forward and ``torch.autograd.grad`` through it (PyTorch's kernel choice for both);
+    the backend runs ``sdpa_backward``, which computes its own forward (the output and LSE the
+    backward needs) and then the gradients. Timing the backward alone is not possible for the
+    backend, whose ``sdpa_backward`` takes no saved forward. Only the Triton backend has a timed
+    backward target; the rows are its own, so that a full GPU run spends no time on the others."""
+    return [
+        _forward(n, d, c, kind="backward", only=("triton",))
+        for d in (64, 128)
+        for n in (2048, 4096, 8192, 16384)
+        for c in (False, True)
+    ]
+
+
 def smoke_matrix() -> list[Case]:
     """float32, tiny: every kind once or twice, for the CPU (the harness's own tests)."""
     small = dict(tokens=256, width=32, dtype="float32")
@@ -90,6 +108,7 @@ def smoke_matrix() -> list[Case]:
     cases += [
         _forward(128, 16, True, kind="window", window=32, compare=("numpy",), **small),
         _forward(128, 16, True, kind="floor", only=("torch",), **small),
+        _forward(64, 16, True, kind="backward", **small),
     ]
     return cases + [
         Case("decode", 256, 16, b=1, h=4, h_kv=2, splits=s, lens=where, dtype="float32")
@@ -128,12 +147,17 @@ def mask_options(case: Case, role: str) -> dict:
 
 
 def work(case: Case, role: str, itemsize: int) -> tuple[str, float]:
-    """(unit, amount) a call does: FLOPs over the visible pairs, or for decode the bytes of K and V."""
+    """(unit, amount) a call does: FLOPs over the visible pairs, or for decode the bytes of K and V.
+    A pair costs 4 D FLOPs forward (``QK^T``, ``PV``) and 10 D backward (``QK^T`` again, ``dO V^T``,
+    ``P^T dO``, ``dS K``, ``dS^T Q``): 14 D for a backward row (forward + backward)."""
     if case.kind == "decode":
         return "bytes", 2.0 * case.b * case.kv_heads * case.n * case.d * itemsize
     opts = mask_options(case, role)
     window = None if opts.get("window") is None else opts["window"][0] + 1
-    return "flops", 4.0 * case.b * case.h * case.d * visible_pairs(case.n, case.n, opts["causal"] is not None, window)
+    per_pair = 14.0 if case.kind == "backward" else 4.0
+    return "flops", per_pair * case.b * case.h * case.d * visible_pairs(
+        case.n, case.n, opts["causal"] is not None, window
+    )
 
 
 def scores_floor(q, k, causal: bool, tile: int = FLOOR_TILE):

@@ -132,6 +132,9 @@ SECTIONS = {
     "every causal pair); the others with the window (keys seen, bottom-right).",
     "floor": "`floor`: not attention, only QK^T per key tile, float32 scores written once and read once (causal "
     "rows by key tiles of 256): a bound for tiled implementations that keep float32 scores in memory.",
+    "backward": "Forward + backward of one attention call, dout given: `sdpa-default` is SDPA's forward and "
+    "`torch.autograd.grad` through it (PyTorch's kernel choice, `is_causal=True` on causal rows); the backend's "
+    "`sdpa_backward` runs its own forward and then the gradients. TFLOP/s: 14 D FLOPs per visible pair.",
     "decode": "One query per head against a full cache; `sdpa-default`: SDPA `enable_gqa=True`, no mask. GB/s: "
     "K and V read once; 'of copy': fraction of the copy rate measured in the same session.",
 }
