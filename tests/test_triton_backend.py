@@ -18,10 +18,13 @@ if importlib.util.find_spec("triton") is None or importlib.util.find_spec("torch
 from attnspec import reference  # noqa: E402
 from attnspec.conformance.assertions import Checker  # noqa: E402
 from attnspec.conformance.dtypes import rounded  # noqa: E402
+from attnspec.conformance.grad_bounds import gradient_bounds  # noqa: E402
 from attnspec.conformance.tolerance import sdpa_bounds  # noqa: E402
 from attnspec.contract import BackendError  # noqa: E402
+from attnspec.reference.sdpa_grad import GRADIENTS  # noqa: E402
 from attnspec.registry import load_backend  # noqa: E402
 from tests.conftest import ROOT, run_suite  # noqa: E402
+from tests.source_mutants import mutated_package  # noqa: E402
 from tests.triton_mutants import MUTATIONS  # noqa: E402
 
 #: one xdist worker runs this file (its module fixture is costly): ``--dist loadgroup``
@@ -160,3 +163,107 @@ def test_the_suite_catches_kernel_mutants(tmp_path, name):
     )
     assert code == 1, output[-3000:]
     assert report["clauses"][clause]["status"] == "failed", report["clauses"][clause]
+
+
+# --- the backward pass (backward.py): pinned shapes against the float64 reference, judged by the suite's bounds
+
+
+def gradients(backend, q, k, v, dout, **options):
+    native = {name: backend.to_native(x) if isinstance(x, np.ndarray) else x for name, x in options.items()}
+    grads = backend.sdpa_backward(*(backend.to_native(x) for x in (q, k, v, dout)), **native)
+    return [backend.to_numpy(g) for g in grads]
+
+
+def check_gradients(backend, shape, dtype="float32", *, nan_past_lengths=False, **options):
+    """Every gradient within the tolerance policy of the reference's (as the suite judges it)."""
+    b, h_q, h_kv, n_q, n_k, d = shape
+    q, k, v = (rounded(x, dtype) for x in inputs(*shape))
+    dout = rounded(np.random.default_rng(1).standard_normal((b, h_q, n_q, d)), dtype)
+    refs = reference.sdpa_grad.sdpa_backward(q, k, v, dout, **options)
+    bounds = gradient_bounds(q, k, v, dout, options, dtype, refs)
+    if nan_past_lengths:  # what lies past the lengths is never read
+        q, k, v, dout = (x.copy() for x in (q, k, v, dout))
+        for i, (n, m) in enumerate(zip(options["q_lens"], options["kv_lens"], strict=True)):
+            q[i, :, n:], dout[i, :, n:], k[i, :, m:], v[i, :, m:] = np.nan, np.nan, np.nan, np.nan
+    got = gradients(backend, q, k, v, dout, **options)
+    check = Checker(
+        clause="sdpa.grad", backend=backend.name, device="cpu", dtype=dtype, reproduce="tests/test_triton_backend.py"
+    )
+    assert len(got) == len(refs)
+    for name, grad, ref, bound in zip(GRADIENTS, got, refs, bounds, strict=False):
+        assert grad.shape == ref.shape, name
+        check.close(grad, ref, bound, what=name, case=f"{shape}, {sorted(options)}")
+    return got
+
+
+BACKWARD_CASES = {
+    "gqa-causal-bottom-right-6q-2kv-40x70": ((2, 6, 2, 40, 70, 16), dict(causal="bottom_right")),
+    "causal-top-left-nq70-nk40-d32": ((1, 3, 1, 70, 40, 32), dict(causal="top_left")),
+    "window-right-edge-130": ((1, 1, 1, 130, 130, 16), dict(window=(65, 40))),
+    "window-left-causal-130": ((1, 2, 2, 130, 100, 8), dict(window=(5, 0), causal="bottom_right")),
+    "softcap-alibi-scale-mask": (
+        (2, 2, 1, 40, 50, 16),
+        dict(softcap=0.7, scale=0.9, alibi_slopes=np.array([0.5, 0.25]), mask=np.tri(40, 50, 5, dtype=bool)),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BACKWARD_CASES.values()), ids=list(BACKWARD_CASES))
+def test_backward_tiles_match_the_reference(backend, case):
+    shape, options = case
+    check_gradients(backend, shape, **options)
+
+
+@pytest.mark.parametrize("bias_shape", [(50,), (1, 2, 1, 50), (2, 1, 40, 50), (2, 2, 40, 50)])
+def test_bias_gradient_sums_the_broadcast_axes(backend, bias_shape):
+    """dbias in the bias's shape: each tile's dS written once, summed here over batch, heads or rows."""
+    bias = np.random.default_rng(3).standard_normal(bias_shape).astype(np.float32)
+    bias[..., 7] = -np.inf  # a key hidden by the bias alone: dbias 0 there
+    dbias = check_gradients(backend, (2, 2, 2, 40, 50, 16), bias=bias, causal="top_left")[3]
+    assert dbias.shape == bias_shape and (dbias[..., 7] == 0).all()
+
+
+def test_backward_never_reads_past_the_lengths(backend):
+    """NaN past q_lens (q, dout) and kv_lens (k, v): every gradient finite, exactly 0 there; a batch
+    item without keys gets dq = 0."""
+    lens = dict(q_lens=np.array([40, 7]), kv_lens=np.array([0, 38]))
+    dq, dk, dv = check_gradients(backend, (2, 2, 1, 40, 70, 16), nan_past_lengths=True, causal="bottom_right", **lens)
+    assert all(np.isfinite(g).all() for g in (dq, dk, dv))
+    assert (dq[0] == 0).all() and (dq[1, :, 7:] == 0).all() and (dk[0] == 0).all() and (dv[1, :, 38:] == 0).all()
+
+
+@pytest.mark.parametrize("causal", [None, "bottom_right"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_backward_within_the_tolerance_policy(backend, dtype, causal):
+    """P and dS rounded to the input dtype before their products, float32 accumulation."""
+    check_gradients(backend, (1, 4, 2, 33, 65, 24), dtype, causal=causal)
+
+
+#: Mutations of backward.py (file, text, replacement) that the pinned cases above must catch.
+BACKWARD_MUTATIONS = {
+    "dq_diagonal_dropped": ("start, stop = full_hi, hi  # masked: the causal", "start, stop = hi, hi  # the causal"),
+    "lse_base2_in_backward": ("return lse * LOG2E, tl.load", "return lse, tl.load"),
+    "gqa_first_head_only": ("for r in range(0, group):", "for r in range(0, 1):"),
+    "dkdv_window_far_edge_dropped": (
+        "start, stop = full_hi, hi  # masked: the window's far edge",
+        "start, stop = full_hi, full_hi  # masked: the window's far edge",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD_MUTATIONS))
+def test_pinned_backward_cases_catch_mutants(name):
+    """A copy of the package with one change to the backward kernels fails one of the pinned cases."""
+    import attnspec.backends.triton as original
+
+    package = mutated_package(original, name, "backward.py", *BACKWARD_MUTATIONS[name])
+    mutant = package.TritonBackend(device="cpu")
+    assert any(_fails(mutant, shape, options) for shape, options in BACKWARD_CASES.values()), name
+
+
+def _fails(backend, shape, options) -> bool:
+    try:
+        check_gradients(backend, shape, **options)
+    except AssertionError:
+        return True
+    return False

@@ -671,7 +671,9 @@ def dq_bwd(
     q_len, kv_len = _lengths(Q_LENS, KV_LENS, b, n_q, n_k, HAS_Q_LENS, HAS_KV_LENS)
     offset = kv_len - q_len
     causal_offset = offset if CAUSAL == 2 else 0
-    i_first = tl.program_id(0) * BLOCK_M
+    # Causal: the last row blocks, which see the most keys, first (the forward's REVERSE), for a short last wave.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if CAUSAL else tl.program_id(0)
+    i_first = pid_m * BLOCK_M
     i = i_first + tl.arange(0, BLOCK_M)
     row_ok = i < q_len
     offs_n = tl.arange(0, BLOCK_N)
