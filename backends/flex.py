@@ -20,7 +20,7 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES
+from attnspec.backends import SDPA_FORWARD_CLAUSES, _torch_autograd
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.backends._torch_compile import compile_with_limit, recompiles_up_to
@@ -35,6 +35,7 @@ RECOMPILE_LIMIT = 100_000
 class FlexBackend(Backend):
     name = "flex"
     clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)
+    clauses += ("sdpa.grad", "sdpa.grad.*")  # through autograd of the compiled kernel
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 
@@ -52,6 +53,10 @@ class FlexBackend(Backend):
 
     def to_native(self, array):
         return arrays.to_torch(array, self.device)
+
+    def sdpa_backward(self, q, k, v, dout, **options):
+        """Autograd through :meth:`sdpa`: FlexAttention's own backward kernel, the bias a captured leaf of ``score_mod``."""
+        return _torch_autograd.backward(self.name, self.sdpa, q, k, v, dout, options)
 
     def to_numpy(self, value):
         return arrays.to_numpy(value)

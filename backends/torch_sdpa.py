@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnspec import validation as _checks
-from attnspec.backends import SDPA_FORWARD_CLAUSES
+from attnspec.backends import SDPA_FORWARD_CLAUSES, _torch_autograd
 from attnspec.backends import _torch_arrays as arrays
 from attnspec.backends import _torch_visibility as vis
 from attnspec.contract import Backend, Unsupported
@@ -50,6 +50,8 @@ class TorchSdpaBackend(Backend):
     name = "torch-sdpa"
     # every forward option but softcap (no such argument); the window aligned either way (a dense mask)
     clauses = tuple(c for c in SDPA_FORWARD_CLAUSES if c != "sdpa.softcap") + ("sdpa.window.top_left",)
+    # the gradients PyTorch's autograd computes through the kernel that runs (no softcap to differentiate)
+    clauses += ("sdpa.grad", "sdpa.grad.hidden", "sdpa.grad.gqa", "sdpa.grad.scale", "sdpa.grad.bias")
     dtypes = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
 
@@ -101,6 +103,10 @@ class TorchSdpaBackend(Backend):
         if return_lse:
             return self._call_with_lse(q, k, v, kwargs)
         return self._call(q, k, v, kwargs)
+
+    def sdpa_backward(self, q, k, v, dout, **options):
+        """Autograd through :meth:`sdpa` (the same kernel, pinned or chosen by PyTorch)."""
+        return _torch_autograd.backward(self.name, self.sdpa, q, k, v, dout, options)
 
     def _call_with_lse(self, q, k, v, kwargs):
         """``(out, lse)`` from the private operator of the kernel that runs (module docstring)."""

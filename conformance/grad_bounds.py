@@ -24,8 +24,9 @@ def gradient_bounds(q, k, v, dout, options: dict, dtype: str, refs: tuple) -> tu
     """One bound per gradient of ``sdpa_backward(q, k, v, dout, **options)`` (``refs``: its exact results).
 
     Jitters, each the rounding size of the float32 sums its input enters: the final scores by 1;
-    the LSE by ``eps(float32) * (|lse| + 1)`` absolute (a FlashAttention-2 backward recomputes ``P``
-    from the LSE its forward pass stored in float32);
+    ``S - lse`` per row by ``eps(float32)`` times :func:`_recompute_error_size` absolute (a
+    FlashAttention-2 backward recomputes ``P = exp(S - lse)`` from the LSE its forward pass stored
+    in float32 and from scores it computes again, in another order);
     ``q`` by ``sqrt(max(D_qk, G N_q))`` (the scores, and ``dk``'s sum over a group's rows); ``k`` by
     ``sqrt(max(D_qk, N_k))`` (the scores, ``dq``'s sum over keys); ``v`` by ``sqrt(max(N_k, D_v))``
     (the output, ``dP``); ``dout`` by ``sqrt(max(D_v, G N_q))`` (``dP``, ``dv``'s sum over rows).
@@ -50,7 +51,7 @@ def gradient_bounds(q, k, v, dout, options: dict, dtype: str, refs: tuple) -> tu
         (problem.k, Jitter(np.sqrt(max(d_qk, problem.n_k)))),
         (problem.v, Jitter(np.sqrt(max(problem.n_k, d_v, 1)))),
         (dout64, Jitter(np.sqrt(max(d_v, rows, 1)))),
-        (np.zeros(lse.shape), Jitter(np.abs(np.where(np.isfinite(lse), lse, 0.0)) + 1, absolute=True)),
+        (np.zeros(lse.shape), Jitter(_recompute_error_size(problem, lse), absolute=True)),
     )
     roundings = score_size(problem) + problem.n_k + rows + d_v
     magnitudes = _magnitudes(problem, dout64, options)
@@ -63,6 +64,15 @@ def gradient_bounds(q, k, v, dout, options: dict, dtype: str, refs: tuple) -> tu
         exact=exact,
         jitters=jitters,
     )
+
+
+def _recompute_error_size(problem: Problem, lse: np.ndarray) -> np.ndarray:
+    """Per row, how far ``S - lse`` may move in float32 between a forward pass and a backward pass
+    that recomputes ``S``: the stored LSE's rounding, ``|lse| + 1``, and the recomputed dot product's,
+    ``sqrt(D_qk) * |scale| * max_j sum_d |q_id k_jd|`` (another summation order than the forward's)."""
+    dots = sdpa_grad.per_group(np.matmul, np.abs(problem.q), np.swapaxes(np.abs(problem.k), -1, -2), problem)
+    spread = np.sqrt(problem.q.shape[-1]) * abs(problem.scale) * dots.max(axis=-1, initial=0.0)
+    return np.abs(np.where(np.isfinite(lse), lse, 0.0)) + 1 + spread
 
 
 def _backward(problem: Problem, dout, options: dict, lse_shift) -> tuple:

@@ -82,9 +82,10 @@ def gradient_tolerance():
       ``sqrt(n) * eps(float32)`` relative, ``n`` the longest float32 sum that input enters (``q``:
       ``D_qk`` or the ``G * N_q`` rows summed into ``dk``; ``k``: ``D_qk`` or the ``N_k`` keys summed
       into ``dq``; ``v``: ``N_k`` or the ``D_v`` terms of ``dP``; ``dout``: ``D_v`` or the rows summed
-      into ``dv``); and the LSE from which ``P = exp(S - lse)`` is recomputed by
-      ``eps(float32) * (|lse| + 1)`` absolute: the FlashAttention-2 backward stores the LSE in float32
-      and recomputes ``P`` from it, an error the naive run (which keeps ``P``) does not make.
+      into ``dv``); and ``S - lse``, from which ``P = exp(S - lse)`` is recomputed, per row by
+      ``eps(float32) * (|lse| + 1 + sqrt(D_qk) * |scale| * max_j sum_d |q_id k_jd|)`` absolute: the
+      FlashAttention-2 backward stores the LSE in float32 and computes the scores again, in another
+      summation order than the forward's, errors the naive run (which keeps ``P``) does not make.
     - Why this has teeth: an error the naive run does not make is a different formula, not a
       rounding. ``dS`` rounded to 16 bits in a float32 kernel moves ``dq`` by ``2^-9`` relative,
       thousands of float32 ulps; ``dk`` of one query head instead of the group's sum, the LSE in
