@@ -34,3 +34,12 @@ def test_wheel_holds_only_the_attnspec_namespace(tmp_path):
     entry_points = next((n for n in names if n.endswith("entry_points.txt")), None)
     if entry_points:
         assert "pytest11" not in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_citation_file_names_the_current_versions():
+    """CITATION.cff (GitHub's "Cite this repository") follows the package and spec versions."""
+    import attnspec
+
+    text = (ROOT / "CITATION.cff").read_text()
+    assert f'version: "{attnspec.__version__}"' in text
+    assert f"spec {attnspec.SPEC_VERSION}" in text
