@@ -131,6 +131,8 @@ VARIANTS = [
     *backward_variants("bf16, D = 128", {}, 128, 128, "bf16"),
     *backward_variants("every option, D = 64", EVERY_OPTION, 64, 64, "fp16"),
     *backward_variants("float32 IEEE, head dims 80/96", dict(PRECISION="ieee", EVEN_D=False), 80, 96, "fp32"),
+    *backward_variants("head dim 256", {}, 256, 256, "bf16"),
+    *backward_variants("float32 IEEE, head dim 256", dict(PRECISION="ieee"), 256, 256, "fp32"),
 ]
 FLOATS = {"scale", "softcap"}
 INDEX_TABLES = {"Q_LENS", "KV_LENS", "COUNTS", "INDICES"}

@@ -101,10 +101,13 @@ def backward_gpu(dtype: torch.dtype, d_qk: int, d_v: int) -> tuple[Config, Confi
     against 32 rows a step, 128 rows against 32 keys), with warps and stages chosen so that sm_90's
     ``ptxas`` spills no registers (at most 16 bytes) in these kernels: the key pass keeps dK, dV, K
     and V in registers, so 8 warps and 2 stages. Not yet timed on a GPU (``benchmarks/targets.toml``
-    has the rows); float32 and heads past 128 take halved tiles."""
+    has the rows). float32 or heads past 128 take halved tiles and 8 warps (spills of 96 bytes at most);
+    float32 heads past 128 quarter tiles (spills of a few kB: the correctness tier only)."""
     d = max(d_qk, d_v)
+    if dtype == torch.float32 and d > 128:
+        return Config(16, 32, 4, 2), Config(32, 16, 4, 2)
     if dtype == torch.float32 or d > 128:
-        return Config(16, 64, 4, 2), Config(64, 16, 4, 2)
+        return Config(16, 64, 8, 2), Config(64, 16, 8, 2)
     if d <= 64:
         return Config(32, 128, 8, 2), Config(128, 32, 4, 5)
     return Config(32, 128, 8, 2), Config(128, 32, 8, 3)
