@@ -2,8 +2,9 @@
 
 Kernels (one module each): :mod:`.attention` (the forward pass of every ``sdpa`` option, split-KV
 partials and packed-GQA decode in one kernel), :mod:`.merge` (the LSE merge), :mod:`.block_sparse`
-(only a layout's active key blocks). :mod:`.launch` checks arguments and launches them;
-:mod:`.configs` holds the tile table.
+(only a layout's active key blocks), :mod:`.backward` (the FlashAttention-2 backward: ``D``, dK/dV
+per key block, dQ per query block). :mod:`.launch` and :mod:`.launch_backward` check arguments and
+launch them; :mod:`.configs` holds the tile table.
 
 On ``--device=cpu`` the backend sets ``TRITON_INTERPRET=1`` before the kernels are defined, so the
 very kernels the GPU compiles run, slowly, in NumPy; its name in reports is then
