@@ -8,8 +8,10 @@ clauses the backend does not declare, and ends with a summary per clause.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import time
 from typing import Any
 
 import pytest
@@ -99,7 +101,7 @@ def pytest_configure(config):
         settings.load_profile(profile)
     config.stash[PROFILE] = profile
     config.stash[RESULTS] = {}
-    config.pluginmanager.register(_Collector(config.stash[RESULTS]), "attnspec-results")
+    config.pluginmanager.register(_Collector(config.stash[RESULTS], config), "attnspec-results")
     if config.getoption("backend"):
         _target(config)  # a backend that cannot load is a usage error before any collection
 
@@ -260,12 +262,22 @@ def pytest_runtest_makereport(item, call):
     rep.user_properties.append(("attnspec_declines", list(declines or [])))
 
 
+#: Seconds between the partial JSON reports written while the suite runs (``--report``).
+PARTIAL_EVERY = 15.0
+
+
 class _Collector:
     """Collects the per-clause results where the reports arrive: the main process (xdist sends
-    them there). A plugin object, since ``pytest_runtest_logreport`` is not given the config."""
+    them there). A plugin object, since ``pytest_runtest_logreport`` is not given the config.
 
-    def __init__(self, results: dict):
-        self.results = results
+    With ``--report``, the JSON is also written every :data:`PARTIAL_EVERY` seconds, marked
+    ``"partial": true``: a run killed before pytest ends (a device call's time limit, xdist workers
+    that do not stop on Ctrl-C) leaves the results of every test that finished.
+    """
+
+    def __init__(self, results: dict, config):
+        self.results, self.config = results, config
+        self.last_write = time.monotonic()
 
     def pytest_runtest_logreport(self, report):
         props = dict(report.user_properties)
@@ -275,6 +287,16 @@ class _Collector:
             self.results[report.nodeid] = _report.outcome(
                 tuple(props["attnspec_clauses"]), report, props["attnspec_declines"]
             )
+            self._write_partial()
+
+    def _write_partial(self) -> None:
+        path = self.config.getoption("report")
+        if not path or target.CURRENT is None or time.monotonic() - self.last_write < PARTIAL_EVERY:
+            return
+        self.last_write = time.monotonic()
+        document = _report.document(target.CURRENT, self.results, hypothesis_profile=self.config.stash[PROFILE])
+        with contextlib.suppress(OSError):  # the final write reports what is wrong with the path
+            _report.write_json(path, {**document, "partial": True})
 
 
 #: Why the report could not be written at the end (printed after the per-clause table).

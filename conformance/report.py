@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import sys
 from collections import Counter
@@ -115,9 +116,13 @@ def document(target, results: dict, *, hypothesis_profile: str) -> dict:
 
 
 def write_json(path: str, report: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    """Write ``report`` to ``path`` whole or not at all (a temporary file renamed over it): a run
+    killed while writing leaves the previous report, never half of one."""
+    temporary = f"{path}.partial"
+    with open(temporary, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=False)
         fh.write("\n")
+    os.replace(temporary, path)
 
 
 def markdown(report: dict, *, failures_per_clause: int = 3) -> str:

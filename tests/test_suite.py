@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+import attnspec
 from tests.conftest import ROOT, write_module
 
 
@@ -191,3 +193,29 @@ def test_should_rules_are_reported_apart_from_the_clause_status(suite, tmp_path,
     assert row["status"] == "passed" and row["failed"] == 0, row
     assert row["should_failed"] >= 1 and "SHOULD not met" in row["should_failures"][0]["message"]
     assert "## SHOULD rules not met" in md.read_text()
+
+
+def test_the_json_report_is_written_while_the_suite_runs(tmp_path, monkeypatch):
+    """A run killed before pytest ends keeps the results of the tests that finished: the plugin
+    rewrites the JSON (marked partial) as results arrive, whole or not at all."""
+    from attnspec.conformance import plugin, target
+
+    class Config:
+        stash = {plugin.PROFILE: "dev"}
+
+        @staticmethod
+        def getoption(name):
+            return str(tmp_path / "r.json") if name == "report" else None
+
+    class Report:
+        nodeid, when, outcome, longrepr, passed, failed, skipped = "t::a", "call", "passed", None, True, False, False
+        user_properties = [("attnspec_clauses", ["sdpa"]), ("attnspec_declines", [])]
+
+    backend = attnspec.load_backend("numpy")
+    monkeypatch.setattr(target, "CURRENT", target.Target(backend, "numpy", ("float64",), shapes="all"))
+    monkeypatch.setattr(plugin, "PARTIAL_EVERY", 0.0)
+    collector = plugin._Collector({}, Config())
+    collector.pytest_runtest_logreport(Report())
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["partial"] is True and list(written["tests"]) == ["t::a"]
+    assert not (tmp_path / "r.json.partial").exists()
