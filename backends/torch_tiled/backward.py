@@ -32,7 +32,7 @@ from attnspec.backends.torch_tiled import kernel
 def backward(p: kernel.Problem, dout, bias_shape: tuple | None, block_k: int) -> tuple[torch.Tensor, ...]:
     """``(dq, dk, dv)`` and ``dbias`` (in ``bias_shape``) when a bias is given, in the accumulator dtype."""
     b, h_kv, g, n_q, n_k, d_v = p.shape
-    dout = _checked_dout(dout, p)
+    dout = checked_dout(dout, p)
     p = _inside_lengths(p)
     out, lse = kernel.forward(p, block_k=block_k)
     do = _rows_inside(p, dout.reshape(b, h_kv, g, n_q, d_v).to(p.acc))
@@ -87,7 +87,8 @@ def _four_dims(shape: tuple) -> tuple:
     return (1,) * (4 - len(shape)) + tuple(shape)
 
 
-def _checked_dout(dout, p: kernel.Problem) -> torch.Tensor:
+def checked_dout(dout, p: kernel.Problem) -> torch.Tensor:
+    """``dout`` as a tensor of ``q``'s dtype and ``out``'s shape, or an error naming it (the torch and triton backwards)."""
     b, h_kv, g, n_q, _, d_v = p.shape
     dout = arrays.tensor("dout", dout)
     _checks.same_dtype(q=p.q, dout=dout)

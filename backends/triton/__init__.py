@@ -76,7 +76,7 @@ class TritonBackend(BlockSparseLayouts, Backend):
         ``dbias`` (float32 tiles, summed over broadcast axes) returned in the bias's dtype."""
         problem = torch_kernel.prepare(q, k, v, **options)
         decline_unsupported(problem, self.max_head_dim)
-        dout = torch_backward._checked_dout(dout, problem)  # the torch backend's checks: the same errors
+        dout = torch_backward.checked_dout(dout, problem)
         bias = options.get("bias")
         grads = self._launch_backward.backward(
             problem, self._launch.host_lens(problem), dout, None if bias is None else tuple(bias.shape)
