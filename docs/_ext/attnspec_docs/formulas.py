@@ -19,10 +19,27 @@ import hashlib
 from attnspec.clauses import CATALOG
 
 from .formulas_flash import FLASH
+from .formulas_hierarchical import HIERARCHICAL
+from .formulas_linear import LINEAR
+from .formulas_lowrank import LOWRANK
+from .formulas_positional import MULTIHEAD, POSITIONAL
+from .formulas_retention import RETENTION
 from .formulas_sdpa import GRADIENTS, SDPA
+from .formulas_sparse import SPARSE
 
 #: Clause ID -> (fingerprint of the clause text it was written for, LaTeX).
-FORMULAS: dict[str, tuple[str, str]] = {**SDPA, **GRADIENTS, **FLASH}
+FORMULAS: dict[str, tuple[str, str]] = {
+    **SDPA,
+    **GRADIENTS,
+    **FLASH,
+    **SPARSE,
+    **HIERARCHICAL,
+    **LINEAR,
+    **LOWRANK,
+    **POSITIONAL,
+    **MULTIHEAD,
+    **RETENTION,
+}
 
 #: Clause ID -> why it has no formula.
 NONE: dict[str, str] = {}

@@ -44,7 +44,7 @@ FLASH: dict[str, tuple[str, str]] = {
         "31f1e8eefbb3",
         r"""
         \operatorname{decode}(q, \dots) &= \operatorname{sdpa}(q, k_{\text{cache}}, v_{\text{cache}},
-        \text{causal} = \text{bottom\_right}, \mathrm{kv\_lens} = \mathrm{cache\_lens}) \\
+        \mathrm{causal} = \text{"bottom_right"}, \mathrm{kv\_lens} = \mathrm{cache\_lens}) \\
         j \in V(i) &\iff j \le \mathrm{cache\_lens}_b - N_{\text{new}} + i
         """,
     ),
@@ -53,7 +53,7 @@ FLASH: dict[str, tuple[str, str]] = {
         r"""
         k_{bgt} &= \mathrm{k\_pages}\big[\mathrm{block\_table}_{b,\, \lfloor t / \mathrm{page\_size} \rfloor},\;
         t \bmod \mathrm{page\_size},\; g\big], \quad t < \mathrm{cache\_lens}_b \quad (v \text{ likewise}) \\
-        \operatorname{paged\_decode}(q, \dots) &= \operatorname{decode}(q, k, v, \mathrm{cache\_lens}),
+        \mathrm{paged\_decode}(q, \dots) &= \operatorname{decode}(q, k, v, \mathrm{cache\_lens}),
         \quad N_{\max} = \mathrm{max\_pages} \cdot \mathrm{page\_size} \\
         0 \le \mathrm{block\_table}_{bi} &< \mathrm{num\_pages}
         \quad \text{for } i < \lceil \mathrm{cache\_lens}_b / \mathrm{page\_size} \rceil

@@ -5,10 +5,12 @@ from __future__ import annotations
 SDPA: dict[str, tuple[str, str]] = {
     "sdpa": (
         "87521f070575",
-        r"s_{ij} = \operatorname{cap}\!\big(\mathrm{scale}\; q_{bhi} \cdot k_{b\,g(h)\,j}\big) + \mathrm{bias}_{bhij} + \mathrm{alibi}(b, h, i, j),"
-        r"\quad \operatorname{cap}(x) = c \tanh(x / c) \text{ (softcap } c \text{ given) or } x \\"
-        r"\mathrm{lse}_{bhi} = \ln \sum_{j \in V(i)} e^{s_{ij}},"
-        r"\quad o_{bhi} = \sum_{j \in V(i)} e^{s_{ij} - \mathrm{lse}_{bhi}}\, v_{b\,g(h)\,j}",
+        r"""
+        s_{ij} &= \operatorname{cap}\!\big(\mathrm{scale}\; q_{bhi} \cdot k_{b\,g(h)\,j}\big) + \mathrm{bias}_{bhij} + \mathrm{alibi}(b, h, i, j),
+        \quad \operatorname{cap}(x) = c \tanh(x / c) \text{ (softcap } c \text{ given) or } x \\
+        \mathrm{lse}_{bhi} &= \ln \sum_{j \in V(i)} e^{s_{ij}},
+        \quad o_{bhi} = \sum_{j \in V(i)} e^{s_{ij} - \mathrm{lse}_{bhi}}\, v_{b\,g(h)\,j}
+        """,
     ),
     "sdpa.scale": (
         "881f582bf7cc",
@@ -85,9 +87,9 @@ GRADIENTS: dict[str, tuple[str, str]] = {
     "sdpa.grad.bias": (
         "9c508fab3c8a",
         r"""
-        \mathrm{dbias} = \sum_{a \in A} dS, \qquad A = \text{the axes of } (B, H_q, N_q, N_k)
+        \mathrm{dbias} &= \sum_{a \in A} dS, \qquad A = \text{the axes of } (B, H_q, N_q, N_k)
         \text{ along which bias was broadcast} \\
-        \text{e.g. bias } (1, 1, N_q, N_k):\quad \mathrm{dbias}_{ij} = \sum_{b, h} dS_{bhij}
+        \mathrm{dbias}_{ij} &= \sum_{b, h} dS_{bhij} \quad \text{for a bias of shape } (1, 1, N_q, N_k)
         """,
     ),
 }
