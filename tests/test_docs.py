@@ -73,6 +73,29 @@ def test_no_formula_is_stale():
     assert formulas.stale() == [], "a clause's text changed: update its formula in docs/_ext/attnspec_docs/formulas.py"
 
 
+def test_every_clause_has_its_rule_in_math():
+    from attnspec_docs import formulas
+
+    missing = [cid for cid in CATALOG if cid not in formulas.FORMULAS and cid not in formulas.NONE]
+    assert missing == [], "write their formulas in docs/_ext/attnspec_docs/formulas_*.py (or say in NONE why not)"
+    assert all(formulas.math(cid) for cid in CATALOG if cid not in formulas.NONE)
+
+
+def test_formulas_are_well_formed_tex():
+    """MathJax reports TeX errors in the browser only, so the build cannot: the two we can see here."""
+    from attnspec_docs import formulas
+
+    for cid, (_, tex) in formulas.FORMULAS.items():
+        depth = 0
+        for ch in re.sub(r"\\[{}]", "", tex):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            assert depth >= 0, f"{cid}: unbalanced braces"
+        assert depth == 0, f"{cid}: unbalanced braces"
+        # Outside an environment, "&" aligns lines: Sphinx wraps a display in `split` only if it has a line break.
+        top = re.sub(r"\\begin\{(\w+)\}.*?\\end\{\1\}", "", tex, flags=re.S)
+        assert "&" not in top or "\\\\" in top, f"{cid}: '&' in a display without a line break"
+
+
 def test_every_clause_is_at_its_id_on_its_family_page(site):
     missing = [c.id for c in CATALOG.values() if c.id not in site[Path(f"{c.section}.html")].ids]
     assert missing == []

@@ -18,6 +18,7 @@ import hashlib
 
 from attnspec.clauses import CATALOG
 
+from .formulas_cp import CP
 from .formulas_flash import FLASH
 from .formulas_hierarchical import HIERARCHICAL
 from .formulas_linear import LINEAR
@@ -39,6 +40,7 @@ FORMULAS: dict[str, tuple[str, str]] = {
     **POSITIONAL,
     **MULTIHEAD,
     **RETENTION,
+    **CP,
 }
 
 #: Clause ID -> why it has no formula.
