@@ -68,9 +68,14 @@ class CpCase:
     def n(self) -> int:
         return self.world_size * self.shard_len
 
-    def resolved(self) -> CpCase:
-        """The case with ``layout`` and ``scheme`` filled in for the backend under test."""
-        return replace(self, layout=self.layout or declared_layouts()[0], scheme=self.scheme or declared_schemes()[0])
+    def resolved(self, fit_heads: bool = True) -> CpCase:
+        """The case with ``layout`` and ``scheme`` filled in for the backend under test; for Ulysses
+        (a pinned example written for the ring), ``H_kv`` rounded up to a multiple of ``P``."""
+        case = replace(self, layout=self.layout or declared_layouts()[0], scheme=self.scheme or declared_schemes()[0])
+        if fit_heads and case.scheme == "ulysses" and case.h_kv % case.world_size:
+            h_kv = -(-case.h_kv // case.world_size) * case.world_size
+            case = replace(case, h_kv=h_kv, h_q=h_kv * (case.h_q // case.h_kv))
+        return case
 
     def sdpa_case(self) -> SdpaCase:
         return SdpaCase(
