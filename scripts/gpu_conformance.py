@@ -45,6 +45,13 @@ RUNS = [  # (backend, extra pytest arguments, share of the time budget)
     # mutants of the CUDA sources (tests/cupy_mutants.py): each must fail the clause it breaks
     ("tests/cupy_mutants.py:diagonal_off_by_one", ["--clauses=sdpa.causal.top_left", "-p", "xdist", "-n", "8"], 1),
     ("tests/cupy_mutants.py:merge_base2", ["--clauses=flash.merge", "-p", "xdist", "-n", "8"], 1),
+    # Third-party Triton kernels (issue 18), from the wheels in .whl/ (pip install --no-deps .whl/fla_core-*.whl
+    # .whl/einops-*.whl .whl/sageattention-*.whl first): fla's chunk kernels with its own decays and with any
+    # decay (simple_gla), its fused-chunk kernels, and SageAttention (quantised: its failures are the finding).
+    ("fla", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 2),
+    ("fla:simple_gla", ["--hypothesis-profile=dev", "--clauses=retention.*", "-p", "xdist", "-n", "8"], 1),
+    ("fla:fused_chunk", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 1),
+    ("sage", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 2),
 ]
 
 

@@ -35,6 +35,8 @@ BUILTINS = {
     "triton": "attnspec.backends.triton:TritonBackend",
     "cupy": "attnspec.backends.cupy:CupyBackend",
     "transformers": "attnspec.backends.transformers_hf:TransformersBackend",
+    "fla": "attnspec.backends.fla:FlaBackend",
+    "sage": "attnspec.backends.sage:SageBackend",
     "torch-ring": "attnspec.backends.torch_cp:TorchRing",
     "torch-ulysses": "attnspec.backends.torch_cp:TorchUlysses",
 }
