@@ -170,8 +170,8 @@ def state(initial_state=None, initial_normalizer=None, output_final_state=False)
     ``z = z0 + sum over all keys of f_k[j]``, the same in every form and whether or not ``causal``
     or ``normalize`` is set. Hence, causally, running tokens ``[0, t)`` and then ``[t, N)`` with the
     first call's ``(S, z)`` as the second's ``(S0, z0)`` MUST reproduce the single call's rows.
-    (flash-linear-attention carries ``S`` only and normalises by the current block's keys; it
-    conforms to this clause only with ``normalize=False``.)
+    (flash-linear-attention before 0.6 carried ``S`` only and normalised by the current block's
+    keys, conforming to this clause only with ``normalize=False``; 0.6 carries ``(S, z)``.)
 
     .. versionadded:: 0.1.0
     """

@@ -54,7 +54,7 @@ LINEAR: dict[str, tuple[str, str]] = {
         """,
     ),
     "linear.state": (
-        "585bd02bcbb2",
+        "4f0695e7a8b1",
         r"""
         S = S_0 + \textstyle\sum_{j} f_k[j]^{\top} v_j,\qquad z = z_0 + \sum_{j} f_k[j]
         \qquad \text{(over all keys)}
