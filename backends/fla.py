@@ -265,7 +265,7 @@ class FlaBackend(Backend):
         initial_normalizer=None,
         output_final_state=False,
     ):
-        torch_linear._check(  # the reference's checks and errors (a wrong call is an error, not a decline)
+        torch_linear.check_arguments(  # the reference's checks and errors (a wrong call is an error, not a decline)
             q,
             k,
             v,

@@ -81,9 +81,9 @@ def test_compiled_combine_writes_only_its_rows(compiled):
 def test_unmasked_tiles_need_no_mask():
     """Regression: every tile was once masked, because the shortest length was taken as min(lens, 0)."""
     q = k = v = torch.zeros(2, 2, 64, 8)
-    assert kernel._fully_visible(kernel.prepare(q, k, v), 0, 64, 0, 32)
+    assert kernel.tile_fully_visible(kernel.prepare(q, k, v), 0, 64, 0, 32)
     padded = kernel.prepare(q, k, v, kv_lens=torch.tensor([64, 40]))
-    assert kernel._fully_visible(padded, 0, 64, 0, 40) and not kernel._fully_visible(padded, 0, 64, 0, 41)
+    assert kernel.tile_fully_visible(padded, 0, 64, 0, 40) and not kernel.tile_fully_visible(padded, 0, 64, 0, 41)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ def test_every_tile_is_the_reference_mask(case, block_q, block_k):
     for r0 in range(0, n_q, block_q):
         for c0 in range(0, n_k, block_k):
             r1, c1 = min(r0 + block_q, n_q), min(c0 + block_k, n_k)
-            got = kernel._visible(p, r0, r1, c0, c1).expand(b, h_kv, g, r1 - r0, c1 - c0)
+            got = kernel.tile_visible(p, r0, r1, c0, c1).expand(b, h_kv, g, r1 - r0, c1 - c0)
             np.testing.assert_array_equal(got.reshape(b, h_kv * g, r1 - r0, c1 - c0).numpy(), want[:, :, r0:r1, c0:c1])
 
 
@@ -179,7 +179,7 @@ def test_score_modifiers_are_the_reference(case):
     want = reference_scores(q, k, v, options)
     grid = vis.full_grid(q.shape[0], q.shape[1], q.shape[2], k.shape[2], "cpu")
     p = kernel.prepare(q, k, v, **options)
-    got, scale = kernel._scores(p, 0, q.shape[2], 0, k.shape[2], scaled=True)
+    got, scale = kernel.tile_scores(p, 0, q.shape[2], 0, k.shape[2], scaled=True)
     np.testing.assert_allclose(got.reshape(want.shape).numpy(), want, rtol=1e-12, atol=1e-12)
     score_mod = flex._score_mod(
         q,

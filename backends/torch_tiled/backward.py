@@ -53,12 +53,12 @@ def backward(p: kernel.Problem, dout, bias_shape: tuple | None, block_k: int) ->
 
 def _tile(p: kernel.Problem, r0, r1, c0, c1, do, d_row, lse, dq, dk, dv) -> torch.Tensor:
     """One key tile's contributions to ``dq``, ``dk``, ``dv`` (in place); returns its ``dS``."""
-    s, _ = kernel._scores(p, r0, r1, c0, c1, scaled=True)
+    s, _ = kernel.tile_scores(p, r0, r1, c0, c1, scaled=True)
     rows_lse = lse[..., r0:r1, None]
     prob = torch.exp(s - torch.where(torch.isfinite(rows_lse), rows_lse, 0.0))
     keep = torch.isfinite(rows_lse)
-    if not kernel._fully_visible(p, r0, r1, c0, c1):
-        keep = keep & kernel._visible(p, r0, r1, c0, c1)
+    if not kernel.tile_fully_visible(p, r0, r1, c0, c1):
+        keep = keep & kernel.tile_visible(p, r0, r1, c0, c1)
     prob = torch.where(keep, prob, 0.0)
     q, k, v = (x.to(p.acc) for x in (p.q[..., r0:r1, :], p.k[:, :, c0:c1], p.v[:, :, c0:c1]))
     rows = do[..., r0:r1, :]

@@ -226,12 +226,12 @@ def _tile(p: Problem, r0, r1, c0, c1) -> vis.Tile:
     return vis.tile(b, (h_kv, g), range(r0, r1), range(c0, c1), p.q.device)
 
 
-def _fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
+def tile_fully_visible(p: Problem, r0, r1, c0, c1) -> bool:
     """True if every (row, key) pair of the tile is visible in every batch item: no mask needed."""
     return p.layout is None and vis.fully_visible(p.rules, r0, r1, c0, c1)
 
 
-def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
+def tile_visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     """Boolean ``(B, 1 or H_kv, 1 or G, rows, cols)`` from every visibility rule."""
     visible = p.on_device.visible(*_tile(p, r0, r1, c0, c1))
     if p.layout is not None:
@@ -242,7 +242,7 @@ def _visible(p: Problem, r0, r1, c0, c1) -> torch.Tensor:
     return visible
 
 
-def _scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
+def tile_scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
     """``(s, scale)``: scores ``(B, H_kv, G, rows, cols)`` in the accumulator dtype, to be multiplied by ``scale``.
 
     With softcap, bias or ALiBi (which act on scaled scores), or when ``scaled``, they come scaled and
@@ -260,8 +260,8 @@ def _scores(p: Problem, r0, r1, c0, c1, scaled: bool = False):
 
 def _update(p: Problem, r0, r1, c0, c1, m, total, acc) -> None:
     """One online-softmax step for rows ``[r0, r1)`` and keys ``[c0, c1)``, in place."""
-    s, scale = _scores(p, r0, r1, c0, c1)
-    visible = None if _fully_visible(p, r0, r1, c0, c1) else _visible(p, r0, r1, c0, c1)
+    s, scale = tile_scores(p, r0, r1, c0, c1)
+    visible = None if tile_fully_visible(p, r0, r1, c0, c1) else tile_visible(p, r0, r1, c0, c1)
     v = _values(p, c0, c1)
     e, top, row_sum = p.steps.tile_softmax(s, scale, visible, v.dtype)
     weighted = grouped_matmul(e, v, p.acc)
@@ -358,11 +358,11 @@ def _split_kv_parallel(p: Problem, num_splits: int):
         q = p.q.reshape(b, h_kv, 1, rows, d).expand(-1, -1, num_splits, -1, -1).reshape(batch, rows, d)
         s, scale = _bmm(q, p.k.reshape(batch, chunk, d).transpose(1, 2), p.acc), p.scale
     else:
-        s, scale = _scores(p, 0, n_q, 0, n_k, scaled=True)
+        s, scale = tile_scores(p, 0, n_q, 0, n_k, scaled=True)
         s = _split_layout(torch.nn.functional.pad(s, (0, pad), value=-math.inf), num_splits)
     visible = None
-    if not _fully_visible(p, 0, n_q, 0, n_k):
-        visible = _visible(p, 0, n_q, 0, n_k).expand(b, h_kv, g, n_q, n_k)
+    if not tile_fully_visible(p, 0, n_q, 0, n_k):
+        visible = tile_visible(p, 0, n_q, 0, n_k).expand(b, h_kv, g, n_q, n_k)
         visible = _split_layout(torch.nn.functional.pad(visible, (0, pad), value=False), num_splits)
     v = _values(p, 0, n_k)
     if pad:

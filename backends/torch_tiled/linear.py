@@ -33,7 +33,7 @@ def linear_attention(
     initial_normalizer=None,
     output_final_state=False,
 ):
-    _check(
+    check_arguments(
         q,
         k,
         v,
@@ -75,7 +75,7 @@ def linear_attention(
     return (out, state, normalizer) if output_final_state else out
 
 
-def _check(q, k, v, *, initial_state, initial_normalizer, **options) -> None:
+def check_arguments(q, k, v, *, initial_state, initial_normalizer, **options) -> None:
     """The reference's argument checks and errors, on zero-stride stand-ins for q, k, v (no copy)."""
     tensors = {name: arrays.tensor(name, x) for name, x in (("q", q), ("k", k), ("v", v))}
     _checks.same_dtype(**tensors)
