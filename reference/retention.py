@@ -54,13 +54,7 @@ def retention(
     ``initial_state`` ``(B, H, D_k, D_v)`` or None. ``form`` is "parallel", "recurrent" or
     "chunkwise"; ``chunk_size`` (an integer >= 1) is given for "chunkwise" only.
     """
-    form = check.choice("form", form, FORMS)
-    if form == "chunkwise":
-        if chunk_size is None:
-            raise ValueError("chunk_size is required for form='chunkwise' (an integer >= 1)")
-        chunk_size = check.integer("chunk_size", chunk_size, low=1)
-    elif chunk_size is not None:
-        raise ValueError(f"chunk_size is only for form='chunkwise'; got chunk_size={chunk_size!r} with form={form!r}")
+    form, chunk_size = check_form(form, chunk_size)
     if not isinstance(return_state, (bool, np.bool_)):
         raise TypeError(f"return_state must be a bool; got {return_state!r}")
     p = prepare(q, k, v, gammas=gammas, scale=scale, initial_state=initial_state)
@@ -71,6 +65,18 @@ def retention(
     else:
         out, state = chunkwise(p, chunk_size, arithmetic)
     return (out, state) if return_state else out
+
+
+def check_form(form: str, chunk_size) -> tuple[str, int | None]:
+    """``(form, chunk_size)`` checked: a form of :data:`FORMS`, and a chunk size for "chunkwise" only."""
+    form = check.choice("form", form, FORMS)
+    if form == "chunkwise":
+        if chunk_size is None:
+            raise ValueError("chunk_size is required for form='chunkwise' (an integer >= 1)")
+        return form, check.integer("chunk_size", chunk_size, low=1)
+    if chunk_size is not None:
+        raise ValueError(f"chunk_size is only for form='chunkwise'; got chunk_size={chunk_size!r} with form={form!r}")
+    return form, None
 
 
 @reference("retention_decays")
