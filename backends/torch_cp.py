@@ -97,12 +97,20 @@ def _worker(rank: int, size: int, store: str, device_type: str, conn) -> None:
         if task is None:
             break
         try:
-            run = _ring if task["scheme"] == "ring" else _ulysses
+            run = _runner(task["runner"])
             conn.send(("ok", run(task, rank, groups[task["world_size"]], device)))
         except BaseException:
             conn.send(("error", traceback.format_exc()))
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+
+
+def _runner(target: str):
+    """The function a task names as ``module:function`` (each backend brings its own scheme)."""
+    import importlib
+
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _main(argv: list[str]) -> None:
@@ -371,6 +379,8 @@ class TorchRing(Backend):
 
     name = "torch-ring"
     scheme = "ring"
+    #: What each rank runs, as ``module:function(task, rank, group, device) -> (out, lse)``.
+    runner = f"{__name__}:_ring"
     clauses: tuple[str, ...] = ("cp", "cp.layout.*", "cp.ring", "cp.causal.pairs", "cp.lengths", "cp.lse")
     dtypes: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
     devices = ("cpu", "cuda")
@@ -421,6 +431,9 @@ class TorchRing(Backend):
             self._finalizer()
         self._pool = self._finalizer = None
 
+    def decline(self, q_shape: tuple, v_shape: tuple, seq_lens: np.ndarray) -> None:
+        """Raise Unsupported for checked arguments this backend cannot run (these run everything)."""
+
     def context_parallel(self, q, k, v, *, layout="contiguous", scheme="ring", scale=None, causal=None, seq_lens=None):
         for name, x in (("q", q), ("k", k), ("v", v)):
             if not isinstance(x, np.ndarray) or not check.is_real_float(x.dtype):
@@ -434,13 +447,16 @@ class TorchRing(Backend):
         if scheme != self.scheme:
             raise Unsupported(f"scheme {scheme!r}: {self.name} runs scheme {self.scheme!r}")
         p, b, h_q, c, _ = q.shape
+        self.decline(q.shape, v.shape, lens)
         if p > self.max_world_size:
             raise Unsupported(f"P = {p} shards: {self.name} has {self.max_world_size} processes")
         lse_dtype = np.float64 if q.dtype == np.float64 else np.float32
         if c == 0 or b == 0 or h_q == 0:  # nothing to compute or send
             return np.zeros((p, b, h_q, c, v.shape[-1]), q.dtype), np.zeros((p, b, h_q, c), lse_dtype)
         pos = reference_cp.positions(layout, p, c)
-        common = dict(world_size=p, layout=layout, scheme=scheme, scale=scale, causal=is_causal, seq_lens=lens)
+        common = dict(
+            runner=self.runner, world_size=p, layout=layout, scheme=scheme, scale=scale, causal=is_causal, seq_lens=lens
+        )
         tasks = [dict(common, q=q[r], k=k[r], v=v[r], positions=pos) for r in range(p)]
         results = self.pool().run(tasks, self.timeout)
         return np.stack([o for o, _ in results]), np.stack([s for _, s in results]).astype(lse_dtype)
@@ -451,6 +467,7 @@ class TorchUlysses(TorchRing):
 
     name = "torch-ulysses"
     scheme = "ulysses"
+    runner = f"{__name__}:_ulysses"
     clauses = ("cp", "cp.layout.*", "cp.ulysses", "cp.lengths", "cp.lse")
 
 

@@ -35,10 +35,15 @@ BUILTINS = {
     "triton": "attnspec.backends.triton:TritonBackend",
     "cupy": "attnspec.backends.cupy:CupyBackend",
     "transformers": "attnspec.backends.transformers_hf:TransformersBackend",
+    "transformers-bigbird": "attnspec.backends.transformers_bigbird:TransformersBigBirdBackend",
+    "transformers-longformer": "attnspec.backends.transformers_longformer:TransformersLongformerBackend",
+    "transformers-reformer": "attnspec.backends.transformers_reformer:TransformersReformerBackend",
+    "transformers-t5": "attnspec.backends.transformers_t5:TransformersT5Backend",
     "fla": "attnspec.backends.fla:FlaBackend",
     "sage": "attnspec.backends.sage:SageBackend",
     "torch-ring": "attnspec.backends.torch_cp:TorchRing",
     "torch-ulysses": "attnspec.backends.torch_cp:TorchUlysses",
+    "torch-cp": "attnspec.backends.torch_cp_pytorch:TorchContextParallel",
 }
 
 

@@ -69,12 +69,12 @@ def ring():
     backend.close()
 
 
-def shards(p=2, c=4, h_q=4, h_kv=2, seed=0, dtype=np.float64):
+def shards(p=2, c=4, h_q=4, h_kv=2, seed=0, dtype=np.float64, d_v=5):
     rng = np.random.default_rng(seed)
     return (
         rng.standard_normal((p, 2, h_q, c, 8)).astype(dtype),
         rng.standard_normal((p, 2, h_kv, c, 8)).astype(dtype),
-        rng.standard_normal((p, 2, h_kv, c, 5)).astype(dtype),
+        rng.standard_normal((p, 2, h_kv, c, d_v)).astype(dtype),
     )
 
 
@@ -168,3 +168,26 @@ def test_a_hung_worker_fails_the_call_within_the_timeout(ring):
     finally:
         ring.timeout = type(ring).timeout
     assert ring._pool is not None and not ring._pool.alive
+
+
+def test_torch_cp_declines_what_pytorch_cannot_express_before_any_rank_starts():
+    backend = load_backend("torch-cp:2")
+    q, k, v = shards()  # D_v = 5, D_qk = 8
+    with pytest.raises(Unsupported, match="D_v = 5 != D_qk = 8"):
+        backend.context_parallel(q, k, v)
+    with pytest.raises(Unsupported, match="seq_lens short of N"):
+        backend.context_parallel(*shards(c=2, d_v=8), seq_lens=np.array([4, 3]))
+    assert backend._pool is None
+
+
+def test_torch_cp_runs_pytorchs_ring_under_the_zigzag_layout():
+    """PyTorch's round-robin load balance is the zigzag layout: the causal result is sdpa's."""
+    backend = load_backend("torch-cp:2")
+    try:
+        q, k, v = shards(c=4, dtype=np.float32, d_v=8)  # D_v = D_qk, as its flash kernels need
+        out, lse = backend.context_parallel(q, k, v, layout="zigzag", causal="top_left")
+        ref_out, ref_lse = reference_cp.gathered(q, k, v, layout="zigzag", causal="top_left")
+        np.testing.assert_allclose(out, ref_out, atol=2e-6)
+        np.testing.assert_allclose(lse, ref_lse, atol=2e-6)
+    finally:
+        backend.close()
