@@ -20,6 +20,9 @@ without it the backend is not loaded, with a message that says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from attnspec import validation as _checks
@@ -30,6 +33,7 @@ VARIANTS = ("sdpa", "eager")
 
 
 def _functions(variant: str):
+    fn: Callable[..., Any]  # the two functions' signatures differ (mypy sees them once transformers is installed)
     try:
         if variant == "sdpa":
             from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn

@@ -291,6 +291,28 @@ def _bigbird_budget(n: int, heads: int) -> dict:
         ),
         SparseCase("bigbird", n_q=1, n_k=1, params=(("block", 4), ("window_blocks", 0))),
         SparseCase("bigbird", n_q=30, n_k=30, params=(("block", 3), ("window_blocks", 0), ("random", (1, 1)))),
+        # BigBird-ITC as Google's code and Hugging Face's module compute it (window 1, the first and last
+        # block global): drawn random blocks that repeat window blocks, and random blocks that all repeat
+        # global block 0 (the plan HF's module draws in eval mode). Repeats change nothing.
+        SparseCase(
+            "bigbird",
+            h_q=2,
+            h_kv=2,
+            n_q=32,
+            n_k=32,
+            params=(("block", 4), ("window_blocks", 1), ("global_blocks", (0, 7)), ("random", (2, 1))),
+        ),
+        SparseCase(
+            "bigbird",
+            n_q=40,
+            n_k=40,
+            params=(
+                ("block", 4),
+                ("window_blocks", 1),
+                ("global_blocks", (0, 9)),
+                ("random_blocks", (((0, 0),) * 10,)),
+            ),
+        ),
     ],
 )
 def _bigbird(draw, case):
