@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from attnspec.conformance.tolerance import Bound, Jitter, finite_max, policy_bounds, scaled_score, score_size
-from attnspec.reference import sdpa_grad
+from attnspec.reference import linear, linear_grad, retention, retention_grad, sdpa_grad
 from attnspec.reference.sdpa import Problem, attend
 
 
@@ -98,3 +98,102 @@ def _magnitudes(problem: Problem, dout, options: dict) -> tuple[float, ...]:
     if options.get("bias") is not None:
         grads["dbias"] = sdpa_grad.unbroadcast(ds, np.shape(options["bias"]))
     return tuple(finite_max(grads[name]) for name in sdpa_grad.GRADIENTS if name in grads)
+
+
+# The other families' backward passes, by the same rule: the naive run is the family's backward
+# reference in the dtype (every intermediate stored, float32 accumulation), the floor two ulps of
+# each gradient's formula on absolute values plus the sensitivity of the exact gradients to float32
+# rounding of each input by sqrt(n), n the longest float32 sum that input enters.
+
+
+def linear_gradient_bounds(q, k, v, dout, options: dict, state: dict, dtype: str, refs: tuple) -> tuple[Bound, ...]:
+    """One bound per gradient of ``linear_attention_backward`` (``refs``: its exact results).
+
+    Jitters: ``q`` by ``sqrt(max(F, N_q))`` (``f_q f_k^T``; ``dk``'s sum over rows), ``k`` by
+    ``sqrt(max(F, N_k))`` (``dq``'s sum over keys), ``v`` by ``sqrt(max(N_k, D_v))`` (``num``;
+    ``dnum v^T``), ``dout`` by ``sqrt(max(D_v, N_q))`` (``dden``; ``dv``'s sum over rows), the carried
+    state and normalizer by ``sqrt(max(F, D_v))``. At 64 bits each gradient's magnitude times its
+    roundings ``F + N_k + N_q + D_v + 4`` (forward sums, backward sums, the division).
+    """
+    q64, k64, v64, s0, z0 = linear.validate(q, k, v, **options, **state)
+    d64 = linear_grad.checked_dout(dout, q64, v64)
+    f, n_q, n_k, d_v = q64.shape[-1], q64.shape[2], k64.shape[2], v64.shape[-1]
+
+    def exact(q, k, v, dout, s0, z0):
+        given = {name: x for name, x in (("initial_state", s0), ("initial_normalizer", z0)) if name in state}
+        return linear_grad.linear_attention_backward(q, k, v, dout, **options, **given)
+
+    jitters = (
+        (q64, Jitter(np.sqrt(max(f, n_q)))),
+        (k64, Jitter(np.sqrt(max(f, n_k)))),
+        (v64, Jitter(np.sqrt(max(n_k, d_v)))),
+        (d64, Jitter(np.sqrt(max(d_v, n_q)))),
+        (s0, Jitter(np.sqrt(max(f, d_v)))),
+        (z0, Jitter(np.sqrt(f))),
+    )
+    magnitudes = _linear_magnitudes(q64, k64, v64, d64, s0, z0, options, state)
+    roundings = f + n_k + n_q + d_v + 4
+    return policy_bounds(
+        dtype,
+        refs,
+        tuple(max(m, 1e-30) for m in magnitudes),
+        reference=partial(linear_grad.linear_attention_backward, q, k, v, dout, **options, **state),
+        sizes=lambda: tuple(m * roundings for m in magnitudes),
+        exact=exact,
+        jitters=jitters,
+    )
+
+
+def _linear_magnitudes(q, k, v, dout, s0, z0, options: dict, state: dict) -> tuple[float, ...]:
+    """The largest element of each gradient's formula on absolute values (``dden`` added, not subtracted)."""
+    name, scale = options.get("feature_map", "elu+1"), options.get("scale", 1.0)
+    fq, fk = np.abs(linear.phi(q, name)) * scale, np.abs(linear.phi(k, name))
+    absolute = (np.abs(v), np.abs(s0), np.abs(z0))
+    dnum, dden = linear_grad.output_gradients(fq, fk, *absolute, np.abs(dout), **options)
+    grads = linear_grad.feature_gradients(fq, fk, *absolute, dnum, -dden, **options)
+    grads["dq"] = grads["dq"] * scale * np.abs(linear_grad.phi_prime(q, name))
+    grads["dk"] = grads["dk"] * np.abs(linear_grad.phi_prime(k, name))
+    kept = {"dinitial_state": "initial_state", "dinitial_normalizer": "initial_normalizer"}
+    return tuple(finite_max(g) for n, g in grads.items() if n not in kept or kept[n] in state)
+
+
+def retention_gradient_bounds(q, k, v, dout, kwargs: dict, dtype: str, refs: tuple) -> tuple[Bound, ...]:
+    """One bound per gradient of ``retention_backward`` (``refs``: its exact results).
+
+    Jitters: ``q``, ``k`` by ``sqrt(max(D_k, N))`` (the dot products; the sums over positions of
+    ``dq`` and ``dk``), ``v`` and ``dout`` by ``sqrt(max(N, D_v))``, the initial state by
+    ``sqrt(max(D_k, D_v))``. At 64 bits each gradient's formula on absolute values with every decay
+    ``g^e`` weighted by its roundings ``D_k + D_v + N + 4 + e (1 + |log g|)``, as the forward's
+    :func:`attnspec.conformance.bounds.propagation_sizes` weighs them.
+    """
+    problem = retention.prepare(q, k, v, **{n: kwargs.get(n) for n in ("gammas", "scale", "initial_state")})
+    d64 = retention_grad.checked_dout(dout, problem)
+    d_k, n, d_v = problem.q.shape[-1], problem.q.shape[2], problem.v.shape[-1]
+    names = tuple(retention_grad.GRADIENTS[: len(refs)])
+
+    def exact(q, k, v, dout, state, powers=retention.decay_powers):
+        grads = retention_grad.gradients(replace(problem, q=q, k=k, v=v, state=state), dout, powers=powers)
+        return tuple(grads[name] for name in names)
+
+    def weighted(gammas, e, dtype):
+        e = np.asarray(e, dtype=dtype)
+        log_g = np.abs(np.log(np.where(gammas > 0, gammas, 1.0))).reshape((-1,) + (1,) * e.ndim)
+        return retention.decay_powers(gammas, e, dtype) * (d_k + d_v + n + 4 + e * (1 + log_g))
+
+    q_abs, k_abs, v_abs, d_abs, s_abs = (np.abs(x) for x in (problem.q, problem.k, problem.v, d64, problem.state))
+    jitters = (
+        (problem.q, Jitter(np.sqrt(max(d_k, n)))),
+        (problem.k, Jitter(np.sqrt(max(d_k, n)))),
+        (problem.v, Jitter(np.sqrt(max(n, d_v)))),
+        (d64, Jitter(np.sqrt(max(n, d_v)))),
+        (problem.state, Jitter(np.sqrt(max(d_k, d_v)))),
+    )
+    return policy_bounds(
+        dtype,
+        refs,
+        tuple(finite_max(m, 1e-30) for m in exact(q_abs, k_abs, v_abs, d_abs, s_abs)),
+        reference=partial(retention_grad.retention_backward, q, k, v, dout, **kwargs),
+        sizes=lambda: tuple(finite_max(m) for m in exact(q_abs, k_abs, v_abs, d_abs, s_abs, powers=weighted)),
+        exact=exact,
+        jitters=jitters,
+    )

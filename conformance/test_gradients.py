@@ -1,11 +1,22 @@
 """Conformance of the backward pass (spec section :mod:`attnspec.gradients`)."""
 
+import numpy as np
 import pytest
 from hypothesis import example, given
+from hypothesis import strategies as st
 
 from attnspec.conformance.cases import SdpaCase
+from attnspec.conformance.grad_family_probes import (
+    check_block_sparse_backward,
+    check_linear_backward,
+    check_retention_backward,
+)
 from attnspec.conformance.grad_probes import check_backward, check_hidden_gradients
-from attnspec.conformance.strategies import sdpa_cases
+from attnspec.conformance.linear_cases import LinearCase, forms, linear_cases
+from attnspec.conformance.retention_cases import RetentionCase, retention_cases
+from attnspec.conformance.sparse_cases import EDGES, EMPTY_ROWS, sparse_cases
+from attnspec.conformance.strategies import declares, sdpa_cases
+from attnspec.reference import linear
 
 
 @pytest.mark.clause("sdpa.grad")
@@ -99,3 +110,49 @@ def test_bias_gradient(check, dtype, case):
     check_backward(check, case, dtype)
     if case.bias_neg_inf:
         check_hidden_gradients(check, case, dtype)
+
+
+def _declared_form(case: LinearCase, data) -> tuple[str, int | None]:
+    """A form the backend declares (drawn), or for a pinned example the chunked form's chunks of 3."""
+    if data is None:
+        return ("chunked", 3) if declares("linear.chunked") else ("parallel", None)
+    return data.draw(forms(case.n_k).filter(lambda f: declares(f"linear.{f[0]}")), label="form")
+
+
+@pytest.mark.clause("linear.grad")
+@given(case=linear_cases(max_len=48), data=st.data())
+@example(case=LinearCase(n_q=5, n_k=5, causal=True, initial_state=True, initial_normalizer=True), data=None)
+@example(case=LinearCase(n_q=3, n_k=9, d_qk=4, d_v=2, feature_map="identity", normalize=False, scale=3.0), data=None)
+def test_linear_gradients(check, dtype, case, data):
+    """dq, dk, dv (and dS0, dz0) of every feature map, causal or not, normalised with eps or not."""
+    check_linear_backward(check, case, dtype, *_declared_form(case, data))
+
+
+@pytest.mark.clause("linear.grad", "linear.normalizer")
+@given(case=linear_cases(feature_maps=("relu",), normalize=True, dead=True, max_len=32), data=st.data())
+@example(case=LinearCase(n_q=7, n_k=7, d_qk=2, d_v=3, feature_map="relu", causal=True, dead=True), data=None)
+def test_linear_rows_without_denominator_get_zero_gradient(check, dtype, case, data):
+    """A row whose den + eps is 0 (relu, no positive feature) has out = 0: its dq is exactly 0, never NaN."""
+    got = check_linear_backward(check, case, dtype, *_declared_form(case, data))
+    q, k, v, state = case.inputs(dtype)
+    dead = linear.parts(q, k, v, **case.options(), **state).den + case.eps == 0
+    zeros = np.zeros((int(dead.sum()), case.d_qk))
+    check.exact(np.asarray(got[0], np.float64)[dead], zeros, what="dq of rows whose den + eps is 0", case=case)
+
+
+@pytest.mark.clause("retention.grad")
+@given(case=st.booleans().flatmap(lambda state: retention_cases(form=None, initial_state=state, max_len=48)))
+@example(case=RetentionCase(heads=3, n=6, d_k=3, d_v=2, gammas=(0.0, 1.0, 0.5), initial_state=True))
+@example(case=RetentionCase(n=7, gammas=(0.96875,), form="chunkwise", chunk_size=3, scale=1.7))
+def test_retention_gradients(check, dtype, case):
+    """dq, dk, dv (and dS0) of every form, decays 0 and 1 included; the decays get no gradient."""
+    check_retention_backward(check, case, dtype)
+
+
+@pytest.mark.clause("sparse.block_sparse.grad", "sparse.block_sparse")
+@given(case=sparse_cases("block_sparse", max_len=48))
+@example(case=EMPTY_ROWS)
+@example(case=EDGES["block_sparse"][2])  # decoding rows (N_q < N_k), a sparse layout
+def test_block_sparse_gradients(check, dtype, case):
+    """dense sdpa.grad with the layout's mask; masked blocks and rows without keys get exactly 0."""
+    check_block_sparse_backward(check, case, dtype)

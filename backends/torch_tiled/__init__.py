@@ -13,7 +13,7 @@ import torch
 from attnspec import validation as _checks
 from attnspec.backends import SDPA_FORWARD_CLAUSES
 from attnspec.backends import _torch_arrays as arrays
-from attnspec.backends.torch_tiled import backward, kernel, paged
+from attnspec.backends.torch_tiled import backward, family_backward, kernel, paged
 from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.backends.torch_tiled.steps import Steps
 from attnspec.contract import Backend, BackendError, Unsupported
@@ -46,6 +46,7 @@ class TorchBackend(BlockSparseLayouts, Backend):
     clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)  # the window aligned either way
     clauses += ("sdpa.grad", "sdpa.grad.*")
     clauses += ("flash.*", "sparse", "sparse.mask", "sparse.block_sparse", "sparse.cost")
+    clauses += ("linear.grad", "retention.grad", "sparse.block_sparse.grad")
     clauses += (
         "linear.chunked",
         "linear.causal",
@@ -145,6 +146,15 @@ class TorchBackend(BlockSparseLayouts, Backend):
 
     def linear_attention(self, q, k, v, **options):
         return chunked_linear.linear_attention(q, k, v, **options)
+
+    def linear_attention_backward(self, q, k, v, dout, **options):
+        return family_backward.linear_attention_backward(q, k, v, dout, **options)
+
+    def retention_backward(self, q, k, v, dout, **options):
+        return family_backward.retention_backward(q, k, v, dout, **options)
+
+    def sparse_backward(self, q, k, v, dout, *, pattern, scale=None, **params):
+        return family_backward.sparse_backward(self, q, k, v, dout, pattern=pattern, scale=scale, **params)
 
 
 def _has_triton() -> bool:

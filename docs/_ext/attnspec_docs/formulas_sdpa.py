@@ -92,4 +92,37 @@ GRADIENTS: dict[str, tuple[str, str]] = {
         \mathrm{dbias}_{ij} &= \sum_{b, h} dS_{bhij} \quad \text{for a bias of shape } (1, 1, N_q, N_k)
         """,
     ),
+    "linear.grad": (
+        "3c0b024a258d",
+        r"""
+        r_i &= \mathrm{den}_i + \epsilon,\quad
+        dnum_i = \mathrm{dout}_i / r_i,\quad
+        dden_i = -\textstyle\sum_d \mathrm{dout}_{id}\, \mathrm{out}_{id} / r_i
+        \quad (dnum = \mathrm{dout},\ dden = 0 \text{ unnormalised}) \\
+        dA &= (dnum\, v^{\top} + dden\, \mathbf{1}^{\top}) \odot M,\qquad
+        df_q = dA\, f_k + dnum\, S_0^{\top} + dden\, z_0^{\top},\qquad df_k = dA^{\top} f_q \\
+        dq &= \mathrm{scale}\; df_q \odot \phi'(q),\quad dk = df_k \odot \phi'(k),\quad
+        dv = A^{\top} dnum,\quad dS_0 = f_q^{\top} dnum,\quad dz_0 = f_q^{\top} dden
+        """,
+    ),
+    "retention.grad": (
+        "45ec55ff2b76",
+        r"""
+        W &= \mathrm{scale}\,(q k^{\top}) \odot D,\qquad c_n = \mathrm{scale}\; g^{\,n + 1},\qquad
+        dW = (\mathrm{dout}\, v^{\top}) \odot D \\
+        dq &= \mathrm{scale}\; dW k + c \odot (\mathrm{dout}\, S_0^{\top}),\quad
+        dk = \mathrm{scale}\; dW^{\top} q,\quad dv = W^{\top} \mathrm{dout},\quad
+        dS_0 = \textstyle\sum_n c_n\, q_n^{\top} \mathrm{dout}_n
+        """,
+    ),
+    "sparse.block_sparse.grad": (
+        "d428c9c2ef8a",
+        r"""
+        \operatorname{sparse\_backward}(q, k, v, \mathrm{dout}) = \operatorname{sdpa\_backward}\big(q, k, v,
+        \mathrm{dout};\ \mathrm{mask} = \mathrm{layout}[h, \lfloor p / \mathrm{block}_q \rfloor,
+        \lfloor j / \mathrm{block}_k \rfloor]\big) \\
+        j \notin \textstyle\bigcup_{g(h) = g,\, i} V(i) \;\Rightarrow\; dk_{gj} = dv_{gj} = 0,\qquad
+        V(i) = \emptyset \;\Rightarrow\; dq_{hi} = 0
+        """,
+    ),
 }
