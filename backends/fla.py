@@ -63,12 +63,12 @@ from __future__ import annotations
 import ast
 import math
 import os
-import sys
 
 import numpy as np
 import torch
 
 from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends._triton_mode import select_mode
 from attnspec.backends.torch_tiled import linear as torch_linear
 from attnspec.contract import Backend, BackendError, Unsupported
 from attnspec.reference import retention as reference_retention
@@ -78,22 +78,6 @@ VARIANTS = ("chunk", "fused_chunk", "simple_gla")
 FLA_EPS = 1e-10
 #: ``chunk_linear_attn``'s chunk (``chunk_simple_gla``'s default).
 CHUNK = 64
-
-
-def select_mode(interpret: bool, who: str) -> None:
-    """Set ``TRITON_INTERPRET`` before Triton is imported (``triton.jit`` reads it when a kernel is
-    defined); an error that says what to set if Triton was already imported the other way."""
-    if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-        return
-    import triton.language.standard as library
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if isinstance(library.cdiv, InterpretedFunction) != interpret:
-        raise BackendError(
-            f"Triton was imported for {'the GPU' if interpret else 'the interpreter'} before the {who} backend "
-            f"was loaded; in a new process, {'set TRITON_INTERPRET=1' if interpret else 'unset TRITON_INTERPRET'}"
-        )
 
 
 _PATCHED: set[str] = set()

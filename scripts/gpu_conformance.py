@@ -52,6 +52,9 @@ RUNS = [  # (backend, extra pytest arguments, share of the time budget)
     ("fla:simple_gla", ["--hypothesis-profile=dev", "--clauses=retention.*", "-p", "xdist", "-n", "8"], 1),
     ("fla:fused_chunk", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 1),
     ("sage", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 2),
+    # xFormers (.whl/xformers-*.whl): its dispatcher's choice, and its own Triton split-K kernel.
+    ("xformers", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 2),
+    ("xformers:splitk", ["--hypothesis-profile=dev", "-p", "xdist", "-n", "8"], 1),
 ]
 
 

@@ -44,6 +44,7 @@ BUILTINS = {
     "torch-ring": "attnspec.backends.torch_cp:TorchRing",
     "torch-ulysses": "attnspec.backends.torch_cp:TorchUlysses",
     "torch-cp": "attnspec.backends.torch_cp_pytorch:TorchContextParallel",
+    "xformers": "attnspec.backends.xformers:XformersBackend",
 }
 
 

@@ -143,10 +143,10 @@ def test_flash_forward_maps_block_sizes_to_tiles():
 
 def test_one_mode_per_process(backend):
     """Triton was imported for the interpreter: the GPU cannot be had in the same process."""
-    from attnspec.backends.triton import _select_mode
+    from attnspec.backends._triton_mode import select_mode
 
     with pytest.raises(BackendError, match="unset TRITON_INTERPRET"):
-        _select_mode(interpret=False)
+        select_mode(interpret=False, who="triton")
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))

@@ -18,14 +18,12 @@ cores with float32 accumulation, and the probabilities are rounded to the value 
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
 from attnspec import validation as _checks
 from attnspec.backends import FLASH_CONTIGUOUS_CLAUSES, SDPA_FORWARD_CLAUSES, decline_unsupported, kernel_tile
 from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends._triton_mode import select_mode
 from attnspec.backends.torch_tiled import BlockSparseLayouts
 from attnspec.backends.torch_tiled import backward as torch_backward
 from attnspec.backends.torch_tiled import kernel as torch_kernel
@@ -48,7 +46,7 @@ class TritonBackend(BlockSparseLayouts, Backend):
         if variant is not None:
             raise BackendError(f"the triton backend has no variants; got {variant!r}")
         interpret = not self.device.startswith("cuda")
-        _select_mode(interpret)
+        select_mode(interpret, "triton")
         if interpret:
             # The interpreter pays NumPy calls per tile: the suite draws shorter sequences and narrower
             # heads there (still several 32 x 32 tiles and every head-dim tile width up to 64).
@@ -143,22 +141,3 @@ class TritonBackend(BlockSparseLayouts, Backend):
                 f"got {cache_lens.dtype} of shape {tuple(cache_lens.shape)}"
             )
         return cache_lens.to(self.device, torch.int32)
-
-
-def _select_mode(interpret: bool) -> None:
-    """Set ``TRITON_INTERPRET`` before Triton is imported: ``triton.jit`` reads it when a function is
-    defined, Triton's own library functions (``tl.max``, ``tl.cdiv``) included, so the choice is
-    made once per process."""
-    if "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-        return
-    import triton.language.standard as library
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if isinstance(library.cdiv, InterpretedFunction) != interpret:
-        loaded = "the interpreter" if interpret is False else "the GPU"
-        raise BackendError(
-            f"Triton was imported for {loaded} before this backend was loaded; in a new process, "
-            + ("set TRITON_INTERPRET=1 before Python starts" if interpret else "unset TRITON_INTERPRET")
-            + " (or load the backend before anything imports triton)"
-        )
