@@ -151,6 +151,28 @@ def read_resume(parser: argparse.ArgumentParser, path: Path) -> dict:
     return document
 
 
+def gpu_count(parser: argparse.ArgumentParser, value: str) -> int:
+    if value == "all":
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    if not value.isdigit() or int(value) < 1:
+        parser.error(f"--gpus must be a positive integer or 'all'; got {value!r}")
+    return int(value)
+
+
+def spread(extra: list[str], gpus: int) -> list[str]:
+    """``extra`` with at least one xdist worker per GPU, each pinned to one (no change for one GPU)."""
+    if gpus == 1:
+        return extra
+    if "-n" in extra:
+        at = extra.index("-n") + 1
+        extra = [*extra[:at], str(max(int(extra[at]), gpus)), *extra[at + 1 :]]
+    else:
+        extra = [*extra, "-p", "xdist", "-n", str(gpus)]
+    return [*extra, "-p", "attnspec.conformance.gpus", f"--gpus={gpus}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -161,6 +183,12 @@ def main() -> None:
         default="",
         help="pytest arguments added to every run, e.g. '--shapes=all -p xdist -n 8' to compare with "
         "reports made before --shapes=gpu became the default on CUDA",
+    )
+    parser.add_argument(
+        "--gpus",
+        default="1",
+        help="spread each run over this many GPUs of the host ('all': every one): one pytest-xdist worker "
+        "per GPU at least, worker I pinned to GPU I mod N (attnspec.conformance.gpus)",
     )
     parser.add_argument(
         "--resume",
@@ -183,7 +211,12 @@ def main() -> None:
         document = resumed
         document.setdefault("resumed", []).append(environment())
     finished = {r["backend"] for r in document["runs"] if r["exit"] in (0, 1)}  # ran to the end: nothing to resume
-    runs = [(b, e + args.extra.split(), w) for b, e, w in RUNS if (not only or b in only) and b not in finished]
+    gpus = gpu_count(parser, args.gpus)
+    runs = [
+        (b, spread(e + args.extra.split(), gpus), w)
+        for b, e, w in RUNS
+        if (not only or b in only) and b not in finished
+    ]
     for index, (backend, extra, weight) in enumerate(runs):
         left = sum(w for _, _, w in runs[index:])  # a slow run cannot starve the rest
         done = [
