@@ -1,4 +1,5 @@
-"""The tolerance of ``sdpa_backward``, declared for the engine of :mod:`.tolerance`.
+"""The tolerance of ``sdpa_backward`` (and of the families' backward passes, below), declared for
+the engine of :mod:`.tolerance`.
 
 The policy of :func:`attnspec.tolerance.gradient_tolerance`: the naive run is the reference's
 backward with every intermediate (``S``, ``P``, ``out``, ``dP``, ``dS``, ``dR``) stored in the dtype

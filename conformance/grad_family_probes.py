@@ -28,8 +28,11 @@ def call_gradients(check: Checker, case, op: str, inputs: dict, *args, **kwargs)
     __tracebackhide__ = True
     backend = current().backend
     n = max(getattr(case, name, 0) for name in ("n", "n_q", "n_k"))
+    d = max(getattr(case, name, 0) for name in ("d_qk", "d_k", "d_v"))
     if backend.max_seq_len is not None and n > backend.max_seq_len:
         decline(f"N = {n} is beyond the declared max_seq_len {backend.max_seq_len}")
+    if backend.max_head_dim is not None and d > backend.max_head_dim:
+        decline(f"D = {d} is beyond the declared max_head_dim {backend.max_head_dim}")
     got = call(op, *args, **kwargs)
     got = got if isinstance(got, tuple) else (got,)
     names = [f"d{name}" for name in inputs]
@@ -42,6 +45,7 @@ def call_gradients(check: Checker, case, op: str, inputs: dict, *args, **kwargs)
 
 
 def compare(check: Checker, case, inputs: dict, got: tuple, refs: tuple, bounds: tuple) -> None:
+    """Each returned gradient within its bound of the reference's, named after its input."""
     __tracebackhide__ = True
     for name, grad, ref, bound in zip(inputs, got, refs, bounds, strict=True):
         check.close(grad, ref, bound, what=f"d{name}", case=case)

@@ -58,7 +58,7 @@ class RetentionDecayMissingInDkDvMutant(Mutant):
 
     breaks = "retention.grad"
 
-    def retention_backward(self, q, k, v, dout, *, gammas, initial_state=None, scale=None, **form):
+    def retention_backward(self, q, k, v, dout, *, gammas, initial_state=None, scale=None, **form_options):
         self.check_dtypes({"q": q, "k": k, "v": v, "dout": dout})
         problem = retention.prepare(q, k, v, gammas=gammas, scale=scale, initial_state=initial_state)
         dout64 = retention_grad.checked_dout(dout, problem)
