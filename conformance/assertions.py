@@ -6,12 +6,14 @@ reported under, which backend and dtype run, and how to reproduce the test from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 import numpy as np
 
+from attnspec.conformance.quantised import Measured
 from attnspec.conformance.tolerance import Bound
+from attnspec.tolerance import QuantisedClass
 
 
 class ConformanceError(AssertionError):
@@ -35,6 +37,10 @@ class Checker:
     device: str
     dtype: str
     reproduce: str
+    #: A quantised tolerance class the run selected: comparisons whose bound has a counterpart under
+    #: it are asserted at that one, and their errors against the 16-bit bound go to ``measured``.
+    tolerance_class: QuantisedClass | None = None
+    measured: Measured | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"Checker({self.clause!r}, {self.backend!r}, {self.dtype!r})"
@@ -45,7 +51,10 @@ class Checker:
     def fail(self, headline: str, case, details: str) -> NoReturn:
         """Report that the backend broke this test's clause: ``headline``, the case, ``details``."""
         __tracebackhide__ = True
-        raise ConformanceError(
+        raise ConformanceError(self.message(headline, case, details))
+
+    def message(self, headline: str, case, details: str) -> str:
+        return (
             f"[{self.clause}] backend {self.backend!r} ({self.dtype}, {self.device}): {headline}\n"
             f"  case: {case!r}\n  {details}\n  reproduce: {self.reproduce}"
         )
@@ -70,6 +79,7 @@ class Checker:
                 f"{int(mismatch.sum())} such elements",
             )
         err = finite_error(actual, expected)
+        bound = self._asserted(bound, float(err.max(initial=0.0)), what, case)
         if err.size and err.max() > bound.value:
             at = _index(np.unravel_index(np.argmax(err), err.shape))
             self.fail(
@@ -79,6 +89,20 @@ class Checker:
                 f"error {err[at]:.3g} > allowed {bound}; {int((err > bound.value).sum())} of "
                 f"{err.size} elements out of bound",
             )
+
+    def _asserted(self, bound: Bound, error: float, what: str, case) -> Bound:
+        """The bound a comparison is asserted at: ``bound``, or under a quantised class its
+        counterpart, with the error against ``bound`` recorded (the 16-bit verdict, kept apart)."""
+        if self.tolerance_class is None or bound.quantised is None:
+            return bound
+        widened = bound.quantised(self.tolerance_class)
+        if self.measured is not None:
+            details = (
+                f"error {error:.3g} > allowed {bound}; the {self.tolerance_class.name} class allows {widened.value:.3g}"
+            )
+            headline = f"{what} differs from the float64 reference beyond the 16-bit bound"
+            self.measured.add(error, bound.value, widened.value, lambda: self.message(headline, case, details))
+        return widened
 
     def exact(self, actual, expected, *, what: str, case) -> None:
         """Element-wise equality (integers, gathers, exact zeros and -inf)."""

@@ -2,8 +2,9 @@
 
 Loaded by the repository's ``conftest.py`` (or ``-p attnspec.conformance.plugin``); it is never
 registered globally, so its options never reach other projects' pytest runs. It adds
-``--backend``, ``--device``, ``--dtype``, ``--clauses``, ``--report`` and ``--report-md``, skips the tests of
-clauses the backend does not declare, and ends with a summary per clause.
+``--backend``, ``--device``, ``--dtype``, ``--clauses``, ``--tolerance-class``, ``--report`` and
+``--report-md``, skips the tests of clauses the backend does not declare, and ends with a summary
+per clause.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from attnspec import CATALOG
 from attnspec.conformance import report as _report
 from attnspec.conformance import target
 from attnspec.conformance.assertions import Checker
+from attnspec.conformance.quantised import Measured
 from attnspec.contract import BackendError
 from attnspec.registry import load_backend
+from attnspec.tolerance import QUANTISED_CLASSES, QuantisedClass
 
 # Function-scoped fixtures here ('check') carry no per-example state, so Hypothesis may reuse them.
 _COMMON: dict[str, Any] = dict(
@@ -50,6 +53,8 @@ PROFILES = ("ci", "dev", "quick", "nightly", "mutants")
 RESULTS = pytest.StashKey[dict]()
 #: The Hypothesis profile the run uses, by the name that reproduces it (``--hypothesis-profile=NAME``).
 PROFILE = pytest.StashKey[str]()
+#: A test's comparisons under the run's quantised tolerance class (the check fixture's, one per test).
+MEASURED = pytest.StashKey[Measured]()
 
 
 def pytest_addoption(parser):
@@ -74,6 +79,14 @@ def pytest_addoption(parser):
         "--report-md",
         metavar="FILE",
         help="write the per-clause table and the failures in Markdown to FILE (a pull request, a CI job summary)",
+    )
+    group.addoption(
+        "--tolerance-class",
+        choices=(*QUANTISED_CLASSES, "none"),
+        default=None,
+        help="also judge numerical comparisons by this quantised tolerance class (attnspec.tolerance."
+        "quantised_tolerance), reported in its own column beside the 16-bit verdict, which stays the "
+        "status; default: the class the backend declares (tolerance_class), if any; 'none': no class",
     )
     group.addoption(
         "--shapes",
@@ -139,8 +152,23 @@ def _target(config) -> target.Target:
         except BackendError as exc:
             raise pytest.UsageError(f"attnspec: {exc}") from None
         shapes = config.getoption("shapes") or ("gpu" if str(backend.device).startswith("cuda") else "all")
-        target.CURRENT = target.Target(backend, spec, _dtypes(config, backend), shapes=shapes)
+        target.CURRENT = target.Target(
+            backend, spec, _dtypes(config, backend), shapes=shapes, tolerance_class=_tolerance_class(config, backend)
+        )
     return target.CURRENT
+
+
+def _tolerance_class(config, backend) -> QuantisedClass | None:
+    """``--tolerance-class`` if given, else the class the backend declares; never one by default."""
+    name = config.getoption("tolerance_class") or getattr(backend, "tolerance_class", None)
+    if name in (None, "none"):
+        return None
+    if name not in QUANTISED_CLASSES:
+        raise pytest.UsageError(
+            f"attnspec: backend {backend.name!r} declares tolerance_class {name!r}; the classes are "
+            f"{', '.join(QUANTISED_CLASSES)}"
+        )
+    return QUANTISED_CLASSES[name]
 
 
 def _dtypes(config, backend) -> tuple[str, ...]:
@@ -160,6 +188,7 @@ def pytest_report_header(config):
             f"attnspec: backend {t.backend.name!r} ({t.spec}) on {t.backend.device}; "
             f"dtypes {', '.join(t.dtypes)}; hypothesis profile {config.stash[PROFILE]}"
             + (f"; shapes: {t.shapes}" if t.shapes != "all" else "")
+            + (f"; also the {t.tolerance_class.name} tolerance class" if t.tolerance_class else "")
         )
     return None
 
@@ -219,12 +248,15 @@ def check(request, dtype) -> Checker:
         f"pytest '{node}' --backend={_absolute_spec(t.spec)} --device={t.backend.device} --dtype={dtype} "
         f"--hypothesis-profile={request.config.stash[PROFILE]}" + (f" --shapes={t.shapes}" if t.shapes != "all" else "")
     )
+    measured = request.node.stash.setdefault(MEASURED, Measured()) if t.tolerance_class else None
     return Checker(
         clause=clause_ids(request.node)[0],
         backend=t.backend.name,
         device=t.backend.device,
         dtype=dtype,
-        reproduce=command,
+        reproduce=command + (f" --tolerance-class={t.tolerance_class.name}" if t.tolerance_class else ""),
+        tolerance_class=t.tolerance_class,
+        measured=measured,
     )
 
 
@@ -260,6 +292,9 @@ def pytest_runtest_makereport(item, call):
         rep.longrepr = (str(item.path), item.location[1], f"declined by the backend: {declines[0]}")
     rep.user_properties.append(("attnspec_clauses", list(ids)))
     rep.user_properties.append(("attnspec_declines", list(declines or [])))
+    cls = target.CURRENT.tolerance_class if target.CURRENT else None
+    if cls is not None:  # every test of a run under a class carries its comparisons, none made or not
+        rep.user_properties.append(("attnspec_quantised", item.stash.get(MEASURED, Measured()).summary(cls)))
 
 
 #: Seconds between the partial JSON reports written while the suite runs (``--report``).
@@ -285,7 +320,7 @@ class _Collector:
             return
         if report.when == "call" or report.outcome != "passed":
             self.results[report.nodeid] = _report.outcome(
-                tuple(props["attnspec_clauses"]), report, props["attnspec_declines"]
+                tuple(props["attnspec_clauses"]), report, props["attnspec_declines"], props.get("attnspec_quantised")
             )
             self._write_partial()
 
@@ -297,6 +332,16 @@ class _Collector:
         document = _report.document(target.CURRENT, self.results, hypothesis_profile=self.config.stash[PROFILE])
         with contextlib.suppress(OSError):  # the final write reports what is wrong with the path
             _report.write_json(path, {**document, "partial": True})
+
+
+def _fail_at_16_bits(session) -> None:
+    """Under a quantised class pytest sees the class's verdicts; a test that passed only under it
+    failed at 16 bits (report.both_verdicts), and so does the run: its exit status is never 0."""
+    results = session.config.stash.get(RESULTS, {})
+    if session.exitstatus == pytest.ExitCode.OK and any(
+        r["outcome"] == "failed" and r.get("quantised", {}).get("outcome") == "passed" for r in results.values()
+    ):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 #: Why the report could not be written at the end (printed after the per-clause table).
@@ -312,6 +357,7 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_sessionfinish(session):
     config = session.config
+    _fail_at_16_bits(session)
     paths = {"json": config.getoption("report"), "md": config.getoption("report_md")}
     if not any(paths.values()) or target.CURRENT is None or hasattr(config, "workerinput"):
         return

@@ -17,8 +17,9 @@ from attnspec import CATALOG, SPEC_VERSION, __version__
 STATUS_ORDER = ("failed", "passed", "declined", "not run", "unsupported")
 
 
-def outcome(clause_ids: tuple[str, ...], rep, declines) -> dict:
-    """One test's result: its clauses, outcome, and the first lines of any failure."""
+def outcome(clause_ids: tuple[str, ...], rep, declines, quantised: dict | None = None) -> dict:
+    """One test's result: its clauses, outcome, and the first lines of any failure; under a quantised
+    tolerance class (``quantised``: the test's comparisons) both verdicts (:func:`both_verdicts`)."""
     result = {"clauses": list(clause_ids), "outcome": rep.outcome, "when": rep.when}
     if hasattr(rep, "wasxfail"):  # a SHOULD rule not met (probes.should): apart from the clause's verdict
         result["outcome"] = "should_failed"
@@ -31,7 +32,44 @@ def outcome(clause_ids: tuple[str, ...], rep, declines) -> dict:
         result["reason"] = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
     if declines:
         result["declined"] = list(declines)
+    return result if quantised is None else both_verdicts(result, quantised)
+
+
+def both_verdicts(result: dict, quantised: dict) -> dict:
+    """A test run under a quantised class was asserted at the class's bounds: that outcome is its
+    verdict under the class. Its ``outcome`` stays the 16-bit verdict, which everything that counts
+    passes reads: a test that passed under the class but exceeded a 16-bit bound failed."""
+    result["quantised"] = {**quantised, "outcome": result["outcome"]}
+    if result["outcome"] == "passed" and quantised["over16"]:
+        result["outcome"] = "failed"
+        result["message"] = (
+            f"{quantised['worst16']['message']}\n"
+            f"{quantised['over16']} of {quantised['comparisons']} comparisons over the 16-bit bound; "
+            f"the test passes under the {quantised['class']} class only"
+        )
     return result
+
+
+def quantised_row(mine: dict, status: str) -> dict:
+    """A clause's verdict under the run's quantised class, and its worst errors against both bounds."""
+    records = [r["quantised"] for r in mine.values() if "quantised" in r]
+    counts = Counter(q["outcome"] for q in records)
+    cls = records[0]["class"] if records else ""
+    return {
+        "class": cls,
+        "status": status
+        if status == "unsupported"
+        else status_of(counts["passed"], counts["failed"], counts["skipped"]),
+        "passed": counts["passed"],
+        "failed": counts["failed"],
+        "worst16": _worst([q["worst16"] for q in records], "ratio16"),
+        "worst": _worst([q["worst"] for q in records], "ratio"),
+    }
+
+
+def _worst(entries: list[dict], key: str) -> dict:
+    found = [{k: v for k, v in e.items() if k != "message"} for e in entries if e]
+    return max(found, key=lambda e: e[key], default={})
 
 
 def status_of(passed: int, failed: int, skipped: int) -> str:
@@ -70,6 +108,8 @@ def per_clause(target, results: dict) -> dict:
                 if r["outcome"] == "should_failed"
             ],
         }
+        if any("quantised" in r for r in results.values()):
+            table[clause_id]["quantised"] = quantised_row(mine, status)
     return table
 
 
@@ -80,7 +120,11 @@ def print_summary(terminalreporter, target, results: dict) -> None:
         f"attnspec conformance: backend {target.backend.name} ({target.backend.device}), "
         f"dtypes {', '.join(target.dtypes)}"
     )
-    tr.write_line(f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7} {'SHOULD not met':>14}")
+    cls = target.tolerance_class.name if target.tolerance_class else None
+    extra = f" {'err/16-bit':>10} {cls + ' class':>12} {'err/' + cls:>10}" if cls else ""
+    tr.write_line(
+        f"{'clause':28} {'status':12} {'passed':>6} {'failed':>6} {'skipped':>7} {'SHOULD not met':>14}{extra}"
+    )
     for clause_id, row in table.items():
         if row["status"] == "not run" and not row["tests"]:
             continue  # deselected with --clauses
@@ -88,9 +132,27 @@ def print_summary(terminalreporter, target, results: dict) -> None:
             f"{clause_id:28} {row['status']:12} {row['passed']:6} {row['failed']:6} {row['skipped']:7} "
             f"{row['should_failed']:14}"
         )
+        if cls:
+            q = row["quantised"]
+            line += f" {ratio(q['worst16'], 'ratio16'):>10} {q['status']:>12} {ratio(q['worst'], 'ratio'):>10}"
         tr.write_line(line, red=row["status"] == "failed", green=row["status"] == "passed")
     totals = Counter(row["status"] for row in table.values())
     tr.write_line(", ".join(f"{totals[s]} {s}" for s in STATUS_ORDER if totals[s]))
+    if cls:
+        tr.write_line(f"status: the 16-bit verdict; the {cls} class's verdict is apart, never a pass at 16 bits")
+
+
+def ratio(entry: dict, key: str) -> str:
+    """The worst error over its bound (``key``: ``ratio16`` or ``ratio``), or ``-`` where nothing was compared."""
+    return f"{entry[key]:.3g}" if entry else "-"
+
+
+def beside_bounds(q: dict) -> str:
+    """A clause's worst error beside both bounds (Markdown cells): at 16 bits, then under the class."""
+    w16, w = q["worst16"], q["worst"]
+    at16 = f"{w16['error']:.3g} / {w16['bound16']:.3g} = {w16['ratio16']:.3g}" if w16 else "-"
+    under = f"{w['error']:.3g} / {w['bound']:.3g} = {w['ratio']:.3g}" if w else "-"
+    return f"{at16} | {q['status']} | {under}"
 
 
 def document(target, results: dict, *, hypothesis_profile: str) -> dict:
@@ -138,13 +200,17 @@ def markdown(report: dict, *, failures_per_clause: int = 3) -> str:
         f"{', '.join(report['dtypes'])}; Hypothesis profile {env['hypothesis_profile']}, shapes "
         f"{env.get('shapes')}; Python {env['python']}, {versions}.",
         "",
-        "| clause | status (MUST) | passed | failed | skipped | SHOULD not met |",
-        "|---|---|---|---|---|---|",
     ]
     declared = {c: row for c, row in report["clauses"].items() if row["status"] != "unsupported" and row["tests"]}
+    cls = next((row["quantised"]["class"] for row in declared.values() if "quantised" in row), None)
+    lines += _class_note(cls) + [
+        "| clause | status (MUST) | passed | failed | skipped | SHOULD not met |"
+        + (f" worst error / 16-bit bound | {cls} class | worst error / {cls} bound |" if cls else ""),
+        "|---|---|---|---|---|---|" + ("---|---|---|" if cls else ""),
+    ]
     lines += [
         f"| `{c}` | {row['status']} | {row['passed']} | {row['failed']} | {row['skipped']} | "
-        f"{row.get('should_failed', 0)} |"
+        f"{row.get('should_failed', 0)} |" + (f" {beside_bounds(row['quantised'])} |" if cls else "")
         for c, row in declared.items()
     ]
     totals = Counter(row["status"] for row in declared.values())
@@ -160,6 +226,18 @@ def markdown(report: dict, *, failures_per_clause: int = 3) -> str:
             if len(row[key]) > failures_per_clause:
                 lines += [f"(and {len(row[key]) - failures_per_clause} more of `{c}` in the JSON report)", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _class_note(cls: str | None) -> list[str]:
+    if not cls:
+        return []
+    return [
+        f"Status is the 16-bit verdict (`attnspec.tolerance.tolerance_policy`). The run was also judged by the "
+        f"opt-in `{cls}` tolerance class for quantised kernels (`attnspec.tolerance.quantised_tolerance`), in "
+        f"its own columns: a pass under the class is not a pass. Errors are each clause's worst, as error / "
+        f"bound = ratio.",
+        "",
+    ]
 
 
 def _frameworks() -> dict:

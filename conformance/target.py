@@ -14,6 +14,7 @@ import hypothesis
 import pytest
 
 from attnspec.contract import Backend
+from attnspec.tolerance import QuantisedClass
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Target:
     declines: dict = field(default_factory=lambda: defaultdict(list))
     test_id: str = ""
     shapes: str = "all"  # --shapes: "all", "menu" (strategies.MENU_*) or "gpu" (strategies.GPU_*)
+    #: The quantised tolerance class the run reports beside the 16-bit verdict (attnspec.tolerance), if any.
+    tolerance_class: QuantisedClass | None = None
 
     @property
     def shape_menu(self) -> bool:

@@ -17,8 +17,8 @@ features' estimator) are in :mod:`.hand_bounds`, each saying why.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass, field, replace
+from functools import cache, partial
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from attnspec.conformance.dtypes import eps, numpy_dtype
 from attnspec.reference import multihead, relative
 from attnspec.reference.arithmetic import Arithmetic
 from attnspec.reference.sdpa import attend, prepare, sdpa
+from attnspec.tolerance import QuantisedClass
 
 EPS64 = float(np.finfo(np.float64).eps)
 UNIT32 = float(np.finfo(np.float32).eps)
@@ -36,13 +37,29 @@ SEED = 2019
 
 @dataclass(frozen=True)
 class Bound:
-    """An allowed maximum absolute error, with the arithmetic that produced it."""
+    """An allowed maximum absolute error, with the arithmetic that produced it.
+
+    ``quantised``, where an operation defines one, gives the bound under a quantised tolerance
+    class (:func:`attnspec.tolerance.quantised_tolerance`); it is computed only when a run selects
+    a class, since it evaluates the quantised arithmetic.
+    """
 
     value: float
     explanation: str
+    quantised: Callable[[QuantisedClass], Bound] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.value:.3g} ({self.explanation})"
+
+    def scaled(self, factor: float, why: str) -> Bound:
+        """``factor`` times this bound, its quantised counterpart scaled alike (two results compared
+        with each other, each with its own error)."""
+        widened = self.quantised
+        return Bound(
+            factor * self.value,
+            f"{why} {self}",
+            None if widened is None else lambda cls: widened(cls).scaled(factor, why),
+        )
 
 
 def naive_arithmetic(dtype: str) -> Arithmetic:
@@ -85,11 +102,13 @@ class Jitter:
 
     size: float | np.ndarray = 1.0
     absolute: bool = False
+    #: What ``size`` counts: float32 roundings, or (quantised classes) 1, ``size`` being the amount itself.
+    unit: float = UNIT32
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         u = rng.uniform(-1, 1, np.shape(x))
         x = np.asarray(x, np.float64)
-        return x + self.size * UNIT32 * u if self.absolute else x * (1 + self.size * UNIT32 * u)
+        return x + self.size * self.unit * u if self.absolute else x * (1 + self.size * self.unit * u)
 
 
 def sensitivity(
@@ -170,7 +189,7 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
         (problem.q, Jitter(np.sqrt(problem.q.shape[-1]))),
         (problem.v, Jitter(np.sqrt(max(problem.n_k, 1)))),
     )
-    return policy_bounds(
+    bounds = policy_bounds(
         dtype,
         (ref_out, ref_lse),
         (vmax, lse_scale),
@@ -179,6 +198,24 @@ def sdpa_bounds(q, k, v, options: dict, dtype: str, ref_out, ref_lse) -> tuple[B
         jitters=jitters,
         reference=partial(sdpa, q, k, v, **options, return_lse=True),
     )
+
+    def quantised(cls: QuantisedClass) -> tuple[Bound, ...]:
+        from attnspec.conformance.quantised import quantised_sdpa_bounds  # it builds on this module
+
+        return quantised_sdpa_bounds(cls, problem, dtype, (ref_out, ref_lse), bounds)
+
+    return with_quantised(bounds, quantised)
+
+
+def with_quantised(bounds: tuple[Bound, ...], quantised: Callable[[QuantisedClass], tuple[Bound, ...]]) -> tuple:
+    """``bounds``, each able to give its counterpart under a quantised class; ``quantised(cls)``
+    gives them all and runs at most once per class, when a comparison asks for one."""
+    once = cache(quantised)
+    return tuple(replace(b, quantised=partial(_nth_of, once, i)) for i, b in enumerate(bounds))
+
+
+def _nth_of(bounds: Callable[[QuantisedClass], tuple[Bound, ...]], i: int, cls: QuantisedClass) -> Bound:
+    return bounds(cls)[i]
 
 
 def scaled_score(factor: np.ndarray):

@@ -32,7 +32,41 @@ def _merge_rows(first: dict | None, second: dict) -> dict:
     keys = ("passed", "failed", "skipped", "tests", "failures", "skips", *empty)
     row = {key: first.get(key, empty.get(key)) + second.get(key, empty.get(key)) for key in keys}
     row["status"] = status_of(row["passed"], row["failed"], row["skipped"])
+    if "quantised" in first and "quantised" in second:
+        row["quantised"] = _merge_quantised(first["quantised"], second["quantised"], row["skipped"])
     return row
+
+
+def _merge_quantised(first: dict, second: dict, skipped: int) -> dict:
+    """A clause's verdicts under a quantised class over two parts: counts summed, the worst kept."""
+    merged = {**first, "passed": first["passed"] + second["passed"], "failed": first["failed"] + second["failed"]}
+    merged["status"] = status_of(merged["passed"], merged["failed"], skipped)
+    for key, ratio in (("worst16", "ratio16"), ("worst", "ratio")):
+        merged[key] = max(first[key], second[key], key=lambda w: w.get(ratio, -1.0))
+    return merged
+
+
+def _cell(row: dict) -> str:
+    """A clause's 16-bit verdict; from a run under a quantised class, with its worst error / bound."""
+    status = row.get("status", "-")
+    if status not in ("passed", "failed"):
+        return status
+    worst = row.get("quantised", {}).get("worst16")
+    ratio = f", error {worst['ratio16']:.3g}x the bound" if worst else ""
+    return f"{status} ({row['passed']}/{row['passed'] + row['failed']}{ratio})"
+
+
+def _class_cell(row: dict) -> str:
+    """A clause's verdict under the run's quantised class: a column apart, never the 16-bit verdict."""
+    q = row.get("quantised")
+    if not q or q["status"] not in ("passed", "failed"):
+        return q["status"] if q else "-"
+    worst = f", error {q['worst']['ratio']:.3g}x its bound" if q["worst"] else ""
+    return f"{q['status']} ({q['passed']}/{q['passed'] + q['failed']}{worst})"
+
+
+def _quantised_class(run: dict) -> str | None:
+    return next((row["quantised"]["class"] for row in run["report"]["clauses"].values() if "quantised" in row), None)
 
 
 def _sampling(report: dict) -> str:
@@ -40,6 +74,15 @@ def _sampling(report: dict) -> str:
     env = report.get("environment", {})
     menu = {"menu": ", shapes from the menu", "gpu": ", the GPU shape tier (--shapes=gpu)"}.get(env.get("shapes"), "")
     return f", profile {env['hypothesis_profile']}{menu}" if "hypothesis_profile" in env else ""
+
+
+def _headers(runs: list[dict]) -> list[str]:
+    """A column per run (its 16-bit verdicts), and beside it one for a quantised class it ran under."""
+    headers = []
+    for r in runs:
+        cls = _quantised_class(r)
+        headers += [r["backend"]] + ([f"{r['backend']}, {cls} class (not a pass)"] if cls else [])
+    return headers
 
 
 def conformance_table(document: dict) -> str:
@@ -52,19 +95,14 @@ def conformance_table(document: dict) -> str:
         f"{env['date']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env.get('triton')}, "
         f"numpy {env['numpy']}, hypothesis {env.get('hypothesis')}, Python {env['python']}.",
         "",
-        "| clause | " + " | ".join(r["backend"] for r in runs) + " |",
-        "|---|" + "---|" * len(runs),
+        "| clause | " + " | ".join(_headers(runs)) + " |",
+        "|---|" + "---|" * len(_headers(runs)),
     ]
     for clause in clauses:
         cells = []
         for r in runs:
             row = r["report"]["clauses"].get(clause, {})
-            status = row.get("status", "-")
-            cells.append(
-                f"{status} ({row['passed']}/{row['passed'] + row['failed']})"
-                if status in ("passed", "failed")
-                else status
-            )
+            cells += [_cell(row)] + ([_class_cell(row)] if _quantised_class(r) else [])
         lines.append(f"| `{clause}` | " + " | ".join(cells) + " |")
     lines += [
         "",

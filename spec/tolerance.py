@@ -8,6 +8,10 @@ against a same-precision naive implementation, FA3 adds a floor; PyTorch and Fle
 use a float64 golden).
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 #: ``k``: the error allowed, in multiples of the naive same-precision implementation's error.
 NAIVE_FACTOR = 3.0
 #: The floor for 16- and 32-bit dtypes: this many ``eps(dtype) * max|v|``.
@@ -98,6 +102,86 @@ def gradient_tolerance():
       ``size`` the forward's propagation size.
     - Exact zeros (hidden keys, padded positions, rows without keys) are checked exactly
       (``sdpa.grad.hidden``), as the forward's structural properties are.
+
+    .. versionadded:: 0.2.0
+    """
+
+
+@dataclass(frozen=True)
+class QuantisedClass:
+    """A quantised kernel's arithmetic, as far as its tolerance depends on it (:func:`quantised_tolerance`)."""
+
+    name: str
+    #: Query rows (of one head) that share one int8 scale.
+    q_block: int
+    #: Keys (of one KV head) that share one int8 scale.
+    k_block: int
+    #: The format ``P`` and ``V`` are multiplied in, and ``P V`` partial sums stored in: ``"float16"``
+    #: (or ``"float8_e4m3fn"``, for a class of FP8 ``P V`` kernels).
+    pv_format: str
+
+
+#: The opt-in tolerance classes for quantised kernels, by the name a backend or ``--tolerance-class`` gives.
+QUANTISED_CLASSES = {
+    # SageAttention 1 (sageattn): Q per 128 rows, K per 64 keys, P and V in float16.
+    "int8": QuantisedClass("int8", q_block=128, k_block=64, pv_format="float16"),
+}
+#: Levels of a symmetric int8 quantiser: a block's largest magnitude maps to this integer.
+INT8_LEVELS = 127
+#: Random draws of a quantised class's sensitivity: a kernel whose rounding is one more draw exceeds all of them
+#: with probability at most ``1 / (draws + 1)``, the chance of a false failure where the format cannot tell
+#: which of two keys wins.
+QUANTISED_DRAWS = 16
+
+
+def quantised_tolerance():
+    """Quantised kernels (opt-in): a bound in the quantised format's steps, reported beside the 16-bit verdict.
+
+    A kernel that computes ``Q K^T`` from int8 (SageAttention) cannot meet :func:`tolerance_policy`:
+    its error is set by the quantiser's step, not by the dtype's rounding. That is a finding to
+    quantify. A backend that declares a class of :data:`QUANTISED_CLASSES` (``tolerance_class =
+    "int8"``), or a run given ``--tolerance-class=NAME``, is also judged by this rule; the result
+    carries both verdicts, and the 16-bit one stays the clause's status: a pass under a class is
+    never a pass.
+
+    - Format. ``x = scale * q`` is quantised per block of ``q_block`` query rows of one head, ``k``
+      per block of ``k_block`` keys of one KV head: ``x ~ step * round(x / step)``, ``step =
+      max|x over the block| / INT8_LEVELS``, so each element errs by at most ``step / 2`` (half a
+      quantisation step, the int8 format's ulp). ``P`` and ``V`` are multiplied, and partial sums of
+      ``P V`` stored, in ``pv_format``, whose unit roundoff ``u`` is half its ``eps`` (float16
+      ``2^-11``; FP8 e4m3 ``2^-4``, with V scaled into its range).
+    - Propagation, to first order. A score moves by ``ds_ij = scale (dq_i . k_j + q_i . dk_j)``: at
+      most ``(step_q |k_j|_1 + step_k |q_i|_1) / 2`` (with ``scale`` folded into q's step), and as
+      independent uniform errors about ``sqrt((step_q^2 |k_j|^2 + step_k^2 |q_i|^2) / 12)``. The
+      softmax turns score errors into ``d out_i = sum_j p_ij ds_ij (v_j - out_i)``, at most ``2
+      max|v| max_j |ds_ij|``: averaged by ``p``, not summed over ``N``; the LSE moves by at most
+      ``max_j |ds_ij|``. ``P`` and ``V`` rounded to ``pv_format`` add ``u max|v|`` each, partial sums
+      stored in it ``u max|v|`` more. With unit-normal inputs the score term dominates: steps of
+      ``max|x| / 127`` against a float16 rounding of ``2^-11 |x|``, a hundred times more.
+    - Rule. ``naive_q`` is that arithmetic in NumPy: ``q`` and ``k`` quantised per block (round to
+      nearest), the scores from the dequantised values in float64, the softmax with the row maximum
+      subtracted, ``P``, ``V`` and ``P V`` rounded to ``pv_format``, the output to the dtype. ``sens_q`` is
+      how far the exact result moves when every element of ``q`` and ``k`` moves by a random uniform
+      amount within half its block's step and every element of ``v`` by ``u`` relative (the size of
+      the quantisation error in the random-rounding model: a kernel that rounds half away from zero,
+      smooths ``k`` by its mean or accumulates otherwise is held to what its arithmetic typically
+      makes, not to the naive run's luck). It is the largest move over ``QUANTISED_DRAWS`` draws, not
+      two: where a row's two largest scores are closer than the quantisation noise (large scores),
+      which key wins is a coin the format tosses, and the output moves by up to ``|v_a - v_b|``; a
+      kernel whose rounding is one more draw lands beyond all of them with probability at most
+      ``1 / (QUANTISED_DRAWS + 1)``. A kernel conforms to the class if ``err(out) <=
+      max(B16, NAIVE_FACTOR * err(naive_q) + FLOOR_EPS * eps(pv_format) * max|v| +
+      SENSITIVITY_FACTOR * sens_q)``, ``B16`` the bound of :func:`tolerance_policy`: the 16-bit
+      rule's factors, with the quantised arithmetic in place of the dtype's, and never tighter than
+      the 16-bit bound. The LSE likewise, with ``max(1, max|lse|)`` for ``max|v|``.
+    - Teeth. Dropping a block's scale, exponentiating without subtracting the row maximum (overflow
+      at large scores), or one scale per tensor instead of per block (an outlier block multiplies
+      every other block's step by its ratio to them) move the output by far more than three naive
+      errors, and fail the class too.
+    - Scope. The class widens the numerical comparisons of ``sdpa`` outputs (and of the operations
+      defined as ``sdpa``: flash decode and merge, paged, context-parallel). Structural properties
+      (exact zeros, patterns, rows unchanged by keys they do not see) keep their bounds: a causal
+      kernel whose past rows move when future keys change leaks, whatever its format.
 
     .. versionadded:: 0.2.0
     """

@@ -50,14 +50,29 @@ def _verdicts(name: str, reports_: list[reports.Report]) -> str:
     if not mine:
         return rst.heading("Verdicts", "-") + "No committed conformance report.\n\n"
     clause_ids = sorted({t["clauses"][0] for r in mine for t in r.tests.values()})
-    header = ["clause", *(f"``{r.backend}`` {r.device} {r.date}" for r in mine)]
-    rows = [[rst.clause_ref(c), *(_summary(reports.verdicts(r, c)) for r in mine)] for c in clause_ids]
+    columns = [(r, False) for r in mine] + [(r, True) for r in mine if reports.quantised_class(r)]
+    header = ["clause", *(_column(r, quantised) for r, quantised in columns)]
+    rows = [[rst.clause_ref(c), *(_summary(reports.verdicts(r, c, q)) for r, q in columns)] for c in clause_ids]
     rows = [row for row in rows if any(row[1:])]
     return (
         rst.heading("Verdicts", "-")
-        + "From the latest committed reports (:doc:`/findings`).\n\n"
+        + "From the latest committed reports (:doc:`/findings`)."
+        + (CLASS_NOTE if len(columns) > len(mine) else "")
+        + "\n\n"
         + rst.table(header, rows)
     )
+
+
+#: Said under a verdict table with a quantised class's column.
+CLASS_NOTE = (
+    " A column named after a quantised tolerance class holds the verdicts under that opt-in class"
+    " (:doc:`/tolerance`), apart from the 16-bit ones: a pass there is not a pass."
+)
+
+
+def _column(report: reports.Report, quantised: bool) -> str:
+    name = f"``{report.backend}`` {report.device} {report.date}"
+    return f"{name}, {reports.quantised_class(report)} class" if quantised else name
 
 
 def _speed(name: str, rows: list[bench.Row], srcdir: Path) -> str:

@@ -15,14 +15,20 @@ from attnspec.clauses import SPEC_VERSION
 
 from . import rst
 
-ENGINE = ("attnspec.conformance.tolerance", "attnspec.conformance.bounds", "attnspec.conformance.hand_bounds")
+ENGINE = (
+    "attnspec.conformance.tolerance",
+    "attnspec.conformance.bounds",
+    "attnspec.conformance.hand_bounds",
+    "attnspec.conformance.quantised",
+)
 
 
 def _constants() -> str:
     docs = ModuleAnalyzer.for_module("attnspec.tolerance").find_attr_docs()
     rows = [
         [f"``{name}``", repr(getattr(attnspec.tolerance, name)), rst.plain(" ".join(doc).strip())]
-        for (_, name), doc in docs.items()
+        for (owner, name), doc in docs.items()
+        if not owner  # the module's constants; a class's fields are documented with it
     ]
     return rst.table(["constant", "value", "meaning"], rows, widths="20 10 70")
 
@@ -43,6 +49,9 @@ def tolerance_page() -> str:
         + "\n"
         + rst.heading("The rule", "-")
         + rst.docstring(inspect.getdoc(attnspec.tolerance.tolerance_policy) or "")
+        + "\n"
+        + rst.heading("Quantised kernels (opt-in)", "-")
+        + rst.docstring(inspect.getdoc(attnspec.tolerance.quantised_tolerance) or "")
         + "\n"
         + rst.heading("Constants", "-")
         + _constants()

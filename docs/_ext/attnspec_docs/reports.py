@@ -80,13 +80,20 @@ def _cell(outcomes: list[tuple[str, str]]) -> str:
     return "declined" if "declined" in reasons or "Unsupported" in reasons else "skipped"
 
 
-def verdicts(report: Report, clause_id: str) -> dict[str, str]:
-    """dtype -> pass / fail / declined / skipped for the tests reported under ``clause_id``."""
+def verdicts(report: Report, clause_id: str, quantised: bool = False) -> dict[str, str]:
+    """dtype -> pass / fail / declined / skipped for the tests reported under ``clause_id``: their
+    16-bit verdicts, or with ``quantised`` those under the quantised tolerance class they ran under."""
     cells: dict[str, list[tuple[str, str]]] = {d: [] for d in DTYPES}
     for test_id, test in report.under(clause_id):
         if dtype_of(test_id):
-            cells[dtype_of(test_id)].append((test["outcome"], test.get("reason", "")))
+            outcome = test.get("quantised", {}).get("outcome", "") if quantised else test["outcome"]
+            cells[dtype_of(test_id)].append((outcome, test.get("reason", "")))
     return {d: _cell(outcomes) for d, outcomes in cells.items()}
+
+
+def quantised_class(report: Report) -> str | None:
+    """The quantised tolerance class a report's tests also ran under (``--tolerance-class``), if any."""
+    return next((t["quantised"]["class"] for t in report.tests.values() if "quantised" in t), None)
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,8 @@ def _line(message: str, prefix: str) -> str:
 
 
 def _summary(message: str) -> str:
-    first = next((ln for ln in message.splitlines() if "ConformanceError" in ln or "Error" in ln), message)
+    lines = message.splitlines()
+    first = next((ln for ln in lines if "ConformanceError" in ln or "Error" in ln), lines[0] if lines else "")
     return first.split("Error: ", 1)[-1].strip()
 
 
