@@ -101,3 +101,26 @@ def test_sageattn_changes_the_callers_k(sage):
     sage.sageattn(q.as_subclass(_ReportsCuda), k, v)
     assert not torch.equal(k, before)
     torch.testing.assert_close(k, before - before.mean(dim=2, keepdim=True), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(n_q=128, n_k=128, d_qk=64, d_v=64, seed=1),
+        dict(h_q=4, h_kv=2, n_q=100, n_k=192, d_qk=64, d_v=64, seed=4),
+        dict(n_q=150, n_k=150, d_qk=128, d_v=128, causal="bottom_right", seed=6),
+    ],
+)
+def test_at_whole_key_blocks_the_error_is_within_the_int8_class(sage, case):
+    """The finding beside the bounds: where no padding key enters (N_k a multiple of 64, or causal),
+    sageattn's float16 error is within the int8 class (about a tenth of its bound) and beyond the
+    16-bit bound (0.8-3x in float16 here, three orders in float32); the report has the rest."""
+    from attnspec.conformance.cases import SdpaCase
+    from attnspec.conformance.tolerance import sdpa_bounds
+    from attnspec.tolerance import QUANTISED_CLASSES
+
+    q, k, v, options = SdpaCase(**case).inputs("float32")
+    ref_out, ref_lse = reference.sdpa(q, k, v, return_lse=True, **options)
+    bound, _ = sdpa_bounds(q, k, v, options, "float32", ref_out, ref_lse)
+    err = np.abs(_run(sage, q, k, v, **options) - ref_out).max()
+    assert bound.value < err < bound.quantised(QUANTISED_CLASSES["int8"]).value / 3
