@@ -78,16 +78,16 @@ def quantised_sdpa_bounds(
     def exact(q, k, v):
         return attend(replace(problem, q=q, k=k, v=v), rows, cols)
 
-    naive = naive_quantised(problem, cls, dtype)
+    errors = [max_error(n, ref) for n, ref in zip(naive_quantised(problem, cls, dtype), refs, strict=True)]
     sens = sensitivity(exact, quantisation_jitters(problem, cls), refs, draws=policy.QUANTISED_DRAWS)
     eps_pv = float(ml_dtypes.finfo(PV_FORMATS[cls.pv_format]).eps)
-    scales = (finite_max(problem.v, 1e-30), finite_max(refs[1], 1.0))
+    scales = (finite_max(problem.v, 1e-30), finite_max(refs[1], 1.0))  # max|v|; max(1, max|lse|)
     out = []
-    for n, ref, s, scale, b16 in zip(naive, refs, sens, scales, bounds16, strict=True):
+    for error, s, scale, b16 in zip(errors, sens, scales, bounds16, strict=True):
         floor = policy.FLOOR_EPS * eps_pv * scale + policy.SENSITIVITY_FACTOR * s
-        value = policy.NAIVE_FACTOR * max_error(n, ref) + floor
-        why = f"{cls.name} class: {policy.NAIVE_FACTOR:g} x naive {cls.name} error {max_error(n, ref):.3g} + floor {floor:.3g}"
-        out.append(b16 if b16.value >= value else Bound(value, why))
+        value = policy.NAIVE_FACTOR * error + floor
+        why = f"{cls.name} class: {policy.NAIVE_FACTOR:g} x naive {cls.name} error {error:.3g} + floor {floor:.3g}"
+        out.append(b16 if b16.value >= value else Bound(value, why))  # never tighter than 16 bits
     return tuple(out)
 
 
