@@ -1,7 +1,8 @@
 """Backends: implementations that register against the spec.
 
 One module (or folder) per backend. Each exposes a :class:`attnspec.Backend` subclass or a
-factory; :data:`attnspec.registry.BUILTINS` maps the built-in names to them, and installed
+factory and names it in a literal ``BACKENDS = {"name": "object"}`` at its top level, which
+:data:`attnspec.registry.BUILTINS` collects without importing the module; installed
 packages add theirs through the ``attnspec.backends`` entry-point group. :mod:`.mutants` holds
 deliberately wrong backends that prove the suite catches what it claims to catch.
 """

@@ -168,6 +168,10 @@ def _bthk(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous()
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"fla": "FlaBackend"}
+
+
 class FlaBackend(Backend):
     name = "fla"
     clauses: tuple[str, ...] = (

@@ -32,6 +32,10 @@ _FLEX: dict = {}  # variant -> flex_attention compiled, by the first backend con
 RECOMPILE_LIMIT = 100_000
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"flex": "FlexBackend"}
+
+
 class FlexBackend(Backend):
     name = "flex"
     clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)

@@ -25,6 +25,9 @@ from attnspec.clauses import OPERATIONS, REFERENCES
 from attnspec.contract import Backend, numpy_peak_memory
 from attnspec.reference import alibi
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"numpy": "NumpyBackend"}
+
 
 class NumpyBackend(Backend):
     name = "numpy"

@@ -47,6 +47,10 @@ class _ReportsCuda(torch.Tensor):
         return True
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"sage": "SageBackend"}
+
+
 class SageBackend(Backend):
     name = "sage"
     clauses = ("sdpa", "sdpa.scale", "sdpa.gqa", "sdpa.causal.top_left", "sdpa.causal.bottom_right")

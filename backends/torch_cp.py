@@ -374,6 +374,10 @@ class _Pool:
         return bool(self.processes) and all(p.poll() is None for p in self.processes)
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"torch-ring": "TorchRing", "torch-ulysses": "TorchUlysses"}
+
+
 class TorchRing(Backend):
     """Ring attention over ``W`` processes; the variant is ``W`` (``torch-ring:2``)."""
 

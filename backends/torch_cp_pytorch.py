@@ -80,6 +80,10 @@ def ring_rank(task, rank: int, group, device):
     return arrays.to_numpy(out.to(q.dtype)), arrays.to_numpy(lse)
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"torch-cp": "TorchContextParallel"}
+
+
 class TorchContextParallel(TorchRing):
     """PyTorch's ring attention over ``W`` processes; the variant is ``W`` (``torch-cp:2``)."""
 

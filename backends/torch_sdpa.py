@@ -46,6 +46,10 @@ KERNELS = {
 }
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"torch-sdpa": "TorchSdpaBackend"}
+
+
 class TorchSdpaBackend(Backend):
     name = "torch-sdpa"
     # every forward option but softcap (no such argument); the window aligned either way (a dense mask)

@@ -52,6 +52,10 @@ def _itc_blocks(n: int, block: int, window_blocks: int, global_blocks) -> int:
     return n_blocks
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"transformers-bigbird": "TransformersBigBirdBackend"}
+
+
 class TransformersBigBirdBackend(HfModuleBackend):
     name = "transformers-bigbird"
     clauses = ("sparse", "sparse.bigbird")

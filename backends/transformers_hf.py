@@ -55,6 +55,10 @@ class _Layer(torch.nn.Module):
         self.train(False)
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"transformers": "TransformersBackend"}
+
+
 class TransformersBackend(Backend):
     name = "transformers"
     clauses = ("sdpa", "sdpa.scale", "sdpa.gqa", "sdpa.mask", "sdpa.causal.top_left")

@@ -35,6 +35,10 @@ def _padded(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[1]))
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"transformers-longformer": "TransformersLongformerBackend"}
+
+
 class TransformersLongformerBackend(HfModuleBackend):
     name = "transformers-longformer"
     clauses = ("sparse", "sparse.longformer")

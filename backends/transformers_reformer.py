@@ -48,6 +48,10 @@ def _power_of_two(scale: float) -> bool:
     return scale > 0 and mantissa == 0.5
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"transformers-reformer": "TransformersReformerBackend"}
+
+
 class TransformersReformerBackend(HfModuleBackend):
     name = "transformers-reformer"
     clauses = ("lsh.buckets", "lsh.chunks", "lsh.rounds", "lsh.self_exclusion")

@@ -26,6 +26,10 @@ def _first_of_a_run(positions: torch.Tensor, name: str) -> int:
     return start
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"transformers-t5": "TransformersT5Backend"}
+
+
 class TransformersT5Backend(HfModuleBackend):
     name = "transformers-t5"
     clauses = ("t5.bucket", "t5.bias")

@@ -60,6 +60,10 @@ def _fmha():
     return fmha
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"xformers": "XformersBackend"}
+
+
 class XformersBackend(Backend):
     name = "xformers"
     clauses: tuple[str, ...] = CUDA_CLAUSES

@@ -14,6 +14,7 @@ nothing is ever substituted for it.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -25,27 +26,31 @@ from attnspec.contract import Backend, BackendError, validate
 
 ENTRY_POINT_GROUP = "attnspec.backends"
 
-#: Built-in backends: name -> "module:object". Heavy imports happen only when one is loaded.
-BUILTINS = {
-    "numpy": "attnspec.backends.numpy_backend:NumpyBackend",
-    "mutant": "attnspec.backends.mutants:create",
-    "torch": "attnspec.backends.torch_tiled:TorchBackend",
-    "torch-sdpa": "attnspec.backends.torch_sdpa:TorchSdpaBackend",
-    "flex": "attnspec.backends.flex:FlexBackend",
-    "triton": "attnspec.backends.triton:TritonBackend",
-    "cupy": "attnspec.backends.cupy:CupyBackend",
-    "transformers": "attnspec.backends.transformers_hf:TransformersBackend",
-    "transformers-bigbird": "attnspec.backends.transformers_bigbird:TransformersBigBirdBackend",
-    "transformers-longformer": "attnspec.backends.transformers_longformer:TransformersLongformerBackend",
-    "transformers-reformer": "attnspec.backends.transformers_reformer:TransformersReformerBackend",
-    "transformers-t5": "attnspec.backends.transformers_t5:TransformersT5Backend",
-    "fla": "attnspec.backends.fla:FlaBackend",
-    "sage": "attnspec.backends.sage:SageBackend",
-    "torch-ring": "attnspec.backends.torch_cp:TorchRing",
-    "torch-ulysses": "attnspec.backends.torch_cp:TorchUlysses",
-    "torch-cp": "attnspec.backends.torch_cp_pytorch:TorchContextParallel",
-    "xformers": "attnspec.backends.xformers:XformersBackend",
-}
+#: Where the built-in backends live (``attnspec.backends``, the tree's ``backends/``).
+BACKENDS_DIR = Path(__file__).resolve().parent / "backends"
+
+
+def declared_builtins(root: Path = BACKENDS_DIR, package: str = "attnspec.backends") -> dict[str, str]:
+    """Built-in backends, name -> ``"module:object"``: every module below ``root`` names what it
+    registers in a literal top-level ``BACKENDS = {"name": "object"}``, read without importing it
+    (heavy imports happen only when a backend is loaded). A new backend is its own file: no list
+    elsewhere to edit. A name declared twice is an error naming both modules."""
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text()
+        if "BACKENDS = " not in text:
+            continue
+        module = ".".join((package, *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["BACKENDS"]:
+                for name, obj in ast.literal_eval(node.value).items():
+                    if name in found:
+                        raise BackendError(f"backend {name!r} is declared by {found[name]} and by {module}:{obj}")
+                    found[name] = f"{module}:{obj}"
+    return found
+
+
+BUILTINS = declared_builtins()
 
 
 def available() -> dict[str, str]:

@@ -102,3 +102,28 @@ def test_device_must_be_declared():
 def test_variant_for_a_backend_without_variants():
     with pytest.raises(BackendError, match="takes no variant"):
         load_backend("numpy:fast")
+
+
+def test_builtins_are_what_the_backend_modules_declare(tmp_path):
+    """A backend registers itself: a literal BACKENDS dict in its own module, read without importing it."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "alpha.py").write_text(
+        'import not_installed_anywhere\nBACKENDS = {"alpha": "Alpha", "alpha-2": "Two"}\n'
+    )
+    (tmp_path / "pkg" / "__init__.py").write_text('BACKENDS = {"beta": "make"}\n')
+    (tmp_path / "helper.py").write_text("OTHER_BACKENDS = {}\n")
+    assert registry.declared_builtins(tmp_path, "vendor") == {
+        "alpha": "vendor.alpha:Alpha",
+        "alpha-2": "vendor.alpha:Two",
+        "beta": "vendor.pkg:make",
+    }
+    (tmp_path / "gamma.py").write_text('BACKENDS = {"beta": "Gamma"}\n')
+    with pytest.raises(BackendError, match="'beta' is declared by vendor.gamma:Gamma and by vendor.pkg:make"):
+        registry.declared_builtins(tmp_path, "vendor")
+
+
+def test_every_builtin_resolves_to_its_module():
+    for name, target in registry.BUILTINS.items():
+        module, _, obj = target.partition(":")
+        assert module.startswith("attnspec.backends.") and obj, name
+    assert {"numpy", "mutant", "torch", "torch-sdpa", "flex", "triton", "cupy"} <= set(registry.BUILTINS)

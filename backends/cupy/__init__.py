@@ -36,6 +36,10 @@ except ImportError:  # declined with a message that says what to install
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"cupy": "CupyBackend"}
+
+
 class CupyBackend(Backend):
     name = "cupy"
     clauses = SDPA_FORWARD_CLAUSES + FLASH_CONTIGUOUS_CLAUSES

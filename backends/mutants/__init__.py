@@ -18,6 +18,10 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"mutant": "create"}
+
+
 def create(variant: str | None = None, device: str | None = None):
     """The mutant ``variant`` as a backend named ``mutant:<variant>``."""
     if variant not in MUTANTS:

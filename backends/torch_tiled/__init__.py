@@ -41,6 +41,10 @@ class BlockSparseLayouts:
         return kernel.layout_table(layout, pat.params["block_q"], pat.params["block_k"], n_q, n_k)[None]
 
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"torch": "TorchBackend"}
+
+
 class TorchBackend(BlockSparseLayouts, Backend):
     name = "torch"
     clauses = SDPA_FORWARD_CLAUSES + ("sdpa.window.top_left",)  # the window aligned either way

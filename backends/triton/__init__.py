@@ -31,6 +31,9 @@ from attnspec.contract import Backend, BackendError
 from attnspec.reference import sparse as reference_sparse
 from attnspec.reference.flash import check_decode_options
 
+#: The names this module registers as built-in backends (read by attnspec.registry).
+BACKENDS = {"triton": "TritonBackend"}
+
 
 class TritonBackend(BlockSparseLayouts, Backend):
     name = "triton"
