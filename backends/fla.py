@@ -61,6 +61,7 @@ applied: two interpreter-only patches, documented there. Needs ``pip install att
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import os
 
@@ -68,6 +69,7 @@ import numpy as np
 import torch
 
 from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends._torch_autograd import autograd
 from attnspec.backends._triton_mode import select_mode
 from attnspec.backends.torch_tiled import linear as torch_linear
 from attnspec.contract import Backend, BackendError, Unsupported
@@ -148,6 +150,18 @@ class _LoopVariables(ast.NodeTransformer):
         return node
 
 
+@contextlib.contextmanager
+def refusals_declined():
+    """fla's kernels assert what they require of their inputs ("chunk_bwd_dv requires even K and V
+    for torch.float16"): such a refusal declines the case; any other error stays an error."""
+    try:
+        yield
+    except AssertionError as exc:
+        if " requires " not in str(exc):
+            raise
+        raise Unsupported(f"fla refuses the case: {exc}") from None
+
+
 def _ops():
     try:
         from fla.modules.activations import elu_p1
@@ -186,6 +200,8 @@ class FlaBackend(Backend):
         "retention.chunkwise",
         "retention.state",
         "retention.multiscale",
+        "linear.grad",
+        "retention.grad",
     )
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     devices = ("cuda", "cpu")
@@ -313,6 +329,12 @@ class FlaBackend(Backend):
             z = fk.to(torch.float32).sum(dim=2) + (0 if z0 is None else z0)
         return out, s, z
 
+    def linear_attention_backward(self, q, k, v, dout, *, initial_state=None, initial_normalizer=None, **options):
+        """Clause ``linear.grad``: fla's own backward kernels, through autograd as its layers train."""
+        inputs = dict(q=q, k=k, v=v, initial_state=initial_state, initial_normalizer=initial_normalizer)
+        with refusals_declined():
+            return autograd(self.linear_attention, inputs, dout, **options)
+
     # --- retention ----------------------------------------------------------------------------------
 
     def retention_decays(self, num_heads):
@@ -380,3 +402,8 @@ class FlaBackend(Backend):
                 )
         out = out.transpose(1, 2)
         return (out, final) if return_state else out
+
+    def retention_backward(self, q, k, v, dout, *, initial_state=None, **options):
+        """Clause ``retention.grad``: fla's own backward kernels, through autograd as its layers train."""
+        with refusals_declined():
+            return autograd(self.retention, dict(q=q, k=k, v=v, initial_state=initial_state), dout, **options)

@@ -11,31 +11,14 @@ layout's mask table, so masked tiles are skipped or zeroed exactly as in ``sdpa_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from attnspec import validation as _checks
 from attnspec.backends import _torch_arrays as arrays
+from attnspec.backends._torch_autograd import autograd
 from attnspec.backends.torch_tiled import backward, kernel
 from attnspec.backends.torch_tiled import linear as chunked_linear
 from attnspec.reference import retention as reference_retention
 from attnspec.reference import sparse as reference_sparse
-
-
-def autograd(forward: Callable, inputs: dict, dout, **options) -> tuple[torch.Tensor, ...]:
-    """The gradients of ``sum(forward(**inputs, **options) * dout)`` with respect to each given input."""
-    leaves = {name: x.detach().clone().requires_grad_() for name, x in inputs.items() if x is not None}
-    dout = arrays.tensor("dout", dout)
-    _checks.same_dtype(q=inputs["q"], dout=dout)
-    with torch.enable_grad():
-        out = forward(**leaves, **options)
-        if tuple(dout.shape) != tuple(out.shape):
-            raise ValueError(f"dout must have out's shape {tuple(out.shape)}; got {tuple(dout.shape)}")
-        grads = torch.autograd.grad(out, list(leaves.values()), dout, allow_unused=True)
-    return tuple(
-        torch.zeros_like(x) if g is None else g.to(x.dtype) for g, x in zip(grads, leaves.values(), strict=True)
-    )
 
 
 def linear_attention_backward(q, k, v, dout, *, initial_state=None, initial_normalizer=None, **options):
