@@ -102,6 +102,16 @@ def gradient_tolerance():
       ``size`` the forward's propagation size.
     - Exact zeros (hidden keys, padded positions, rows without keys) are checked exactly
       (``sdpa.grad.hidden``), as the forward's structural properties are.
+    - The families' backward passes (``linear.grad``, ``retention.grad``) follow the same rule: the
+      naive run is the family's backward reference evaluated in the dtype; the floor is
+      ``FLOOR_EPS * eps(dtype)`` times each gradient's formula on absolute values (the normaliser's
+      term added, not subtracted), plus ``SENSITIVITY_FACTOR`` times how far the exact gradients
+      move when ``q``, ``k``, ``v``, ``dout`` and the carried state are each perturbed by
+      ``sqrt(n) * eps(float32)``, ``n`` the longest float32 sum each enters. At 64 bits it is
+      ``FLOAT64_EPS`` ulps of the magnitude times the roundings: ``F + N_k + N_q + D_v + 4`` for
+      linear attention and, for retention, each decay ``g^e`` weighted by
+      ``D_k + D_v + N + 4 + e (1 + |log g|)``. ``sparse.block_sparse.grad`` is judged by this
+      policy with the layout's mask (``conformance/grad_bounds.py``).
 
     .. versionadded:: 0.2.0
     """
