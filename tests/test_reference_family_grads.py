@@ -15,6 +15,7 @@ from attnspec.reference import linear, retention, sparse
 from attnspec.reference.linear_grad import linear_attention_backward
 from attnspec.reference.retention_grad import retention_backward
 from attnspec.reference.sparse_grad import sparse_backward
+from tests.finite_difference import central_difference
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 
@@ -97,19 +98,6 @@ FAMILIES = {  # family -> (inputs, forward reference, backward reference, case n
 ALL_CASES = [(family, name) for family, spec in FAMILIES.items() for name in sorted(spec[3])]
 
 
-def _finite_difference(x, f, step=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + step
-        up = f()
-        x[idx] = old - step
-        down = f()
-        x[idx] = old
-        grad[idx] = (up - down) / (2 * step)
-    return grad
-
-
 @pytest.mark.parametrize(("family", "name"), ALL_CASES)
 def test_gradients_match_central_finite_differences(family, name):
     inputs, forward, backward, _ = FAMILIES[family]
@@ -122,7 +110,7 @@ def test_gradients_match_central_finite_differences(family, name):
 
     for (key, x), grad in zip(arrays.items(), grads, strict=True):
         assert grad.shape == x.shape, key
-        numeric = _finite_difference(x, loss)
+        numeric = central_difference(x, loss)
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=f"{name}: d{key}")
 
 

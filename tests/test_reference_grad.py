@@ -12,6 +12,7 @@ import pytest
 from attnspec.reference import sdpa as reference_sdpa
 from attnspec.reference.sdpa import prepare, scores, visible
 from attnspec.reference.sdpa_grad import gradients
+from tests.finite_difference import central_difference
 
 CASES = {  # name -> (B, H_q, H_kv, N_q, N_k, D_qk, D_v, options)
     "plain": (1, 2, 2, 3, 4, 3, 2, {}),
@@ -59,19 +60,6 @@ def _loss(q, k, v, dout, options):
     return float((reference_sdpa(q, k, v, **options) * dout).sum())
 
 
-def _finite_difference(x, f, step=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + step
-        up = f()
-        x[idx] = old - step
-        down = f()
-        x[idx] = old
-        grad[idx] = (up - down) / (2 * step)
-    return grad
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradients_match_central_finite_differences(name):
     q, k, v, dout, options = _inputs(name)
@@ -80,7 +68,7 @@ def test_gradients_match_central_finite_differences(name):
     if "bias" in options:
         arrays["dbias"] = options["bias"]
     for key, x in arrays.items():
-        numeric = _finite_difference(x, lambda: _loss(q, k, v, dout, options))
+        numeric = central_difference(x, lambda: _loss(q, k, v, dout, options))
         assert grads[key].shape == x.shape, key
         np.testing.assert_allclose(grads[key], numeric, rtol=1e-6, atol=1e-8, err_msg=f"{name}: {key}")
 
