@@ -22,7 +22,9 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    gpus, worker = config.getoption("gpus"), os.environ.get("PYTEST_XDIST_WORKER")
+    # workerinput is set by pytest-xdist in its workers only (an inherited PYTEST_XDIST_WORKER is
+    # also seen by a pytest that a worker starts, which is no worker of this run)
+    gpus, worker = config.getoption("gpus"), getattr(config, "workerinput", {}).get("workerid")
     if gpus is not None and gpus < 1:
         raise pytest.UsageError(f"--gpus must be a positive number of GPUs; got {gpus}")
     if gpus and worker:
